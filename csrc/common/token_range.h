@@ -1,0 +1,41 @@
+// Token-range classification shared by the CPU and CUDA kernels.
+//
+// A token space is a sorted list of block boundaries b[0] < b[1] < ... < b[R];
+// block r holds the IDs b[r] <= id < b[r+1].
+#pragma once
+
+#include <cstdint>
+
+#include "common/hd.h"
+
+namespace lumo {
+
+// Block index r with bounds[r] <= id < bounds[r+1], or -1 when id lies outside
+// [bounds[0], bounds[num_bounds-1]) or num_bounds < 2.
+//
+// bounds: [num_bounds], strictly increasing (checked by the caller).
+// Only indices in [0, num_bounds) are read, whatever the values; the caller
+// guarantees num_bounds - 1 fits in int32.
+LUMO_HD inline int32_t classify_one(int64_t id, const int64_t* bounds, int64_t num_bounds) {
+  if (num_bounds < 2 || id < bounds[0] || id >= bounds[num_bounds - 1]) {
+    return -1;
+  }
+  // Branch-free binary search (a conditional move per step, no mispredicted
+  // branches on random IDs, no divergence on GPUs). The answer r lies in
+  // [lo, lo + len): initially [0, num_bounds - 1) since bounds[0] <= id <
+  // bounds[num_bounds - 1]. Every probe lo + half < lo + len <= num_bounds - 1
+  // is in range.
+  int64_t lo = 0;
+  int64_t len = num_bounds - 1;
+  while (len > 1) {
+    const int64_t half = len / 2;
+    lo = (bounds[lo + half] <= id) ? lo + half : lo;
+    len -= half;
+  }
+  return static_cast<int32_t>(lo);
+}
+
+// Largest num_bounds whose block indices fit the int32 output.
+constexpr int64_t kMaxNumBounds = int64_t{2147483647} + 1;
+
+}  // namespace lumo

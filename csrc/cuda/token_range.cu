@@ -1,0 +1,62 @@
+#include "cuda/token_range.h"
+
+#include <algorithm>
+
+#include "common/checks.h"
+#include "common/token_range.h"
+#include "cuda/cuda_utils.cuh"
+
+namespace lumo {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+// Grid-stride loop: more blocks than this only add scheduling overhead.
+constexpr int64_t kMaxBlocks = 8192;
+
+template <typename T>
+__global__ void classify_kernel(const T* __restrict__ ids, int64_t n,
+                                const int64_t* __restrict__ bounds, int64_t num_bounds,
+                                int32_t* __restrict__ out) {
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    out[i] = classify_one(static_cast<int64_t>(ids[i]), bounds, num_bounds);
+  }
+}
+
+}  // namespace
+
+void classify_ids(const void* ids, int64_t ids_itemsize, int64_t n, const int64_t* bounds,
+                  int64_t num_bounds, int32_t* out, uintptr_t stream, int device) {
+  constexpr const char* op = "classify_ids (cuda)";
+  LUMO_CHECK(n >= 0, op, "n >= 0", n);
+  LUMO_CHECK(ids_itemsize == 4 || ids_itemsize == 8, op, "ids_itemsize 4 (int32) or 8 (int64)",
+             ids_itemsize);
+  LUMO_CHECK(num_bounds >= 0, op, "num_bounds >= 0", num_bounds);
+  LUMO_CHECK_RANGE(num_bounds <= kMaxNumBounds, op, "num_bounds <= 2^31 (int32 block indices)",
+                   num_bounds);
+  LUMO_CHECK(device >= 0, op, "a device index >= 0", device);
+  if (n == 0) {
+    return;
+  }
+  LUMO_CHECK(ids != nullptr, op, "a non-null ids pointer for n > 0", "null");
+  LUMO_CHECK(out != nullptr, op, "a non-null out pointer for n > 0", "null");
+  LUMO_CHECK(num_bounds == 0 || bounds != nullptr, op,
+             "a non-null bounds pointer for num_bounds > 0", "null");
+
+  DeviceGuard guard(device, op);
+  const auto s = reinterpret_cast<cudaStream_t>(stream);
+  const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
+  if (ids_itemsize == 4) {
+    classify_kernel<int32_t><<<blocks, kThreads, 0, s>>>(static_cast<const int32_t*>(ids), n,
+                                                         bounds, num_bounds, out);
+  } else {
+    classify_kernel<int64_t><<<blocks, kThreads, 0, s>>>(static_cast<const int64_t*>(ids), n,
+                                                         bounds, num_bounds, out);
+  }
+  throw_on_error(cudaGetLastError(), op, "kernel launch");
+}
+
+}  // namespace cuda
+}  // namespace lumo

@@ -1,0 +1,58 @@
+"""lumo_uti: the Unified Token Interface.
+
+A versioned, hashed token space and a sequence grammar that map text (the
+Qwen3 tokenizer by default), image codes and audio codes to one stream of
+global token IDs and back::
+
+    import lumo_uti
+    uti = lumo_uti.load()                          # the embedded default bundle
+    ids = uti.encode(["a caption", lumo_uti.ImageCodes(grid)])
+    segments = uti.decode(ids)                     # strict; UTIDecodeError on bad streams
+    segments, repairs = uti.decode(ids, strict=False)
+
+Submodules: ``token_space`` (the ABI), ``grammar`` (layout, encode, decode,
+constraints), ``text`` (tokenizers), ``ops`` (compiled kernels), ``cli``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .bundle import build_default_token_space, default_bundle_dir, load
+from .errors import BundleError, TokenizerMismatchError, TokenSpaceError, UTIDecodeError
+from .grammar import DecodeResult, Repair
+from .segments import AudioCodes, ImageCodes, ImagePlaceholder
+from .token_space import Block, TokenSpace
+from .uti import UTI
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UTI",
+    "AudioCodes",
+    "Block",
+    "BundleError",
+    "DecodeResult",
+    "ImageCodes",
+    "ImagePlaceholder",
+    "Repair",
+    "TokenSpace",
+    "TokenSpaceError",
+    "TokenizerMismatchError",
+    "UTIDecodeError",
+    "build_default_token_space",
+    "decode",
+    "default_bundle_dir",
+    "encode",
+    "load",
+]
+
+
+def encode(document: Any, **kwargs: Any) -> list[int]:
+    """``load().encode(document)`` on the embedded default bundle."""
+    return load().encode(document, **kwargs)
+
+
+def decode(ids: Any, **kwargs: Any):
+    """``load().decode(ids)`` on the embedded default bundle."""
+    return load().decode(ids, **kwargs)

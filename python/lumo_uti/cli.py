@@ -1,0 +1,250 @@
+"""The ``lumo`` command. ``lumo --help`` lists the commands; docs/cli.md has examples.
+
+Exit status: 0 success, 1 the input was read but is invalid (e.g. strict
+decoding failed), 2 bad usage (unknown option, unreadable or malformed file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from .docjson import describe_segment, document_from_json, segment_to_json
+from .errors import BundleError, TokenizerMismatchError, TokenSpaceError, UTIDecodeError
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"lumo {args.command}: {e}", file=sys.stderr)
+        return 2
+    except (BundleError, TokenSpaceError, TokenizerMismatchError, FileNotFoundError) as e:
+        print(f"lumo {args.command}: {e}", file=sys.stderr)
+        return 2
+    except UTIDecodeError as e:
+        print(f"lumo {args.command}: invalid token stream: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `lumo encode ... | head`
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lumo", description="LumoOmni: the Unified Token Interface and its tools.")
+    p.add_argument("--version", action="version", version=f"lumo {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    def add(name: str, help: str, func) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("demo", "encode and decode a small mixed document with the default bundle (the quick tour)", _cmd_demo)
+    sp.add_argument("--out", default="lumo_demo_out", help="output folder (default: ./lumo_demo_out)")
+
+    sp = add("inspect", "show a bundle's token space: blocks, sizes, fingerprint", _cmd_inspect)
+    sp.add_argument("bundle", nargs="?", help="bundle directory or token_space.json (default: embedded bundle)")
+    sp.add_argument("--json", action="store_true", help="print the token space JSON")
+
+    sp = add("encode", "encode text or a JSON document to global token IDs", _cmd_encode)
+    src = sp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the text to encode")
+    src.add_argument("--doc", metavar="FILE", help="a JSON document file (see docs/cli.md), - for stdin")
+    sp.add_argument("--bundle", help="bundle directory (default: embedded bundle)")
+    sp.add_argument("--no-special", action="store_true", help="encode special-token text such as <|im_start|> as plain text")
+    sp.add_argument("--json", action="store_true", help="print a JSON object with ids, counts and fingerprint")
+    sp.add_argument("--out", metavar="FILE", help="also write the IDs as JSON to FILE")
+
+    sp = add("decode", "decode a JSON file of token IDs back to segments", _cmd_decode)
+    sp.add_argument("ids_file", metavar="IDS_FILE", help='JSON list of IDs, {"ids": [...]}, or whitespace-separated; - for stdin')
+    sp.add_argument("--bundle", help="bundle directory (default: embedded bundle)")
+    sp.add_argument("--lenient", action="store_true", help="repair malformed streams and report each repair")
+    sp.add_argument("--json", action="store_true", help="print the segments (and repairs) as JSON")
+
+    add("backends", "show which compiled kernel backends loaded (cpu, cuda) and why not", _cmd_backends)
+    return p
+
+
+# -- commands -------------------------------------------------------------------------
+def _cmd_inspect(args) -> int:
+    from .bundle import default_bundle_dir
+    from .token_space import TokenSpace
+
+    ts = TokenSpace.load(args.bundle or default_bundle_dir())
+    if args.json:
+        print(ts.to_json_bytes().decode("utf-8"), end="")
+        return 0
+    tok = ts.tokenizer
+    print(f"token space   {ts.name}  (schema {ts.schema_version[0]}.{ts.schema_version[1]})")
+    print(f"fingerprint   {ts.fingerprint}")
+    print(f"tokenizer     {tok.get('kind')} {tok.get('name', '')}  {tok.get('hash')}")
+    print(f"vocab         {ts.vocab_size} IDs, padded to {ts.padded_vocab_size}")
+    print(f"{'region':<14}{'IDs':>20}{'size':>9}  details")
+    for region in ts.regions:
+        details = ""
+        if ts.has_block(region.name):
+            blk = ts.block(region.name)
+            if blk.kind == "codes":
+                details = f"{blk.modality}: {blk.num_codebooks} x {blk.codebook_size} codes, {blk.layout}"
+            elif blk.kind == "special":
+                details = f"{len(blk.tokens)} named ({', '.join(blk.tokens)}), {blk.size - len(blk.tokens)} reserved"
+            else:
+                details = f"image sides 1..{blk.size}"
+        elif region.name == "text":
+            details = f"base tokenizer, {len(ts.special_tokens) - sum(len(b.tokens) for b in ts.blocks)} specials"
+        else:
+            details = "never emitted"
+        ids = f"{region.start}..{region.end - 1}"
+        print(f"{region.name:<14}{ids:>20}{region.end - region.start:>9}  {details}")
+    codecs = ts.codecs
+    print("codecs        " + (", ".join(f"{m}: {c.get('name', c.get('kind'))}" for m, c in codecs.items()) or "none (codes only)"))
+    return 0
+
+
+def _cmd_encode(args) -> int:
+    uti = _load(args.bundle)
+    if args.text is not None:
+        document: Any = [args.text]
+    else:
+        try:
+            document = document_from_json(_read_json(args.doc))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    try:
+        ids = uti.encode(document, allow_special=not args.no_special)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if args.out:
+        from ._io import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(ids) + "\n")
+    if args.json:
+        counts = [len(uti.encode([seg], allow_special=not args.no_special)) for seg in document]
+        print(json.dumps({"ids": ids, "num_tokens": len(ids), "segment_tokens": counts, "fingerprint": uti.token_space.fingerprint}))
+    else:
+        print(json.dumps(ids))
+    return 0
+
+
+def _cmd_decode(args) -> int:
+    uti = _load(args.bundle)
+    ids = _read_ids(args.ids_file)
+    if args.lenient:
+        segments, repairs = uti.decode(ids, strict=False)
+    else:
+        segments, repairs = uti.decode(ids), []
+    if args.json:
+        out = {"segments": [segment_to_json(s) for s in segments]}
+        if args.lenient:
+            out["repairs"] = [r.__dict__ for r in repairs]
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    for seg in segments:
+        print(describe_segment(seg))
+    for rep in repairs:
+        print(f"repaired {rep}", file=sys.stderr)
+    return 0
+
+
+def _cmd_backends(args) -> int:
+    from .ops import backends
+
+    print(json.dumps(backends(), indent=2, default=str))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from ._io import atomic_write_text
+    from .segments import AudioCodes, ImageCodes
+
+    uti = _load(None)
+    ts = uti.token_space
+    rng = np.random.default_rng(0)
+    image_block, audio_block = ts.block("image"), ts.block("audio")
+    # Stand-ins for codec output (codecs come with the codec issues): a 16x16 grid of
+    # smooth codes and 50 frames (about 1 s at 50 Hz) of 8 residual codebooks.
+    yy, xx = np.mgrid[0:16, 0:16]
+    image = ImageCodes((yy * 97 + xx * 13) % image_block.codebook_size)
+    audio = AudioCodes(rng.integers(0, audio_block.codebook_size, size=(50, audio_block.num_codebooks)))
+    document = ["LumoOmni demo: one stream for text, images and sound.", image, "Then a short sound:", audio, "The end."]
+
+    ids = uti.encode(document)
+    decoded = uti.decode(ids)
+    same = len(decoded) == len(document) and all(a == b for a, b in zip(decoded, document))
+
+    lines = [f"bundle       {ts.name}", f"fingerprint  {ts.fingerprint}", f"tokens       {len(ids)}", ""]
+    lines.append(f"{'#':<3}{'segment':<58}{'tokens':>7}  blocks")
+    for index, seg in enumerate(document):
+        seg_ids = np.asarray(uti.encode([seg]))
+        regions = sorted({ts.regions[r].name for r in ts.classify(seg_ids)})
+        lines.append(f"{index:<3}{describe_segment(seg):<58}{len(seg_ids):>7}  {', '.join(regions)}")
+    lines += ["", f"strict decode round trip: {'exact' if same else 'MISMATCH'}"]
+    print("\n".join(lines))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "document.json", json.dumps([segment_to_json(s) for s in document]) + "\n")
+    atomic_write_text(out / "ids.json", json.dumps(ids) + "\n")
+    atomic_write_text(out / "decoded.json", json.dumps([segment_to_json(s) for s in decoded]) + "\n")
+    atomic_write_text(out / "report.md", "# lumo demo\n\n```\n" + "\n".join(lines) + "\n```\n")
+    print(f"\nwrote {out}/: document.json, ids.json, decoded.json, report.md")
+    return 0 if same else 1
+
+
+# -- helpers --------------------------------------------------------------------------
+def _load(bundle: str | None):
+    from .bundle import load
+
+    return load(bundle)
+
+
+def _read_text(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+
+
+def _read_json(path: str) -> Any:
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON: {e}") from None
+
+
+def _read_ids(path: str) -> list[int]:
+    """IDs from JSON (a list or {"ids": [...]}) or whitespace-separated integers."""
+    text = _read_text(path)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            return [int(tok) for tok in text.split()]
+        except ValueError:
+            raise UsageError(f"{path}: expected a JSON list of IDs or whitespace-separated integers") from None
+    if isinstance(obj, dict):
+        obj = obj.get("ids")
+    if not isinstance(obj, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in obj):
+        raise UsageError(f'{path}: expected a JSON list of integer IDs or {{"ids": [...]}}')
+    return obj
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Token kinds: what each global ID means to the sequence grammar.
+
+``Layout`` turns a token space into a per-ID kind (marker, grid, image code,
+audio code, text, or one of the never-emitted kinds) using the compiled
+``classify`` plus two small lookup tables, so the decoder and the constraint
+masks never look at token strings.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+from ..token_space import AUDIO_END, AUDIO_START, IMAGE_END, IMAGE_PATCH, IMAGE_START, TokenSpace
+
+
+class Kind(IntEnum):
+    """The grammar's view of one token ID."""
+
+    TEXT = 0
+    IMAGE_START = 1
+    IMAGE_END = 2
+    AUDIO_START = 3
+    AUDIO_END = 4
+    IMAGE_PATCH = 5
+    GRID = 6
+    IMAGE_CODE = 7
+    AUDIO_CODE = 8
+    RESERVED = 9  # unnamed (or unknown-named) slot of the specials block
+    PADDING = 10  # base padding rows and tail padding
+    OUT_OF_RANGE = 11  # >= padded_vocab_size
+    NEGATIVE = 12
+
+
+_MARKER_KINDS = {
+    IMAGE_START: Kind.IMAGE_START,
+    IMAGE_END: Kind.IMAGE_END,
+    AUDIO_START: Kind.AUDIO_START,
+    AUDIO_END: Kind.AUDIO_END,
+    IMAGE_PATCH: Kind.IMAGE_PATCH,
+}
+
+# Rule names for IDs that are never valid anywhere.
+INVALID_ID_RULES = {
+    Kind.NEGATIVE: ("id.negative", "negative token ID"),
+    Kind.OUT_OF_RANGE: ("id.out_of_range", "token ID >= padded vocab size"),
+    Kind.PADDING: ("id.padding", "padding-row ID (never emitted)"),
+    Kind.RESERVED: ("id.reserved", "reserved special slot (not a token of this grammar)"),
+}
+INVALID_KINDS = frozenset(INVALID_ID_RULES)
+START_KINDS = frozenset({Kind.IMAGE_START, Kind.AUDIO_START})
+
+
+class Layout:
+    """Kinds, codebook arithmetic and marker IDs of one token space."""
+
+    def __init__(self, token_space: TokenSpace):
+        ts = token_space
+        self.token_space = ts
+        self.image = ts.codes_block("image")
+        self.audio = ts.codes_block("audio")
+        self.grid = next((b for b in ts.blocks if b.kind == "grid"), None)
+        special = next((b for b in ts.blocks if b.kind == "special"), None)
+
+        region_kind = []
+        for region in ts.regions:
+            if region.name == "text":
+                region_kind.append(Kind.TEXT)
+            elif region.name in ("base_padding", "padding"):
+                region_kind.append(Kind.PADDING)
+            else:
+                blk = ts.block(region.name)
+                if blk.kind == "grid":
+                    region_kind.append(Kind.GRID)
+                elif blk.kind == "codes":
+                    region_kind.append(Kind.IMAGE_CODE if blk.modality == "image" else Kind.AUDIO_CODE)
+                else:
+                    region_kind.append(Kind.RESERVED)  # refined per slot below
+        self._region_kind = np.array(region_kind, dtype=np.int8)
+        self._special_region = next((i for i, r in enumerate(ts.regions) if special and r.name == special.name), -1)
+        self._special_offset = special.offset if special else 0
+        slot_kind = np.full(special.size if special else 0, Kind.RESERVED, dtype=np.int8)
+        self.marker_id: dict[Kind, int] = {}
+        for i, name in enumerate(special.tokens if special else ()):
+            if name in _MARKER_KINDS and self._has_modality_for(name):
+                slot_kind[i] = _MARKER_KINDS[name]
+                self.marker_id[_MARKER_KINDS[name]] = special.offset + i
+        self._slot_kind = slot_kind
+
+    def _has_modality_for(self, marker: str) -> bool:
+        if marker in (IMAGE_START, IMAGE_END):
+            return self.image is not None
+        if marker in (AUDIO_START, AUDIO_END):
+            return self.audio is not None
+        return True  # <|image_patch|> needs no codec block
+
+    def kinds(self, ids: np.ndarray) -> np.ndarray:
+        """``Kind`` of every ID: ``ids`` int64 [N] -> int8 [N]."""
+        region = self.token_space.classify(ids)
+        kinds = np.where(region >= 0, self._region_kind[np.maximum(region, 0)] if len(ids) else region, 0)
+        kinds = kinds.astype(np.int8, copy=False)
+        outside = region < 0
+        if outside.any():
+            kinds[outside & (ids < 0)] = Kind.NEGATIVE
+            kinds[outside & (ids >= 0)] = Kind.OUT_OF_RANGE
+        if self._special_region >= 0:
+            in_special = region == self._special_region
+            if in_special.any():
+                kinds[in_special] = self._slot_kind[ids[in_special] - self._special_offset]
+        return kinds
+
+    def codebook_of(self, ids: np.ndarray, kind: Kind) -> np.ndarray:
+        """Codebook index of image/audio code IDs (int64 [N] -> int64 [N])."""
+        blk = self.image if kind == Kind.IMAGE_CODE else self.audio
+        return (ids - blk.offset) // blk.codebook_size
+
+    def grid_value(self, token_id: int) -> int:
+        """Side length carried by a grid token."""
+        return int(token_id) - self.grid.offset + 1
