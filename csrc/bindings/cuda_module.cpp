@@ -1,41 +1,28 @@
 // lumo_uti._C_cuda: CUDA kernels. Private; use lumo_uti.ops.
 //
 // Compiled by the host C++ compiler; the kernels and every CUDA runtime call
-// live in csrc/cuda/*.cu behind CUDA-free headers.
-//
-// SAFETY: pointer arguments are device addresses (int) on `device` that the
-// Python caller keeps alive until the work enqueued on `stream` has finished
-// (the caching allocator of PyTorch does this for tensors used on their
-// current stream). The GIL is released while the functions run.
+// live in csrc/cuda/*.cu behind CUDA-free headers. The module init runs every
+// binder registered by csrc/bindings/cuda_<op>.cpp (see registry.h).
 #include <pybind11/pybind11.h>
 
-#include <cstdint>
-
 #include "bindings/build_info.h"
+#include "bindings/registry.h"
 #include "cuda/runtime.h"
-#include "cuda/token_range.h"
 
 namespace py = pybind11;
 
-namespace {
-
-void classify_ids(uintptr_t ids_ptr, int64_t ids_itemsize, int64_t n, uintptr_t bounds_ptr,
-                  int64_t num_bounds, uintptr_t out_ptr, uintptr_t stream, int device) {
-  lumo::cuda::classify_ids(reinterpret_cast<const void*>(ids_ptr), ids_itemsize, n,
-                           reinterpret_cast<const int64_t*>(bounds_ptr), num_bounds,
-                           reinterpret_cast<int32_t*>(out_ptr), stream, device);
+namespace lumo {
+namespace bindings {
+std::vector<Binder>& binders() {
+  static std::vector<Binder> registry;
+  return registry;
 }
-
-}  // namespace
+}  // namespace bindings
+}  // namespace lumo
 
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "LumoOmni CUDA kernels (torch-free). Private: use lumo_uti.ops.";
-  m.def("classify_ids", &classify_ids, py::arg("ids_ptr"), py::arg("ids_itemsize"), py::arg("n"),
-        py::arg("bounds_ptr"), py::arg("num_bounds"), py::arg("out_ptr"), py::arg("stream"),
-        py::arg("device"), py::call_guard<py::gil_scoped_release>(),
-        "Enqueue out[i] = r with bounds[r] <= ids[i] < bounds[r+1], else -1, on `stream`.\n\n"
-        "ids: [n] int32/int64 (ids_itemsize 4/8), bounds: [num_bounds] int64 strictly\n"
-        "increasing, out: [n] int32; all C-contiguous memory on `device`.");
+  lumo::bindings::bind_all(m);
   m.def("device_count", &lumo::cuda::device_count, py::call_guard<py::gil_scoped_release>(),
         "Number of visible CUDA devices (0 if none); raises RuntimeError if the driver fails.");
   m.def("runtime_version", &lumo::cuda::runtime_version,

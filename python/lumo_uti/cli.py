@@ -7,6 +7,7 @@ decoding failed), 2 bad usage (unknown option, unreadable or malformed file).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,12 @@ import numpy as np
 from . import __version__
 from .docjson import describe_segment, document_from_json, segment_to_json
 from .errors import BundleError, TokenizerMismatchError, TokenSpaceError, UTIDecodeError
+
+
+# Modules that add command groups: each has ``register(subparsers)`` and must
+# import heavy dependencies (torch models, transformers) inside its commands
+# only, so that ``lumo --help`` stays fast.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 class UsageError(Exception):
@@ -77,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the segments (and repairs) as JSON")
 
     add("backends", "show which compiled kernel backends loaded (cpu, cuda) and why not", _cmd_backends)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return p
 
 

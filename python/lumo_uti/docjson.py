@@ -63,7 +63,7 @@ def segment_to_json(segment: Any) -> Any:
 def describe_segment(segment: Any) -> str:
     """A one-line human description of a segment."""
     if isinstance(segment, str):
-        text = segment if len(segment) <= 60 else segment[:57] + "..."
+        text = segment if len(segment) <= 44 else segment[:41] + "..."
         return f"text {text!r}"
     if isinstance(segment, ImageCodes):
         layers = f", {segment.num_layers} layers" if segment.num_layers > 1 else ""
