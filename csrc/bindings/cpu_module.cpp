@@ -7,15 +7,6 @@
 #include "bindings/build_info.h"
 #include "bindings/registry.h"
 
-namespace lumo {
-namespace bindings {
-std::vector<Binder>& binders() {
-  static std::vector<Binder> registry;
-  return registry;
-}
-}  // namespace bindings
-}  // namespace lumo
-
 PYBIND11_MODULE(_C, m) {
   m.doc() = "LumoOmni CPU kernels (torch-free). Private: use lumo_uti.ops.";
   lumo::bindings::bind_all(m);

@@ -11,15 +11,6 @@
 
 namespace py = pybind11;
 
-namespace lumo {
-namespace bindings {
-std::vector<Binder>& binders() {
-  static std::vector<Binder> registry;
-  return registry;
-}
-}  // namespace bindings
-}  // namespace lumo
-
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "LumoOmni CUDA kernels (torch-free). Private: use lumo_uti.ops.";
   lumo::bindings::bind_all(m);

@@ -19,8 +19,12 @@ namespace bindings {
 
 using Binder = void (*)(pybind11::module_&);
 
-// The binders of the module being built (one registry per extension module).
-std::vector<Binder>& binders();
+// The binders of the module being built. Every symbol is hidden
+// (CXX_VISIBILITY_PRESET hidden), so each extension module has its own registry.
+inline std::vector<Binder>& binders() {
+  static std::vector<Binder> registry;
+  return registry;
+}
 
 struct Registrar {
   explicit Registrar(Binder binder) { binders().push_back(binder); }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "common/checks.h"
 #include "common/hd.h"
 
 namespace lumo {
@@ -37,5 +38,25 @@ LUMO_HD inline int32_t classify_one(int64_t id, const int64_t* bounds, int64_t n
 
 // Largest num_bounds whose block indices fit the int32 output.
 constexpr int64_t kMaxNumBounds = int64_t{2147483647} + 1;
+
+// Argument checks shared by the CPU and CUDA entry points (host only).
+// Returns false when there is nothing to do (n == 0).
+inline bool check_classify_args(const char* op, const void* ids, int64_t ids_itemsize, int64_t n,
+                                const int64_t* bounds, int64_t num_bounds, const int32_t* out) {
+  LUMO_CHECK(n >= 0, op, "n >= 0", n);
+  LUMO_CHECK(ids_itemsize == 4 || ids_itemsize == 8, op, "ids_itemsize 4 (int32) or 8 (int64)",
+             ids_itemsize);
+  LUMO_CHECK(num_bounds >= 0, op, "num_bounds >= 0", num_bounds);
+  LUMO_CHECK_RANGE(num_bounds <= kMaxNumBounds, op, "num_bounds <= 2^31 (int32 block indices)",
+                   num_bounds);
+  if (n == 0) {
+    return false;
+  }
+  LUMO_CHECK(ids != nullptr, op, "a non-null ids pointer for n > 0", "null");
+  LUMO_CHECK(out != nullptr, op, "a non-null out pointer for n > 0", "null");
+  LUMO_CHECK(num_bounds == 0 || bounds != nullptr, op,
+             "a non-null bounds pointer for num_bounds > 0", "null");
+  return true;
+}
 
 }  // namespace lumo

@@ -61,20 +61,10 @@ void classify_parallel(const T* ids, int64_t n, const int64_t* bounds, int64_t n
 void classify_ids(const void* ids, int64_t ids_itemsize, int64_t n, const int64_t* bounds,
                   int64_t num_bounds, int32_t* out, int64_t num_threads) {
   constexpr const char* op = "classify_ids";
-  LUMO_CHECK(n >= 0, op, "n >= 0", n);
-  LUMO_CHECK(ids_itemsize == 4 || ids_itemsize == 8, op, "ids_itemsize 4 (int32) or 8 (int64)",
-             ids_itemsize);
-  LUMO_CHECK(num_bounds >= 0, op, "num_bounds >= 0", num_bounds);
-  LUMO_CHECK_RANGE(num_bounds <= kMaxNumBounds, op, "num_bounds <= 2^31 (int32 block indices)",
-                   num_bounds);
   LUMO_CHECK(num_threads >= 0, op, "num_threads >= 0", num_threads);
-  if (n == 0) {
+  if (!check_classify_args(op, ids, ids_itemsize, n, bounds, num_bounds, out)) {
     return;
   }
-  LUMO_CHECK(ids != nullptr, op, "a non-null ids pointer for n > 0", "null");
-  LUMO_CHECK(out != nullptr, op, "a non-null out pointer for n > 0", "null");
-  LUMO_CHECK(num_bounds == 0 || bounds != nullptr, op,
-             "a non-null bounds pointer for num_bounds > 0", "null");
   if (num_threads == 0) {
     num_threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
   }

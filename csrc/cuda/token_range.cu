@@ -30,20 +30,10 @@ __global__ void classify_kernel(const T* __restrict__ ids, int64_t n,
 void classify_ids(const void* ids, int64_t ids_itemsize, int64_t n, const int64_t* bounds,
                   int64_t num_bounds, int32_t* out, uintptr_t stream, int device) {
   constexpr const char* op = "classify_ids (cuda)";
-  LUMO_CHECK(n >= 0, op, "n >= 0", n);
-  LUMO_CHECK(ids_itemsize == 4 || ids_itemsize == 8, op, "ids_itemsize 4 (int32) or 8 (int64)",
-             ids_itemsize);
-  LUMO_CHECK(num_bounds >= 0, op, "num_bounds >= 0", num_bounds);
-  LUMO_CHECK_RANGE(num_bounds <= kMaxNumBounds, op, "num_bounds <= 2^31 (int32 block indices)",
-                   num_bounds);
   LUMO_CHECK(device >= 0, op, "a device index >= 0", device);
-  if (n == 0) {
+  if (!check_classify_args(op, ids, ids_itemsize, n, bounds, num_bounds, out)) {
     return;
   }
-  LUMO_CHECK(ids != nullptr, op, "a non-null ids pointer for n > 0", "null");
-  LUMO_CHECK(out != nullptr, op, "a non-null out pointer for n > 0", "null");
-  LUMO_CHECK(num_bounds == 0 || bounds != nullptr, op,
-             "a non-null bounds pointer for num_bounds > 0", "null");
 
   DeviceGuard guard(device, op);
   const auto s = reinterpret_cast<cudaStream_t>(stream);
