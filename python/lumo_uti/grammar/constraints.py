@@ -16,7 +16,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .layout import INVALID_KINDS, START_KINDS, Kind, Layout
+from .layout import INVALID_KINDS, START_KINDS, Kind, Layout, run_end
 
 
 class Mode(IntEnum):
@@ -124,6 +124,12 @@ class Constraints:
                 i += state.remaining - 1
                 state = State(Mode.IMAGE_CODES, remaining=1, index=(state.index + state.remaining - 1) % self.layout.image.num_codebooks)
                 continue
+            if state.mode == Mode.AUDIO and kinds[i] == Kind.AUDIO_CODE:
+                run = self._audio_run(ids, kinds, i, state.index)
+                if run > 1:
+                    i += run
+                    state = State(Mode.AUDIO, index=(state.index + run) % self.layout.audio.num_codebooks)
+                    continue
             kind, tid = Kind(kinds[i]), int(ids[i])
             nxt_state = self.lenient_step(state, kind, tid) if lenient else self.step(state, kind, tid)
             if nxt_state is None:
@@ -141,6 +147,14 @@ class Constraints:
             return False
         layers = (seg - blk.offset) // blk.codebook_size
         return bool((layers == (state.index + np.arange(m)) % blk.num_codebooks).all())
+
+    def _audio_run(self, ids, kinds, i, index: int) -> int:
+        """Length of the run of audio codes from ``i`` in the expected codebook order (fast path)."""
+        blk = self.layout.audio
+        end = run_end(kinds, i, Kind.AUDIO_CODE)
+        codebooks = (ids[i:end] - blk.offset) // blk.codebook_size
+        wrong = codebooks != (index + np.arange(end - i)) % blk.num_codebooks
+        return int(np.argmax(wrong)) if wrong.any() else end - i
 
     # -- masks --------------------------------------------------------------------------
     def mask(self, state: State) -> np.ndarray:

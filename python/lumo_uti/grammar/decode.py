@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import UTIDecodeError
 from ..segments import AudioCodes, ImageCodes, ImagePlaceholder
-from .layout import INVALID_ID_RULES, INVALID_KINDS, START_KINDS, Kind, Layout
+from .layout import INVALID_ID_RULES, INVALID_KINDS, START_KINDS, Kind, Layout, run_end
 
 RULES = {
     "id.negative": "a negative token ID",
@@ -119,7 +119,7 @@ class Decoder:
                 if segment is not None:
                     out.add(segment)
             elif kind == Kind.IMAGE_PATCH:
-                e = _run_end(kinds, i, Kind.IMAGE_PATCH)
+                e = run_end(kinds, i, Kind.IMAGE_PATCH)
                 out.add(ImagePlaceholder(e - i))
                 i = e
             else:
@@ -176,7 +176,7 @@ class Decoder:
         blk, n = self.layout.audio, len(ids)
         q = blk.num_codebooks
         p = i + 1
-        e = _run_end(kinds, p, Kind.AUDIO_CODE)
+        e = run_end(kinds, p, Kind.AUDIO_CODE)
         body = ids[p:e]
         if len(body):
             codebook = (body - blk.offset) // blk.codebook_size
@@ -325,18 +325,6 @@ _MARKER_NAMES = {
     Kind.AUDIO_END: "<|audio_end|>",
     Kind.IMAGE_PATCH: "<|image_patch|>",
 }
-
-
-def _run_end(kinds: np.ndarray, i: int, kind: Kind) -> int:
-    """First position >= i whose kind is not ``kind`` (len when none); amortised O(run)."""
-    n, chunk = len(kinds), 256
-    while i < n:
-        seg = kinds[i : i + chunk] != kind
-        if seg.any():
-            return i + int(np.argmax(seg))
-        i += chunk
-        chunk *= 2
-    return n
 
 
 class _Output:

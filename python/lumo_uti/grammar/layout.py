@@ -118,3 +118,15 @@ class Layout:
     def grid_value(self, token_id: int) -> int:
         """Side length carried by a grid token."""
         return int(token_id) - self.grid.offset + 1
+
+
+def run_end(kinds: np.ndarray, i: int, kind: Kind) -> int:
+    """First position >= i whose kind is not ``kind`` (len when none); amortised O(run)."""
+    n, chunk = len(kinds), 256
+    while i < n:
+        seg = kinds[i : i + chunk] != kind
+        if seg.any():
+            return i + int(np.argmax(seg))
+        i += chunk
+        chunk *= 2
+    return n
