@@ -1,0 +1,283 @@
+"""Rows-only adapters: save the new rows, patch them onto a fresh base, merge to plain HF.
+
+An adapter directory holds::
+
+    adapter.safetensors   new rows only: "embed.new_rows" [N, D], plus
+                          "lm_head.new_rows" [N, D] when untied and
+                          "lm_head.new_bias" [N] when the head has a bias
+    token_space.json      the UTI token space the rows belong to
+    manifest.json         base identity (config hash, table hashes), row
+                          range, dtype, tensor hashes, library versions
+
+``patch_load`` recomputes every hash and refuses a mismatch with an
+``AdapterMismatchError`` that names the field. Directories are written to a
+temporary sibling and renamed into place, so a reader never sees a half-written
+adapter. See docs/token_lm.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+import lumo_uti
+from lumo_uti._io import atomic_write_bytes, atomic_write_text
+from lumo_uti.token_space import TokenSpace
+
+from .expansion import expand, expansion_of
+from .identity import config_sha256, tensor_sha256
+
+__all__ = ["AdapterMismatchError", "MANIFEST_SCHEMA", "save_trainable_rows", "patch_load", "merge", "read_manifest"]
+
+MANIFEST_SCHEMA = "lumo.token_lm.adapter"
+MANIFEST_VERSION = (1, 0)
+ADAPTER_FILE = "adapter.safetensors"
+MANIFEST_FILE = "manifest.json"
+TOKEN_SPACE_FILE = "token_space.json"
+
+
+class AdapterMismatchError(ValueError):
+    """The adapter does not fit this base model; ``field`` names the check that failed."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"patch_load: {field}: {message}")
+        self.field = field
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temp directory beside ``out_dir``; on success it replaces ``out_dir``.
+
+    An existing ``out_dir`` is moved aside first and removed after the swap
+    (``overwrite=False``: FileExistsError instead). On error the temp dir is removed.
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "x")
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _base_tables(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if hasattr(emb, "base_weight"):
+        return emb.base_weight, head.base_weight, head.base_bias
+    return emb.weight, head.weight, head.bias
+
+
+def _base_identity(model: nn.Module, config_hash: str) -> dict[str, Any]:
+    emb, head, bias = _base_tables(model)
+    tied = head is emb
+    return {
+        "architecture": type(model).__name__,
+        "model_type": getattr(model.config, "model_type", None),
+        "config_sha256": config_hash,
+        "embed_sha256": tensor_sha256(emb),
+        "lm_head_sha256": tensor_sha256(head),
+        "lm_head_bias_sha256": None if bias is None else tensor_sha256(bias),
+        "rows": int(emb.shape[0]),
+        "hidden_size": int(emb.shape[1]),
+        "dtype": _dtype_name(emb.dtype),
+        "tied": tied,
+    }
+
+
+def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    out = {"embed.new_rows": emb.new_weight}
+    if head.new_weight is not emb.new_weight:
+        out["lm_head.new_rows"] = head.new_weight
+    if head.new_bias is not None:
+        out["lm_head.new_bias"] = head.new_bias
+    return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+
+
+def save_trainable_rows(model: nn.Module, out_dir: str | os.PathLike) -> Path:
+    """Write the adapter directory of an expanded ``model`` (DDP-wrapped is fine); returns it.
+
+    Raises:
+        TypeError: ``model`` was not expanded.
+    """
+    from safetensors.torch import save as st_save
+
+    model = getattr(model, "module", model)
+    info = expansion_of(model)
+    tensors = _adapter_tensors(model)
+    ts = info.token_space
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "schema_version": list(MANIFEST_VERSION),
+        "library": {"lumo": lumo_uti.__version__, "torch": torch.__version__, "transformers": _transformers_version()},
+        "base": _base_identity(model, info.base_config_sha256),
+        "rows": {
+            "start": info.base_rows,
+            "count": info.new_rows,
+            "end": info.total_rows,
+            "vocab_size": ts.vocab_size,
+            "padded_vocab_size": ts.padded_vocab_size,
+        },
+        "dtype": _dtype_name(tensors["embed.new_rows"].dtype),
+        "token_space": {"file": TOKEN_SPACE_FILE, "fingerprint": ts.fingerprint},
+        "tensors": {
+            k: {"shape": list(v.shape), "dtype": _dtype_name(v.dtype), "sha256": tensor_sha256(v)}
+            for k, v in tensors.items()
+        },
+    }
+    with atomic_dir(out_dir) as tmp:
+        atomic_write_bytes(tmp / ADAPTER_FILE, st_save(tensors, metadata={"format": "pt", "schema": MANIFEST_SCHEMA}))
+        ts.save(tmp / TOKEN_SPACE_FILE)
+        atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return Path(out_dir)
+
+
+def _transformers_version() -> str | None:
+    try:
+        import transformers
+
+        return transformers.__version__
+    except ImportError:  # pragma: no cover - transformers is a runtime dependency
+        return None
+
+
+def read_manifest(adapter_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of an adapter directory, schema-checked.
+
+    Raises:
+        FileNotFoundError: no manifest.json.
+        AdapterMismatchError: not JSON, or another schema / major version.
+    """
+    path = Path(adapter_dir) / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise AdapterMismatchError("manifest", f"{path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
+        raise AdapterMismatchError("manifest", f"expected schema {MANIFEST_SCHEMA!r} in {path}, got {manifest.get('schema') if isinstance(manifest, dict) else manifest!r}")
+    version = manifest.get("schema_version")
+    if not isinstance(version, list) or not version or version[0] != MANIFEST_VERSION[0]:
+        raise AdapterMismatchError("manifest", f"expected schema_version {MANIFEST_VERSION[0]}.x, got {version}")
+    return manifest
+
+
+def _expect(field: str, adapter_value: Any, base_value: Any, what: str = "the adapter was made for") -> None:
+    if adapter_value != base_value:
+        raise AdapterMismatchError(field, f"{what} {adapter_value}, this base has {base_value}")
+
+
+def patch_load(base_model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
+    """Expand a fresh base model and load the adapter's rows into it; returns the model.
+
+    Checks, in order: manifest schema, token space fingerprint, architecture,
+    config hash, table shapes and dtype, embedding / LM-head (/ bias) hashes,
+    then every adapter tensor's name, shape, dtype and hash. The result's
+    logits equal the trained model's exactly.
+
+    Raises:
+        AdapterMismatchError: a check failed (``field`` says which; the
+            message gives both values).
+        FileNotFoundError: a file of the adapter is missing.
+    """
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    manifest = read_manifest(adapter_dir)
+    ts = TokenSpace.load(adapter_dir / manifest["token_space"]["file"])
+    _expect("token_space.fingerprint", manifest["token_space"]["fingerprint"], ts.fingerprint,
+            "the manifest names token space")
+    if hasattr(base_model, "lumo_expansion"):
+        raise AdapterMismatchError("base", "the model is expanded already; patch_load needs a fresh base model")
+    want = manifest["base"]
+    _expect("base.architecture", want["architecture"], type(base_model).__name__)
+    _expect("base.config_sha256", want["config_sha256"], config_sha256(base_model.config))
+    emb, head, bias = _base_tables(base_model)
+    _expect("base.rows", want["rows"], int(emb.shape[0]))
+    _expect("base.hidden_size", want["hidden_size"], int(emb.shape[1]))
+    _expect("base.dtype", want["dtype"], _dtype_name(emb.dtype))
+    _expect("base.tied", want["tied"], head is emb)
+    _expect("base.embed_sha256", want["embed_sha256"], tensor_sha256(emb))
+    _expect("base.lm_head_sha256", want["lm_head_sha256"], tensor_sha256(head))
+    _expect("base.lm_head_bias_sha256", want["lm_head_bias_sha256"], None if bias is None else tensor_sha256(bias))
+
+    rows = manifest["rows"]
+    tensors = load_file(str(adapter_dir / ADAPTER_FILE))
+    _expect("tensors", sorted(manifest["tensors"]), sorted(tensors), "the manifest lists tensors")
+    for name, meta in manifest["tensors"].items():
+        t = tensors[name]
+        _expect(f"tensors.{name}.shape", meta["shape"], list(t.shape), "the manifest says")
+        _expect(f"tensors.{name}.dtype", meta["dtype"], _dtype_name(t.dtype), "the manifest says")
+        _expect(f"tensors.{name}.sha256", meta["sha256"], tensor_sha256(t), "the manifest says")
+    if rows["end"] not in (ts.vocab_size, ts.padded_vocab_size) or rows["start"] != ts.base_rows:
+        raise AdapterMismatchError("rows", f"row range [{rows['start']}, {rows['end']}) does not fit the token space")
+
+    model = expand(base_model, ts, init="zeros", padded=rows["end"] == ts.padded_vocab_size)
+    new_emb, new_head = model.get_input_embeddings(), model.get_output_embeddings()
+    with torch.no_grad():
+        new_emb.new_weight.copy_(tensors["embed.new_rows"])
+        if "lm_head.new_rows" in tensors:
+            new_head.new_weight.copy_(tensors["lm_head.new_rows"])
+        if "lm_head.new_bias" in tensors:
+            new_head.new_bias.copy_(tensors["lm_head.new_bias"])
+    return model
+
+
+def merge(model: nn.Module, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a plain Hugging Face checkpoint with the full expanded tables.
+
+    ``model`` is an expanded model (e.g. from ``patch_load``). The full tables
+    ``cat(base, new)`` exist only while saving; the model is restored after.
+    ``save_pretrained`` writes into a temp directory that is renamed to
+    ``out_dir``; ``token_space.json`` is written beside the weights.
+
+    Raises:
+        TypeError: ``model`` was not expanded.
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+    """
+    model = getattr(model, "module", model)
+    info = expansion_of(model)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    with torch.no_grad():
+        full_emb = nn.Embedding(info.total_rows, emb.embedding_dim, device="meta")
+        full_emb.weight = nn.Parameter(torch.cat([emb.base_weight, emb.new_weight.to(emb.base_weight.dtype)]), requires_grad=False)
+        full_head = nn.Linear(head.in_features, info.total_rows, bias=head.base_bias is not None, device="meta")
+        if info.tied:
+            full_head.weight = full_emb.weight
+        else:
+            full_head.weight = nn.Parameter(torch.cat([head.base_weight, head.new_weight.to(head.base_weight.dtype)]), requires_grad=False)
+        if head.base_bias is not None:
+            full_head.bias = nn.Parameter(torch.cat([head.base_bias, head.new_bias.to(head.base_bias.dtype)]), requires_grad=False)
+    expansion = model.__dict__.pop("lumo_expansion")
+    try:
+        model.set_input_embeddings(full_emb)
+        model.set_output_embeddings(full_head)
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            model.save_pretrained(tmp)
+            info.token_space.save(tmp / TOKEN_SPACE_FILE)
+    finally:
+        model.set_input_embeddings(emb)
+        model.set_output_embeddings(head)
+        model.lumo_expansion = expansion
+    return Path(out_dir)

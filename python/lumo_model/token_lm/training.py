@@ -1,0 +1,325 @@
+"""Rows-only training of an expanded token LM (``lumo tokenlm train``).
+
+One process, or one per rank under ``torchrun`` (DDP; gloo on CPU, NCCL on
+GPU): only the new rows are in the optimizer; every other parameter is frozen.
+The batch of a step is a pure function of (seed, step, rank), so a run resumed
+from a checkpoint continues exactly where the killed run was: the checkpoint
+holds the rows, the optimizer state and the step, and the resumed run gives
+bit-identical rows to an uninterrupted one (on the same machine and thread
+count).
+
+Output directory::
+
+    log.jsonl                  one JSON object per logged step
+    checkpoints/step_XXXXXXXX/ adapter/ (rows-only adapter), optimizer.pt, state.json
+    latest.json                {"step": N, "checkpoint": "checkpoints/step_..."}
+    adapter/                   the final rows-only adapter
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lumo_uti._io import atomic_write_text
+
+from .expansion import expand, expansion_of, trainable_parameters
+from .packaging import atomic_dir, patch_load, save_trainable_rows
+from .tasks import Example, read_examples
+
+__all__ = ["TrainConfig", "train", "forbidden_columns", "rows_loss"]
+
+CKPT_DIR = "checkpoints"
+LATEST = "latest.json"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``train`` (the command's flags have the same names)."""
+
+    base: str
+    data: str
+    out: str
+    bundle: str | None = None
+    steps: int = 100
+    lr: float = 1e-3
+    batch_size: int = 4
+    seq_len: int = 512
+    save_every: int = 50
+    resume: bool = False
+    seed: int = 0
+    log_every: int = 10
+    weight_decay: float = 0.0
+    noise_std: float = 0.0
+    dtype: str = "float32"
+    keep_checkpoints: int = 2
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"tokenlm train: expected {name} >= 1, got {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise ValueError(f"tokenlm train: expected seq_len >= 2, got {self.seq_len}")
+        if not self.lr > 0:
+            raise ValueError(f"tokenlm train: expected lr > 0, got {self.lr}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"tokenlm train: expected dtype in {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"tokenlm train: expected keep_checkpoints >= 1, got {self.keep_checkpoints}")
+
+
+def forbidden_columns(token_space: Any, width: int) -> torch.Tensor:
+    """``[width]`` bool: True for IDs never emitted (base padding, tail padding)."""
+    mask = torch.zeros(width, dtype=torch.bool)
+    mask[token_space.text_vocab_size : token_space.base_rows] = True
+    mask[token_space.vocab_size :] = True
+    return mask
+
+
+def rows_loss(logits: torch.Tensor, labels: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:
+    """Per-target cross entropy ``[B, L-1]`` (0 where label is -100).
+
+    logits: [B, L, V]; labels: [B, L] (-100 = no loss); forbidden: [V] bool,
+    columns set to -inf so padding rows are never a target nor get probability
+    mass (their rows then get exactly zero gradient).
+    """
+    logits = logits[:, :-1].float().masked_fill(forbidden.to(logits.device), float("-inf"))
+    target = labels[:, 1:]
+    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none")
+    return flat.view(target.shape)
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(n: int, step: int, batch_size: int, rank: int, world: int, seed: int) -> list[int]:
+    """Example indices of ``rank``'s batch at ``step``: a pure function of its arguments."""
+    out = []
+    for i in range(batch_size):
+        g = (step * world + rank) * batch_size + i
+        epoch, k = divmod(g, n)
+        out.append(int(_order(n, seed, epoch)[k]))
+    return out
+
+
+def collate(examples: list[Example], seq_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids [B, L], attention_mask [B, L], labels [B, L])``, truncated/padded to seq_len."""
+    ids = torch.full((len(examples), seq_len), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), seq_len), dtype=torch.long)
+    labels = torch.full((len(examples), seq_len), -100, dtype=torch.long)
+    for b, ex in enumerate(examples):
+        n = min(len(ex.ids), seq_len)
+        row = torch.tensor(ex.ids[:n], dtype=torch.long)
+        ids[b, :n] = row
+        attn[b, :n] = 1
+        tgt = torch.tensor(ex.target[:n], dtype=torch.bool)
+        labels[b, :n] = torch.where(tgt, row, -100)
+    return ids, attn, labels
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+# -- distributed ----------------------------------------------------------------------------------
+
+
+def _dist_setup() -> tuple[int, int, torch.device, bool]:
+    """(rank, world, device, initialised_here) from the torchrun environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if world == 1:
+        return 0, 1, device, False
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device, False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, True
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def _save_checkpoint(out: Path, model: Any, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int) -> Path:
+    name = f"step_{state['step']:08d}"
+    ckpt = out / CKPT_DIR / name
+    with atomic_dir(ckpt) as tmp:
+        save_trainable_rows(model, tmp / "adapter")
+        opt_tmp = tmp / "optimizer.pt"
+        torch.save(optimizer.state_dict(), opt_tmp)
+        atomic_write_text(tmp / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
+    # The pointer moves only once the checkpoint is complete: a kill at any
+    # moment leaves latest.json naming a whole checkpoint.
+    atomic_write_text(out / LATEST, json.dumps({"step": state["step"], "checkpoint": f"{CKPT_DIR}/{name}"}) + "\n")
+    old = sorted(p for p in (out / CKPT_DIR).iterdir() if p.is_dir() and p.name.startswith("step_"))
+    for p in old[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+    return ckpt
+
+
+def _latest(out: Path) -> Path | None:
+    path = out / LATEST
+    if not path.exists():
+        return None
+    ref = json.loads(path.read_text(encoding="utf-8"))
+    return out / ref["checkpoint"]
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def _load_base(cfg: TrainConfig, device: torch.device) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=_DTYPES[cfg.dtype])
+    return model.to(device)
+
+
+def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train the new rows; returns ``{"step", "loss", "adapter", "out"}`` (rank 0's view).
+
+    Raises:
+        ValueError: bad options or data; resuming with another data file or
+            another base (the adapter's hashes are checked by ``patch_load``).
+        FileExistsError: ``out`` holds a run and ``resume`` is False.
+    """
+    import lumo_uti
+
+    cfg.validate()
+    rank, world, device, own_pg = _dist_setup()
+    say = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    say = say if rank == 0 else (lambda s: None)
+    out = Path(cfg.out)
+    try:
+        uti = lumo_uti.load(cfg.bundle)
+        ts = uti.token_space
+        examples = read_examples(cfg.data, uti)
+        data_hash = _file_sha256(cfg.data)
+        ckpt = _latest(out) if cfg.resume else None
+        if not cfg.resume and (out / LATEST).exists():
+            raise FileExistsError(f"{out} holds a run already (latest.json); pass --resume or another --out")
+        start = 0
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        model = _load_base(cfg, device)
+        if ckpt is not None:
+            state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+            if state["data_sha256"] != data_hash:
+                raise ValueError(
+                    f"tokenlm train: --resume with another data file: the run used {state['data_sha256']}, "
+                    f"{cfg.data} is {data_hash}"
+                )
+            if int(state.get("world_size", 1)) != world:
+                raise ValueError(
+                    f"tokenlm train: --resume with {world} process(es), the run used {state['world_size']}: "
+                    "the data order depends on the number of processes"
+                )
+            model = patch_load(model, ckpt / "adapter")
+            if expansion_of(model).token_space.fingerprint != ts.fingerprint:
+                raise ValueError(
+                    f"tokenlm train: --resume with another bundle: the run used token space "
+                    f"{expansion_of(model).token_space.fingerprint}, this bundle has {ts.fingerprint}"
+                )
+            start = int(state["step"])
+            say(f"tokenlm: resumed from {ckpt} at step {start}")
+        else:
+            model = expand(model, ts, init="mean", noise_std=cfg.noise_std, seed=cfg.seed)
+        params = trainable_parameters(model)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if ckpt is not None:
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=device))
+        n_trainable = sum(p.numel() for p in params)
+        say(
+            f"tokenlm: {len(examples)} examples, {world} process(es), vocab {expansion_of(model).total_rows} "
+            f"({expansion_of(model).new_rows} new rows), {n_trainable} trainable parameters, device {device}"
+        )
+        net = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net.train()
+        forbidden = forbidden_columns(ts, expansion_of(model).total_rows).to(device)
+        pad_id = ts.special_tokens.get("<|endoftext|>", 0)
+        names = [r.name for r in ts.regions]
+        bounds = ts.region_bounds
+        last_loss = float("nan")
+        t0, tokens = time.perf_counter(), 0
+        for step in range(start, cfg.steps):
+            batch = [examples[i] for i in batch_indices(len(examples), step, cfg.batch_size, rank, world, cfg.seed)]
+            ids, attn, labels = collate(batch, cfg.seq_len, pad_id)
+            ids, attn, labels = ids.to(device), attn.to(device), labels.to(device)
+            logits = net(input_ids=ids, attention_mask=attn).logits
+            per_tok = rows_loss(logits, labels, forbidden)
+            valid = labels[:, 1:] != -100
+            count = valid.sum()
+            loss = per_tok.sum() / count.clamp(min=1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tokens += int(count)
+            last_loss = float(loss.detach())
+            done = step + 1
+            if rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
+                region = np.searchsorted(bounds, labels[:, 1:][valid].cpu().numpy(), side="right") - 1
+                losses = per_tok[valid].detach().cpu().numpy()
+                by = {names[r]: float(losses[region == r].mean()) for r in np.unique(region) if 0 <= r < len(names)}
+                rate = tokens / max(time.perf_counter() - t0, 1e-9)
+                rec = {"step": done, "loss": last_loss, "loss_by_region": by, "target_tokens_per_s": rate}
+                say(
+                    f"tokenlm: step {done}/{cfg.steps} loss {last_loss:.4f} "
+                    + " ".join(f"{k} {v:.3f}" for k, v in sorted(by.items()))
+                    + f" ({rate:.0f} target tok/s)"
+                )
+                with open(out / "log.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                if rank == 0:
+                    state = {"step": done, "loss": last_loss, "data_sha256": data_hash, "config": asdict(cfg), "world_size": world}
+                    path = _save_checkpoint(out, model, optimizer, state, cfg.keep_checkpoints)
+                    say(f"tokenlm: checkpoint {path}")
+                _barrier(world)
+        if rank == 0:
+            save_trainable_rows(model, out / "adapter")
+            say(f"tokenlm: adapter written to {out / 'adapter'}")
+        _barrier(world)
+        return {"step": cfg.steps, "loss": last_loss, "adapter": str(out / "adapter"), "out": str(out)}
+    finally:
+        if own_pg:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
