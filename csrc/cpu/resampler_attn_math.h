@@ -1,0 +1,139 @@
+// Math shared by the CPU and CUDA resampler-attention kernels (LUMO_HD).
+//
+// Storage conversions (fp32 / bf16 / fp16 <-> float, round to nearest even),
+// the masked-score sentinel and the log-sum-exp merge of two partial softmax
+// blocks. Compiled into the CPU module, so the CPU tests exercise it too.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "common/hd.h"
+
+namespace lumo {
+namespace resampler {
+
+// Storage dtype codes passed across the Python boundary.
+enum DType : int64_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+LUMO_HD inline float bits_to_float(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+LUMO_HD inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+LUMO_HD inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32_t>(h) << 16); }
+
+LUMO_HD inline uint16_t float_to_bf16(float f) {
+  uint32_t u = float_to_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep it a (quiet) NaN
+    return static_cast<uint16_t>((u >> 16) | 0x0040u);
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+  return static_cast<uint16_t>(u >> 16);
+}
+
+LUMO_HD inline float f16_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  if (exp == 0) {
+    if (mant == 0) return bits_to_float(sign);
+    // Subnormal: value = mant * 2^-24, exact in fp32.
+    const float v = static_cast<float>(mant) * 5.9604644775390625e-08f;
+    return sign ? -v : v;
+  }
+  if (exp == 31) return bits_to_float(sign | 0x7f800000u | (mant << 13));
+  return bits_to_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+LUMO_HD inline uint16_t float_to_f16(float f) {
+  const uint32_t u = float_to_bits(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t au = u & 0x7fffffffu;
+  if (au > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (au >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520: inf
+  if (au < 0x38800000u) {
+    // Below the smallest normal (2^-14): round |f| / 2^-24 to an integer (RNE).
+    const float scaled = bits_to_float(au) * 16777216.0f;  // exact: power of two
+    const float r = rintf(scaled);  // current rounding mode: nearest even
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(r));
+  }
+  // Normal: rebias exponent, round the 13 dropped mantissa bits to nearest even.
+  uint32_t v = au - (112u << 23);
+  v += 0xfffu + ((v >> 13) & 1u);
+  return static_cast<uint16_t>(sign | static_cast<uint16_t>(v >> 13));
+}
+
+template <int DT>
+LUMO_HD inline float load(const void* p, int64_t i) {
+  if (DT == kF32) return static_cast<const float*>(p)[i];
+  if (DT == kBF16) return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+  return f16_to_float(static_cast<const uint16_t*>(p)[i]);
+}
+
+template <int DT>
+LUMO_HD inline void store(void* p, int64_t i, float v) {
+  if (DT == kF32) {
+    static_cast<float*>(p)[i] = v;
+  } else if (DT == kBF16) {
+    static_cast<uint16_t*>(p)[i] = float_to_bf16(v);
+  } else {
+    static_cast<uint16_t*>(p)[i] = float_to_f16(v);
+  }
+}
+
+// exp(x) for x <= 0 (softmax arguments: a score minus a running max or the
+// log-sum-exp): Cephes' expf polynomial, within 2 ulp of expf, 0 below -87.3.
+// Branch-free so that the CPU loops vectorise; the same code on every ISA and
+// on the GPU gives the same bits (no FMA contraction in ISO C++ builds).
+LUMO_HD inline float exp_nonpos(float x) {
+  const float clamped = x < -87.3f ? -87.3f : x;
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick (exact for |v| < 2^22).
+  const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = clamped - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  return x < -87.3f ? 0.0f : y * scale;
+}
+
+// Partial softmax over one key block: running max m and sum l of exp(s - m).
+// An empty block has m = -inf, l = 0.
+struct Partial {
+  float m;
+  float l;
+};
+
+// Weights (a1, a2) that rescale two partial blocks to their merged max, so that
+// merged.l = a1 * p1.l + a2 * p2.l and merged acc = a1 * acc1 + a2 * acc2.
+LUMO_HD inline Partial merge_weights(Partial p1, Partial p2, float* a1, float* a2) {
+  const float m = p1.m > p2.m ? p1.m : p2.m;
+  if (m == -INFINITY) {  // both blocks empty
+    *a1 = 0.0f;
+    *a2 = 0.0f;
+    return Partial{m, 0.0f};
+  }
+  *a1 = p1.m == -INFINITY ? 0.0f : expf(p1.m - m);
+  *a2 = p2.m == -INFINITY ? 0.0f : expf(p2.m - m);
+  return Partial{m, *a1 * p1.l + *a2 * p2.l};
+}
+
+// log-sum-exp of a merged partial; -inf when every key was masked.
+LUMO_HD inline float partial_lse(Partial p) { return p.l > 0.0f ? p.m + logf(p.l) : -INFINITY; }
+
+}  // namespace resampler
+}  // namespace lumo

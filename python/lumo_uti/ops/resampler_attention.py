@@ -1,0 +1,320 @@
+"""Resampler cross-attention: latent queries over concat(context, latents) keys.
+
+``resampler_attention(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask=None, *, scale=None)``
+is ``softmax(q @ [k_ctx; k_lat]^T * scale, masked) @ [v_ctx; v_lat]`` without
+building the concatenated keys/values: the kernels keep one softmax partial per
+key block and merge them by log-sum-exp. GQA: query head ``h`` reads key/value
+head ``h // (Hq // Hkv)``. Softmax and accumulation are fp32 for every input
+dtype.
+
+Backends: ``lumo_uti._C`` (CPU), ``lumo_uti._C_cuda`` (CUDA, head dim <= 256)
+and ``resampler_attention_reference`` (any device; the fallback, or forced by
+``LUMO_FORCE_REFERENCE=1``). The forward op ``lumo_uti::resampler_attention_fwd``
+returns ``(out, lse)``; its autograd formula calls the backward op
+``lumo_uti::resampler_attention_bwd``, which is deterministic on every backend
+(no atomics: each gradient row is summed by one worker in a fixed order).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from . import _native
+
+__all__ = [
+    "resampler_attention",
+    "resampler_attention_backward_reference",
+    "resampler_attention_reference",
+]
+
+_OP = "resampler_attention"
+_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+# The CUDA kernel keeps a head's row in registers, 8 values per lane.
+_CUDA_MAX_HEAD_DIM = 256
+
+
+# ---------------------------------------------------------------------------
+# Reference (the spec): concatenated keys, masked softmax in fp32.
+# ---------------------------------------------------------------------------
+
+
+def _expand_kv(x: torch.Tensor, group: int) -> torch.Tensor:
+    """[B, Hkv, T, D] -> [B, Hkv * group, T, D] (query head h reads kv head h // group)."""
+    return x.repeat_interleave(group, dim=1) if group > 1 else x
+
+
+def _ref_probs(q, k_ctx, k_lat, ctx_mask, scale):
+    """fp32 probabilities [B, Hq, L, N + L] and lse [B, Hq, L]."""
+    group = q.shape[1] // k_ctx.shape[1]
+    k = _expand_kv(torch.cat([k_ctx, k_lat], dim=2).float(), group)
+    scores = torch.matmul(q.float(), k.transpose(-1, -2)) * scale
+    if ctx_mask is not None:
+        B, N, L = ctx_mask.shape[0], ctx_mask.shape[1], k_lat.shape[2]
+        keep = torch.cat([ctx_mask, ctx_mask.new_ones(B, L)], dim=1)
+        scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.exp(scores - lse[..., None]), lse
+
+
+def resampler_attention_reference(
+    q: torch.Tensor,
+    k_ctx: torch.Tensor,
+    v_ctx: torch.Tensor,
+    k_lat: torch.Tensor,
+    v_lat: torch.Tensor,
+    ctx_mask: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op as plain PyTorch (validated inputs). Returns ``(out [B, Hq, L, D], lse [B, Hq, L] fp32)``.
+
+    Differentiable with autograd, so the tests use it as the oracle for the gradients too.
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    group = q.shape[1] // k_ctx.shape[1]
+    p, lse = _ref_probs(q, k_ctx, k_lat, ctx_mask, scale)
+    v = _expand_kv(torch.cat([v_ctx, v_lat], dim=2).float(), group)
+    return torch.matmul(p, v).to(q.dtype), lse
+
+
+def resampler_attention_backward_reference(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale):
+    """Closed-form backward in fp32: ``(dq, dk_ctx, dv_ctx, dk_lat, dv_lat)`` in the input dtype."""
+    B, Hq, L, D = q.shape
+    Hkv, N = k_ctx.shape[1], k_ctx.shape[2]
+    group = Hq // Hkv
+    k = _expand_kv(torch.cat([k_ctx, k_lat], dim=2).float(), group)
+    v = _expand_kv(torch.cat([v_ctx, v_lat], dim=2).float(), group)
+    scores = torch.matmul(q.float(), k.transpose(-1, -2)) * scale
+    p = torch.exp(scores - lse[..., None].float())
+    if ctx_mask is not None:
+        keep = torch.cat([ctx_mask, ctx_mask.new_ones(B, L)], dim=1)
+        p = p.masked_fill(~keep[:, None, None, :], 0.0)
+    do = grad_out.float()
+    delta = (do * out.float()).sum(-1, keepdim=True)  # [B, Hq, L, 1]
+    ds = p * (torch.matmul(do, v.transpose(-1, -2)) - delta)
+    dq = torch.matmul(ds, k) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q.float()) * scale  # [B, Hq, T, D]
+    dv = torch.matmul(p.transpose(-1, -2), do)
+    # Sum the query heads of each kv group.
+    dk = dk.view(B, Hkv, group, N + L, D).sum(2)
+    dv = dv.view(B, Hkv, group, N + L, D).sum(2)
+    dt = q.dtype
+    return (dq.to(dt), dk[:, :, :N].to(dt), dv[:, :, :N].to(dt), dk[:, :, N:].to(dt), dv[:, :, N:].to(dt))
+
+
+# ---------------------------------------------------------------------------
+# Validation (front, op and fake share it).
+# ---------------------------------------------------------------------------
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale) -> None:
+    names = ("q", "k_ctx", "v_ctx", "k_lat", "v_lat")
+    tensors = (q, k_ctx, v_ctx, k_lat, v_lat)
+    for n, t in zip(names, tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{_OP}: expected {n} as a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{_OP}: expected 4-D {n}, got shape {tuple(t.shape)}")
+    if q.dtype not in _DTYPE_CODE:
+        raise TypeError(f"{_OP}: expected q of dtype float32, bfloat16 or float16, got {_name(q.dtype)}")
+    for n, t in zip(names[1:], tensors[1:]):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{_OP}: expected {n} of dtype {_name(q.dtype)} (the dtype of q), got {_name(t.dtype)}")
+        if t.device != q.device:
+            raise ValueError(f"{_OP}: expected {n} on {q.device} (the device of q), got {t.device}")
+    B, Hq, L, D = q.shape
+    if k_ctx.shape[0] != B or k_ctx.shape[3] != D:
+        raise ValueError(
+            f"{_OP}: expected k_ctx of shape [B={B}, Hkv, N, D={D}], got {tuple(k_ctx.shape)}"
+        )
+    Hkv, N = k_ctx.shape[1], k_ctx.shape[2]
+    if Hkv < 1 or Hq % Hkv != 0:
+        raise ValueError(f"{_OP}: expected Hq={Hq} to be a multiple of Hkv >= 1, got Hkv={Hkv}")
+    if tuple(v_ctx.shape) != (B, Hkv, N, D):
+        raise ValueError(f"{_OP}: expected v_ctx of shape {(B, Hkv, N, D)} (like k_ctx), got {tuple(v_ctx.shape)}")
+    for n, t in (("k_lat", k_lat), ("v_lat", v_lat)):
+        if tuple(t.shape) != (B, Hkv, L, D):
+            raise ValueError(f"{_OP}: expected {n} of shape {(B, Hkv, L, D)} ([B, Hkv, L, D]), got {tuple(t.shape)}")
+    if ctx_mask is not None:
+        if not isinstance(ctx_mask, torch.Tensor):
+            raise TypeError(f"{_OP}: expected ctx_mask as a torch.Tensor or None, got {type(ctx_mask).__name__}")
+        if ctx_mask.dtype != torch.bool:
+            raise TypeError(f"{_OP}: expected a bool ctx_mask, got {_name(ctx_mask.dtype)}")
+        if tuple(ctx_mask.shape) != (B, N):
+            raise ValueError(f"{_OP}: expected ctx_mask of shape {(B, N)} ([B, N]), got {tuple(ctx_mask.shape)}")
+        if ctx_mask.device != q.device:
+            raise ValueError(f"{_OP}: expected ctx_mask on {q.device} (the device of q), got {ctx_mask.device}")
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise ValueError(f"{_OP}: expected a finite float scale, got {scale!r}")
+
+
+def resampler_attention(
+    q: torch.Tensor,
+    k_ctx: torch.Tensor,
+    v_ctx: torch.Tensor,
+    k_lat: torch.Tensor,
+    v_lat: torch.Tensor,
+    ctx_mask: Optional[torch.Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Attention of latent queries over the context keys and the latent keys.
+
+    Args:
+        q: ``[B, Hq, L, D]`` latent queries (fp32, bf16 or fp16).
+        k_ctx, v_ctx: ``[B, Hkv, N, D]`` context keys/values (``N`` may be 0).
+        k_lat, v_lat: ``[B, Hkv, L, D]`` latent keys/values.
+        ctx_mask: ``[B, N]`` bool, True where a context position is real; None = all real.
+        scale: score scale, default ``D ** -0.5``.
+
+    Returns:
+        ``[B, Hq, L, D]`` in the dtype of ``q``; differentiable in q, k_*, v_*.
+
+    Raises:
+        TypeError: a non-tensor, unsupported dtype, mixed dtypes, non-bool mask.
+        ValueError: bad shapes, ``Hq`` not a multiple of ``Hkv``, mixed devices, bad scale.
+    """
+    if scale is None and isinstance(q, torch.Tensor) and q.dim() == 4:
+        scale = q.shape[-1] ** -0.5
+    _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale)
+    out, _lse = _fwd_op(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, float(scale))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Backends.
+# ---------------------------------------------------------------------------
+
+
+def _module(device: torch.device, D: int):
+    if _native.reference_forced():
+        return None
+    if device.type == "cpu":
+        return _native.cpu()
+    if device.type == "cuda" and D <= _CUDA_MAX_HEAD_DIM:
+        return _native.cuda()
+    return None
+
+
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _fwd_impl(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale):
+    _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale)
+    B, Hq, L, D = q.shape
+    Hkv, N = k_ctx.shape[1], k_ctx.shape[2]
+    module = _module(q.device, D)
+    if module is None:
+        out, lse = resampler_attention_reference(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale)
+        return out.contiguous(), lse.contiguous()
+    q, k_ctx, v_ctx, k_lat, v_lat = (t.contiguous() for t in (q, k_ctx, v_ctx, k_lat, v_lat))
+    mask = None if ctx_mask is None else ctx_mask.contiguous()
+    out = torch.empty_like(q)
+    lse = torch.empty((B, Hq, L), dtype=torch.float32, device=q.device)
+    if B * L == 0:
+        return out, lse
+    args = [_ptr(q), _ptr(k_ctx), _ptr(v_ctx), _ptr(k_lat), _ptr(v_lat), _ptr(mask), _ptr(out),
+            _ptr(lse), B, Hq, Hkv, L, N, D, scale, _DTYPE_CODE[q.dtype]]
+    # SAFETY: every tensor above is contiguous, lives in this frame until the
+    # call returns (CPU) or is used on its device's current stream (CUDA), and
+    # has the sizes given.
+    if q.device.type == "cpu":
+        module.resampler_attn_forward(*args, torch.get_num_threads())
+    else:
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        module.resampler_attn_forward(*args, stream, q.device.index)
+    return out, lse
+
+
+def _bwd_impl(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale):
+    B, Hq, L, D = q.shape
+    Hkv, N = k_ctx.shape[1], k_ctx.shape[2]
+    module = _module(q.device, D)
+    if module is None:
+        return resampler_attention_backward_reference(
+            grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale
+        )
+    ts = [t.contiguous() for t in (grad_out.to(q.dtype), q, k_ctx, v_ctx, k_lat, v_lat)]
+    mask = None if ctx_mask is None else ctx_mask.contiguous()
+    out, lse = out.contiguous(), lse.contiguous()
+    if B * L == 0:  # no query attended to any key
+        return tuple(torch.zeros_like(t) for t in ts[1:])
+    grads = [torch.empty_like(t) for t in ts[1:]]
+    args = [*(_ptr(t) for t in ts), _ptr(mask), _ptr(out), _ptr(lse), *(_ptr(g) for g in grads),
+            B, Hq, Hkv, L, N, D, scale, _DTYPE_CODE[q.dtype]]
+    # SAFETY: as in _fwd_impl; the gradients are fresh contiguous tensors.
+    if q.device.type == "cpu":
+        module.resampler_attn_backward(*args, torch.get_num_threads())
+    else:
+        delta = torch.empty((B, Hq, L), dtype=torch.float32, device=q.device)  # workspace
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        module.resampler_attn_backward(*args, _ptr(delta), stream, q.device.index)
+    return tuple(grads)
+
+
+@torch.library.custom_op("lumo_uti::resampler_attention_fwd", mutates_args=())
+def _fwd_op(
+    q: torch.Tensor,
+    k_ctx: torch.Tensor,
+    v_ctx: torch.Tensor,
+    k_lat: torch.Tensor,
+    v_lat: torch.Tensor,
+    ctx_mask: Optional[torch.Tensor],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd_impl(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale)
+
+
+@_fwd_op.register_fake
+def _fwd_fake(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale):
+    _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale)
+    B, Hq, L, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, Hq, L), dtype=torch.float32)
+
+
+@torch.library.custom_op("lumo_uti::resampler_attention_bwd", mutates_args=())
+def _bwd_op(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k_ctx: torch.Tensor,
+    v_ctx: torch.Tensor,
+    k_lat: torch.Tensor,
+    v_lat: torch.Tensor,
+    ctx_mask: Optional[torch.Tensor],
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd_impl(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale)
+
+
+@_bwd_op.register_fake
+def _bwd_fake(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k_ctx, v_ctx, k_lat, v_lat))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse)
+    ctx.scale = scale
+
+
+def _backward(ctx, grad_out, grad_lse):
+    # lse is an internal output (the public function drops it): its gradient is ignored.
+    q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dkc, dvc, dkl, dvl = _bwd_op(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, ctx.scale)
+    return dq, dkc, dvc, dkl, dvl, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
