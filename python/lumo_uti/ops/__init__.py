@@ -12,9 +12,20 @@ from __future__ import annotations
 from typing import Any
 
 from . import _native
+from .resampler_attention import resampler_attention
+from .rowmask import rowmask_embedding_backward
 from .token_range import classify_ids
+from .vq import rvq_decode, rvq_encode, vq_search
 
-__all__ = ["backends", "classify_ids"]
+__all__ = [
+    "backends",
+    "resampler_attention",
+    "classify_ids",
+    "rowmask_embedding_backward",
+    "rvq_decode",
+    "rvq_encode",
+    "vq_search",
+]
 
 
 def backends() -> dict[str, Any]:

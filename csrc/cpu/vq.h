@@ -1,0 +1,77 @@
+// CPU kernels of the VQ ops (torch-free: raw pointers, sizes and dtype codes).
+//
+// Arithmetic contract: csrc/common/vq.h. Element types: lumo::vq::DType
+// (0 fp32, 1 fp16, 2 bf16). All buffers are C-contiguous host memory that the
+// caller keeps alive for the call; outputs must not overlap inputs.
+// num_threads: 0 = hardware concurrency. Results never depend on it.
+// isa: 0 = best available, 1 = scalar, 2 = AVX2, 3 = AVX-512 (an unavailable
+// one throws std::invalid_argument).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace lumo {
+namespace cpu {
+
+// Norm modes of vq_search.
+enum VqNorms : int { kNormsCompute = 0, kNormsGiven = 1, kNormsZero = 2 };
+
+// A codebook converted to fp32 and packed for the search micro-kernel of one
+// instruction set: tiles of `tile` codes laid out [ntiles][d][tile], and the
+// codes' ranking norms cn ([ntiles * tile], NaN past k). Immutable once built,
+// so one may be shared by concurrent searches.
+struct VqPacked {
+  int64_t k = 0, d = 0, tile = 0, ntiles = 0;
+  int isa = 0;           // resolved instruction set (1 scalar, 2 AVX2, 3 AVX-512)
+  int64_t bad_row = -1;  // first codebook row holding inf/NaN, or -1
+  std::vector<float> tiles;
+  std::vector<float> cn;
+
+  // Element j of code c, as fp32 (the exact converted value).
+  float at(int64_t c, int64_t j) const { return tiles[((c / tile) * d + j) * tile + c % tile]; }
+  int64_t nbytes() const { return static_cast<int64_t>((tiles.size() + cn.size()) * sizeof(float)); }
+};
+
+// Packs cb ([k, d] of cb_dtype; norms and cn_given as in vq_search) for `isa`.
+std::shared_ptr<const VqPacked> vq_pack(const void* cb, int cb_dtype, int64_t k, int64_t d,
+                                        int norms, const float* cn_given, int isa);
+
+// vq_search against a packed codebook; returns -1 or r >= 0 (x row r holds
+// inf/NaN). The codebook's own check is p.bad_row.
+int64_t vq_search_packed(const VqPacked& p, const void* x, int x_dtype, int64_t n, int64_t d,
+                         int64_t* codes, float* best, int64_t num_threads);
+
+// codes[i] = argmin_k score(x[i], cb[k]) (lowest k on ties), best[i] = that score.
+//
+// x: [n, d] of x_dtype; cb: [k, d] of cb_dtype (k >= 1 when n > 0);
+// norms: kNormsCompute (cn = sqnorm(cb[k])), kNormsGiven (cn = cn_given[k], [k]
+// fp32), kNormsZero (cn = 0: inner product); codes: [n] int64; best: [n] fp32.
+// A row whose every score is +inf or NaN gets code 0 and best +inf.
+// Returns -1, or r >= 0 when x row r holds inf/NaN (the lowest such row), or
+// -2 - c when codebook row c does (x rows are reported first); the outputs
+// are then unspecified.
+int64_t vq_search(const void* x, int x_dtype, int64_t n, int64_t d, const void* cb, int cb_dtype,
+                  int64_t k, int norms, const float* cn_given, int64_t* codes, float* best,
+                  int64_t num_threads, int isa);
+
+// Residual VQ: codes[i, q] for q < n_q, x: [n, d], cbs: [num_q, k, d] (same dtype).
+// Returns as vq_search, with codebook rows numbered q * k + c.
+int64_t rvq_encode(const void* x, int dtype, int64_t n, int64_t d, const void* cbs, int64_t num_q,
+                   int64_t k, int64_t n_q, int64_t* codes, int64_t num_threads, int isa);
+
+// out[i] = sum_q cbs[q, codes[i, q]] for q < n_q, accumulated in fp32 in stage
+// order. codes: [n, n_q] int32/int64 (codes_itemsize 4/8), cbs: [num_q, k, d]
+// of `dtype`, out: [n, d] fp32 (the front casts to the codebooks' dtype).
+// Returns -1, or the flat index of the first code outside [0, k) (then out is
+// unspecified).
+int64_t rvq_decode(const void* codes, int64_t codes_itemsize, int64_t n, int64_t n_q,
+                   const void* cbs, int dtype, int64_t num_q, int64_t k, int64_t d, float* out,
+                   int64_t num_threads);
+
+// Bit mask of the instruction sets this CPU can run: 1 << isa.
+int vq_isa_mask();
+
+}  // namespace cpu
+}  // namespace lumo

@@ -1,0 +1,466 @@
+"""Vector quantisation: nearest-codebook search, residual VQ encode and decode.
+
+``vq_search(x, codebook)`` finds each row's nearest code without building the
+``[N, K]`` distance matrix; ``rvq_encode`` runs all residual stages in one
+native call; ``rvq_decode`` sums the looked-up vectors. Backends:
+``lumo_uti._C`` (CPU, AVX-512/AVX2/scalar picked at run time, or forced with
+``LUMO_VQ_ISA=scalar|avx2|avx512``), ``lumo_uti._C_cuda`` (CUDA) and
+``vq_reference`` (any device; the fallback, or forced by
+``LUMO_FORCE_REFERENCE=1``). All of them follow one fp32 arithmetic contract
+(``vq_reference`` docstring, docs/ops_vq.md), so their codes are identical.
+
+Each op is a ``torch.library`` custom op (``lumo_uti::vq_search``,
+``lumo_uti::rvq_encode``, ``lumo_uti::rvq_decode``) with a fake
+implementation, so ``torch.compile`` traces through it; value checks (finite
+inputs, code ranges) run inside the ops.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+from . import _native
+from .vq_cuda import rvq_decode_cuda, rvq_encode_cuda, vq_search_cuda
+from .vq_reference import (
+    rvq_decode_reference,
+    rvq_encode_reference,
+    sqnorm_seq,
+    vq_search_reference,
+)
+
+__all__ = ["rvq_decode", "rvq_encode", "vq_search"]
+
+_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_CODE_DTYPES = frozenset({torch.int32, torch.int64})
+_ISA = {"": 0, "auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
+_METRICS = ("l2", "cosine")
+# Norm modes of the native vq_search (csrc/cpu/vq.h VqNorms).
+_NORMS_COMPUTE, _NORMS_GIVEN, _NORMS_ZERO = 0, 1, 2
+
+
+# ---------------------------------------------------------------------------
+# Public functions.
+# ---------------------------------------------------------------------------
+
+
+def vq_search(
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    *,
+    metric: str = "l2",
+    codebook_norms: torch.Tensor | None = None,
+    normalized: bool = False,
+    return_distance: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Index of the nearest code of every row.
+
+    Args:
+        x: ``[..., D]`` fp32/fp16/bf16, any layout.
+        codebook: ``[K, D]`` of the same dtype and device, ``K >= 1``.
+        metric: ``"l2"`` (smallest squared L2 distance) or ``"cosine"``
+            (largest dot product of the l2-normalised row and code).
+        codebook_norms: optional ``[K]`` squared norms of the codes (l2 only),
+            e.g. cached across calls; used as given.
+        normalized: cosine only: ``x`` and ``codebook`` are already
+            l2-normalised, skip the normalisation.
+        return_distance: also return the squared distance (l2) or the
+            cosine similarity (cosine) to the chosen code.
+
+    Returns:
+        ``codes [...]`` int64 (ties go to the lowest index), and with
+        ``return_distance`` also ``[...]`` fp32.
+
+    Raises:
+        TypeError: not tensors, or unsupported / mixed dtypes.
+        ValueError: shape or device mismatch, ``K == 0``, unknown metric,
+            non-finite values (the message names the row), or distances that
+            overflow fp32.
+    """
+    op = "vq_search"
+    _check_float(op, "x", x)
+    _check_float(op, "codebook", codebook)
+    _check_same(op, "codebook", codebook, x)
+    if metric not in _METRICS:
+        raise ValueError(f"{op}: expected metric 'l2' or 'cosine', got {metric!r}")
+    if x.dim() < 1:
+        raise ValueError(f"{op}: expected x of shape [..., D], got a 0-d tensor")
+    if codebook.dim() != 2:
+        raise ValueError(f"{op}: expected codebook of shape [K, D], got {tuple(codebook.shape)}")
+    k, d = codebook.shape
+    if k == 0:
+        raise ValueError(f"{op}: expected a non-empty codebook (K >= 1), got K=0")
+    if x.shape[-1] != d:
+        raise ValueError(
+            f"{op}: expected x [..., {d}] (D of the codebook [{k}, {d}]), got {tuple(x.shape)}"
+        )
+    if d == 0:
+        raise ValueError(f"{op}: expected D >= 1, got D=0")
+    if codebook_norms is not None:
+        if metric != "l2":
+            raise ValueError(
+                f"{op}: codebook_norms apply to metric 'l2' only, got metric {metric!r}"
+            )
+        _check_float(op, "codebook_norms", codebook_norms)
+        if codebook_norms.shape != (k,):
+            raise ValueError(
+                f"{op}: expected codebook_norms of shape [{k}], got {tuple(codebook_norms.shape)}"
+            )
+        if codebook_norms.device != x.device:
+            raise ValueError(
+                f"{op}: expected codebook_norms on {x.device} (the device of x), "
+                f"got {codebook_norms.device}"
+            )
+    if normalized and metric != "cosine":
+        raise ValueError(f"{op}: normalized=True applies to metric 'cosine' only")
+
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, d)
+    cb = codebook
+    if metric == "cosine" and not normalized:
+        # Normalised in fp32 so that bf16/fp16 inputs lose nothing more.
+        x2 = F.normalize(x2.to(torch.float32), dim=-1)
+        cb = F.normalize(cb.to(torch.float32), dim=-1)
+    codes, best = _vq_search_op(x2, cb, codebook_norms, metric == "cosine")
+    codes = codes.reshape(lead)
+    if not return_distance:
+        return codes
+    if metric == "cosine":
+        value = best * -0.5  # best = -2 dot exactly
+    else:
+        value = torch.clamp_min(sqnorm_seq(x2) + best, 0.0)
+    return codes, value.reshape(lead)
+
+
+def rvq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, n_q: int | None = None) -> torch.Tensor:
+    """Residual VQ codes, all stages in one call.
+
+    Args:
+        x: ``[..., D]`` fp32/fp16/bf16.
+        codebooks: ``[Q, K, D]`` of the same dtype and device.
+        n_q: stages to run, ``1 <= n_q <= Q`` (default ``Q``).
+
+    Returns:
+        ``[..., n_q]`` int64: stage ``q`` codes the residual left by stages
+        ``< q`` (squared L2, ties to the lowest index).
+
+    Raises:
+        TypeError / ValueError as ``vq_search``; ``n_q`` out of range.
+    """
+    op = "rvq_encode"
+    _check_float(op, "x", x)
+    _check_float(op, "codebooks", codebooks)
+    _check_same(op, "codebooks", codebooks, x)
+    q_total, k, d = _check_codebooks(op, codebooks)
+    if x.dim() < 1 or x.shape[-1] != d:
+        raise ValueError(
+            f"{op}: expected x [..., {d}] (D of the codebooks {tuple(codebooks.shape)}), "
+            f"got {tuple(x.shape)}"
+        )
+    if n_q is None:
+        n_q = q_total
+    if isinstance(n_q, bool) or not isinstance(n_q, int):
+        raise TypeError(f"{op}: expected n_q as an int, got {type(n_q).__name__}")
+    if not 1 <= n_q <= q_total:
+        raise ValueError(f"{op}: expected 1 <= n_q <= {q_total} (Q), got n_q={n_q}")
+    lead = x.shape[:-1]
+    codes = _rvq_encode_op(x.reshape(-1, d), codebooks, n_q)
+    return codes.reshape(*lead, n_q)
+
+
+def rvq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """Sum of the looked-up code vectors.
+
+    Args:
+        codes: ``[..., q]`` int32/int64, ``q <= Q``, each in ``[0, K)``.
+        codebooks: ``[Q, K, D]`` fp32/fp16/bf16 on the device of ``codes``.
+
+    Returns:
+        ``[..., D]`` of the codebooks' dtype: ``sum_i codebooks[i, codes[..., i]]``
+        accumulated in fp32 in stage order.
+
+    Raises:
+        TypeError: non-integer codes or unsupported codebook dtype.
+        ValueError: shapes, devices, or a code outside ``[0, K)`` (named).
+    """
+    op = "rvq_decode"
+    if not isinstance(codes, torch.Tensor):
+        raise TypeError(f"{op}: expected codes as a torch.Tensor, got {type(codes).__name__}")
+    if codes.dtype not in _CODE_DTYPES:
+        raise TypeError(f"{op}: expected int32 or int64 codes, got {_name(codes.dtype)}")
+    _check_float(op, "codebooks", codebooks)
+    if codebooks.device != codes.device:
+        raise ValueError(
+            f"{op}: expected codebooks on {codes.device} (the device of codes), got {codebooks.device}"
+        )
+    q_total, k, d = _check_codebooks(op, codebooks)
+    if codes.dim() < 1 or codes.shape[-1] > q_total:
+        raise ValueError(
+            f"{op}: expected codes [..., q] with q <= {q_total} (Q), got {tuple(codes.shape)}"
+        )
+    lead = codes.shape[:-1]
+    out = _rvq_decode_op(codes.reshape(math.prod(lead), codes.shape[-1]), codebooks)
+    return out.reshape(*lead, d)
+
+
+# ---------------------------------------------------------------------------
+# Validation helpers.
+# ---------------------------------------------------------------------------
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_float(op: str, what: str, t: object) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: expected {what} as a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _DTYPE_CODE:
+        raise TypeError(
+            f"{op}: expected {what} of dtype float32, float16 or bfloat16, got {_name(t.dtype)}"
+        )
+
+
+def _check_same(op: str, what: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    if t.device != x.device:
+        raise ValueError(f"{op}: expected {what} on {x.device} (the device of x), got {t.device}")
+    if t.dtype != x.dtype:
+        raise TypeError(
+            f"{op}: expected {what} of dtype {_name(x.dtype)} (the dtype of x), got {_name(t.dtype)}"
+        )
+
+
+def _check_codebooks(op: str, codebooks: torch.Tensor) -> tuple[int, int, int]:
+    if codebooks.dim() != 3:
+        raise ValueError(
+            f"{op}: expected codebooks of shape [Q, K, D], got {tuple(codebooks.shape)}"
+        )
+    q_total, k, d = codebooks.shape
+    if q_total == 0 or k == 0 or d == 0:
+        raise ValueError(f"{op}: expected Q, K, D >= 1, got codebooks {tuple(codebooks.shape)}")
+    return q_total, k, d
+
+
+def _check_finite(op: str, what: str, t: torch.Tensor) -> None:
+    """Raise naming the first row of ``t`` ([M, D]) that holds inf or NaN."""
+    bad = ~torch.isfinite(t).all(dim=-1)
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad)[0, 0])
+        raise ValueError(f"{op}: expected finite values, got inf/NaN in {what} row {row}")
+
+
+def _check_overflow(op: str, best: torch.Tensor) -> None:
+    bad = ~torch.isfinite(best)
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad)[0])
+        raise ValueError(
+            f"{op}: distances overflow fp32 for row {row} (values too large for squared norms)"
+        )
+
+
+def _isa() -> int:
+    value = os.environ.get("LUMO_VQ_ISA", "").strip().lower()
+    if value not in _ISA:
+        raise ValueError(f"LUMO_VQ_ISA: expected one of auto, scalar, avx2, avx512, got {value!r}")
+    return _ISA[value]
+
+
+def _module(device: torch.device):  # noqa: ANN202 - the native module for device, or None
+    if _native.reference_forced():
+        return None
+    if device.type == "cpu":
+        return _native.cpu()
+    if device.type == "cuda":
+        return _native.cuda()
+    return None
+
+
+def _raise_status(op: str, what: str, status: int) -> None:
+    """Raise for a non-finite row reported by the CPU kernel (see csrc/cpu/vq.h)."""
+    if status >= 0:
+        raise ValueError(f"{op}: expected finite values, got inf/NaN in x row {status}")
+    if status <= -2:
+        raise ValueError(f"{op}: expected finite values, got inf/NaN in {what} row {-2 - status}")
+
+
+# ---------------------------------------------------------------------------
+# lumo_uti::vq_search on [N, D] rows.
+# ---------------------------------------------------------------------------
+
+
+def _vq_search_impl(
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    codebook_norms: torch.Tensor | None,
+    inner_product: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    op = "vq_search"
+    n, d = x.shape
+    k = codebook.shape[0]
+    if n == 0:
+        return x.new_empty(0, dtype=torch.int64), x.new_empty(0, dtype=torch.float32)
+    norms = None
+    if codebook_norms is not None:
+        norms = codebook_norms.to(torch.float32).contiguous()
+        _check_finite(op, "codebook_norms", norms[:, None])
+    mode = _NORMS_ZERO if inner_product else (_NORMS_COMPUTE if norms is None else _NORMS_GIVEN)
+    module = _module(x.device)
+    if module is not None and x.device.type == "cpu":
+        # The CPU kernel checks finiteness while it converts (one pass less).
+        xc, cbc = x.contiguous(), codebook.contiguous()
+        codes = torch.empty(n, dtype=torch.int64)
+        best = torch.empty(n, dtype=torch.float32)
+        # SAFETY: xc, cbc, norms, codes and best are contiguous CPU tensors
+        # referenced here until the synchronous call returns. The codebook is
+        # packed again in every call: a cache keyed on the tensor could miss
+        # writes that bypass its version counter (``.data``, numpy views).
+        status = module.vq_search(
+            xc.data_ptr(),
+            _DTYPE_CODE[xc.dtype],
+            n,
+            d,
+            cbc.data_ptr(),
+            _DTYPE_CODE[cbc.dtype],
+            k,
+            mode,
+            norms.data_ptr() if norms is not None else 0,
+            codes.data_ptr(),
+            best.data_ptr(),
+            torch.get_num_threads(),
+            _isa(),
+        )
+        _raise_status(op, "codebook", status)
+    else:
+        _check_finite(op, "x", x)
+        _check_finite(op, "codebook", codebook)
+        if module is None:
+            codes, best = vq_search_reference(x, codebook, norms, inner_product=inner_product)
+        else:
+            xc, cbc = x.contiguous(), codebook.contiguous()
+            codes = torch.empty(n, dtype=torch.int64, device=x.device)
+            best = torch.empty(n, dtype=torch.float32, device=x.device)
+            codes, best = vq_search_cuda(module, xc, cbc, norms, mode, codes, best)
+    _check_overflow(op, best)
+    return codes, best
+
+
+def _vq_search_fake(
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    codebook_norms: torch.Tensor | None,
+    inner_product: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n = x.shape[0]
+    return x.new_empty(n, dtype=torch.int64), x.new_empty(n, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------
+# lumo_uti::rvq_encode / rvq_decode.
+# ---------------------------------------------------------------------------
+
+
+def _rvq_encode_impl(x: torch.Tensor, codebooks: torch.Tensor, n_q: int) -> torch.Tensor:
+    op = "rvq_encode"
+    n, d = x.shape
+    q_total, k, _ = codebooks.shape
+    if n == 0:
+        return x.new_empty(0, n_q, dtype=torch.int64)
+    module = _module(x.device)
+    if module is not None and x.device.type == "cpu":
+        xc, cbc = x.contiguous(), codebooks.contiguous()
+        codes = torch.empty(n, n_q, dtype=torch.int64)
+        # SAFETY: contiguous CPU tensors referenced until the call returns.
+        status = module.rvq_encode(
+            xc.data_ptr(),
+            _DTYPE_CODE[xc.dtype],
+            n,
+            d,
+            cbc.data_ptr(),
+            q_total,
+            k,
+            n_q,
+            codes.data_ptr(),
+            torch.get_num_threads(),
+            _isa(),
+        )
+        _raise_status(op, "codebooks", status)
+        return codes
+    _check_finite(op, "x", x)
+    _check_finite(op, "codebooks", codebooks[:n_q].reshape(-1, d))
+    if module is None:
+        codes = rvq_encode_reference(x, codebooks, n_q)
+    else:
+        codes = rvq_encode_cuda(module, x.contiguous(), codebooks.contiguous(), n_q)
+    return codes
+
+
+def _rvq_encode_fake(x: torch.Tensor, codebooks: torch.Tensor, n_q: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], n_q, dtype=torch.int64)
+
+
+def _range_error(codes: torch.Tensor, flat: int, k: int) -> ValueError:
+    n_q = codes.shape[1]
+    row, stage = divmod(flat, n_q)
+    value = int(codes[row, stage])
+    return ValueError(
+        f"rvq_decode: expected codes in [0, {k}), got {value} at row {row}, stage {stage}"
+    )
+
+
+def _rvq_decode_impl(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    n, n_q = codes.shape
+    _, k, d = codebooks.shape
+    module = _module(codes.device)
+    if n == 0:
+        return codebooks.new_empty(0, d)
+    if module is None or codes.device.type != "cpu":
+        bad = (codes < 0) | (codes >= k)
+        if bool(bad.any()):
+            raise _range_error(codes, int(torch.nonzero(bad.reshape(-1))[0]), k)
+        if module is None:
+            return rvq_decode_reference(codes, codebooks)
+        return rvq_decode_cuda(module, codes.contiguous(), codebooks.contiguous())
+    cc, cbc = codes.contiguous(), codebooks.contiguous()
+    out = torch.empty(n, d, dtype=torch.float32)
+    # SAFETY: contiguous CPU tensors referenced until the call returns; the
+    # kernel bounds-checks every code before any lookup.
+    bad = module.rvq_decode(
+        cc.data_ptr(),
+        cc.element_size(),
+        n,
+        n_q,
+        cbc.data_ptr(),
+        _DTYPE_CODE[cbc.dtype],
+        cbc.shape[0],
+        k,
+        d,
+        out.data_ptr(),
+        torch.get_num_threads(),
+    )
+    if bad >= 0:
+        raise _range_error(cc, bad, k)
+    return out.to(codebooks.dtype)
+
+
+def _rvq_decode_fake(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    return codebooks.new_empty(codes.shape[0], codebooks.shape[2])
+
+
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4
+    _vq_search_op = torch.library.custom_op("lumo_uti::vq_search", mutates_args=())(_vq_search_impl)
+    _vq_search_op.register_fake(_vq_search_fake)
+    _rvq_encode_op = torch.library.custom_op("lumo_uti::rvq_encode", mutates_args=())(
+        _rvq_encode_impl
+    )
+    _rvq_encode_op.register_fake(_rvq_encode_fake)
+    _rvq_decode_op = torch.library.custom_op("lumo_uti::rvq_decode", mutates_args=())(
+        _rvq_decode_impl
+    )
+    _rvq_decode_op.register_fake(_rvq_decode_fake)
+else:  # pragma: no cover - older torch: eager only
+    _vq_search_op = _vq_search_impl
+    _rvq_encode_op = _rvq_encode_impl
+    _rvq_decode_op = _rvq_decode_impl

@@ -1,0 +1,120 @@
+"""CUDA calls of the VQ ops: workspaces from PyTorch's caching allocator, then ``_C_cuda``.
+
+Inputs are validated and contiguous (``vq.py``); every call enqueues on the
+current stream of the input's device.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+
+_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _workspace(
+    module: ModuleType, n: int, k: int, device: torch.device
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    splits = module.vq_search_splits(n, k, device.index)
+    part_val = torch.empty(splits * n, dtype=torch.float32, device=device)
+    part_idx = torch.empty(splits * n, dtype=torch.int32, device=device)
+    return splits, part_val, part_idx
+
+
+def vq_search_cuda(
+    module: ModuleType,
+    x: torch.Tensor,
+    cb: torch.Tensor,
+    norms: torch.Tensor | None,
+    mode: int,
+    codes: torch.Tensor,
+    best: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` [N, D], ``cb`` [K, D] contiguous on one GPU -> (codes [N] int64, best [N] fp32)."""
+    n, d = x.shape
+    k = cb.shape[0]
+    dev = x.device
+    cn = norms.clone() if norms is not None else torch.empty(k, dtype=torch.float32, device=dev)
+    splits, part_val, part_idx = _workspace(module, n, k, dev)
+    # SAFETY: every tensor lives on dev and is used on its current stream.
+    module.vq_search(
+        x.data_ptr(),
+        _DTYPE_CODE[x.dtype],
+        n,
+        d,
+        cb.data_ptr(),
+        _DTYPE_CODE[cb.dtype],
+        k,
+        mode,
+        cn.data_ptr(),
+        codes.data_ptr(),
+        best.data_ptr(),
+        part_val.data_ptr(),
+        part_idx.data_ptr(),
+        splits,
+        _stream(dev),
+        dev.index,
+    )
+    return codes, best
+
+
+def rvq_encode_cuda(
+    module: ModuleType, x: torch.Tensor, cbs: torch.Tensor, n_q: int
+) -> torch.Tensor:
+    """``x`` [N, D], ``cbs`` [Q, K, D] contiguous on one GPU -> codes [N, n_q] int64."""
+    n, d = x.shape
+    q_total, k, _ = cbs.shape
+    dev = x.device
+    codes = torch.empty(n, n_q, dtype=torch.int64, device=dev)
+    residual = torch.empty(n, d, dtype=torch.float32, device=dev)
+    cn = torch.empty(n_q, k, dtype=torch.float32, device=dev)
+    splits, part_val, part_idx = _workspace(module, n, k, dev)
+    # SAFETY: as above.
+    module.rvq_encode(
+        x.data_ptr(),
+        _DTYPE_CODE[x.dtype],
+        n,
+        d,
+        cbs.data_ptr(),
+        q_total,
+        k,
+        n_q,
+        codes.data_ptr(),
+        residual.data_ptr(),
+        cn.data_ptr(),
+        part_val.data_ptr(),
+        part_idx.data_ptr(),
+        splits,
+        _stream(dev),
+        dev.index,
+    )
+    return codes
+
+
+def rvq_decode_cuda(module: ModuleType, codes: torch.Tensor, cbs: torch.Tensor) -> torch.Tensor:
+    """``codes`` [N, q] (checked in range), ``cbs`` [Q, K, D] -> [N, D] of the codebooks' dtype."""
+    n, n_q = codes.shape
+    q_total, k, d = cbs.shape
+    dev = codes.device
+    out = torch.empty(n, d, dtype=torch.float32, device=dev)
+    # SAFETY: as above.
+    module.rvq_decode(
+        codes.data_ptr(),
+        codes.element_size(),
+        n,
+        n_q,
+        cbs.data_ptr(),
+        _DTYPE_CODE[cbs.dtype],
+        q_total,
+        k,
+        d,
+        out.data_ptr(),
+        _stream(dev),
+        dev.index,
+    )
+    return out.to(cbs.dtype)
