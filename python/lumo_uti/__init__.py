@@ -11,16 +11,18 @@ global token IDs and back::
     segments, repairs = uti.decode(ids, strict=False)
 
 Submodules: ``token_space`` (the ABI), ``grammar`` (layout, encode, decode,
-constraints), ``text`` (tokenizers), ``ops`` (compiled kernels), ``cli``.
+constraints), ``text`` (tokenizers), ``codecs`` (media <-> codes), ``media``
+(``Audio``), ``ops`` (compiled kernels), ``cli``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .bundle import build_default_token_space, default_bundle_dir, load
+from .bundle import build_default_token_space, create_bundle, default_bundle_dir, load
 from .errors import BundleError, TokenizerMismatchError, TokenSpaceError, UTIDecodeError
 from .grammar import DecodeResult, Repair
+from .media import Audio
 from .segments import AudioCodes, ImageCodes, ImagePlaceholder
 from .token_space import Block, TokenSpace
 from .uti import UTI
@@ -29,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "UTI",
+    "Audio",
     "AudioCodes",
     "Block",
     "BundleError",
@@ -41,6 +44,7 @@ __all__ = [
     "TokenizerMismatchError",
     "UTIDecodeError",
     "build_default_token_space",
+    "create_bundle",
     "decode",
     "default_bundle_dir",
     "encode",

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from .errors import BundleError
 from .text import load_text_tokenizer, qwen3_tokenizer
@@ -38,22 +41,132 @@ def build_default_token_space() -> TokenSpace:
     return TokenSpace.build(base, default_blocks(), name=DEFAULT_NAME, pad_to_multiple_of=128)
 
 
-def load(path: str | os.PathLike | None = None) -> UTI:
+def load(path: str | os.PathLike | None = None, *, device: Any = "cpu") -> UTI:
     """Load a bundle: ``None`` for the embedded default, else a bundle directory
-    or a ``token_space.json`` file. The tokenizer's hash is checked against the
-    token space (``TokenizerMismatchError`` on a mismatch)."""
-    if path is None:
+    or a ``token_space.json`` file.
+
+    The tokenizer's hash is checked against the token space
+    (``TokenizerMismatchError``), and so is every codec's weights hash
+    (``BundleError`` naming the files that differ). Codecs run on ``device``.
+    """
+    if path is None and device == "cpu":
         return _default()
-    path = Path(path)
+    path = Path(path) if path is not None else default_bundle_dir()
     if not path.exists():
         raise BundleError(f"bundle not found: {path}")
     ts_file = path / "token_space.json" if path.is_dir() else path
     if not ts_file.is_file():
         raise BundleError(f"{path} is not a bundle: no token_space.json in it")
     token_space = TokenSpace.load(ts_file)
-    return UTI(token_space, load_text_tokenizer(token_space.tokenizer, ts_file.parent))
+    codecs = {m: _load_codec(ts_file.parent, m, identity, device) for m, identity in token_space.codecs.items()}
+    return UTI(
+        token_space,
+        load_text_tokenizer(token_space.tokenizer, ts_file.parent),
+        image_codec=codecs.get("image"),
+        audio_codec=codecs.get("audio"),
+    )
 
 
 @functools.lru_cache(maxsize=1)
 def _default() -> UTI:
-    return load(default_bundle_dir())
+    return load(default_bundle_dir(), device=None)
+
+
+def _inside(bundle_dir: Path, rel: Any, what: str) -> Path:
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise BundleError(f"{what}: path must be relative and inside the bundle, got {rel!r}")
+    return bundle_dir / rel
+
+
+def _load_codec(bundle_dir: Path, modality: str, identity: dict[str, Any], device: Any):
+    from . import codecs
+
+    directory = _inside(bundle_dir, identity.get("path"), f"{modality} codec in token_space.json")
+    codec = codecs.load(f"{identity.get('kind')}:{directory}", device=device or "cpu", **identity.get("options", {}))
+    if codec.weights_hash != identity.get("weights_hash"):
+        recorded, found = identity.get("weight_files", {}), codec.identity["weight_files"]
+        differ = sorted(n for n in set(recorded) | set(found) if recorded.get(n) != found.get(n))
+        raise BundleError(
+            f"{modality} codec weights in {directory} do not match token_space.json "
+            f"(weights_hash {identity.get('weights_hash')} recorded, {codec.weights_hash} found); "
+            f"files that differ: {differ}"
+        )
+    return codec
+
+
+def create_bundle(
+    out: str | os.PathLike,
+    *,
+    text: str = "qwen3",
+    image: str | None = None,
+    audio: str | None = None,
+    image_options: dict[str, Any] | None = None,
+    audio_options: dict[str, Any] | None = None,
+    name: str | None = None,
+    base_rows: int | None = None,
+    grid_max: int = 256,
+    force: bool = False,
+) -> Path:
+    """Write a bundle directory: token_space.json, tokenizer (if not built in), codec copies.
+
+    Args:
+        text: ``"qwen3"`` (built in) or ``"hf:DIR"`` (a local tokenizer.json directory).
+        image, audio: codec specs ``"KIND:DIR"`` (``lumo_uti.codecs``); each model
+            directory is copied into ``codecs/<modality>`` and its identity and
+            weights hash are recorded.
+        base_rows: embedding rows of the base model (default: 151936 for Qwen3,
+            the tokenizer's vocab size otherwise).
+    The bundle is assembled in a temporary sibling directory and renamed into
+    place, so a failure leaves nothing half-written; an existing ``out`` is
+    refused unless ``force``.
+    """
+    from . import codecs
+    from .text import HFTextTokenizer
+    from .token_space import DEFAULT_SPECIALS, codes_block, grid_block, special_block
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise BundleError(f"{out} exists; pass force=True (--force) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if text == "qwen3":
+            tok = qwen3_tokenizer()
+            identity, rows = tok.identity, base_rows or 151936
+        elif text.startswith("hf:"):
+            src = Path(text[3:])
+            (tmp / "tokenizer").mkdir()
+            for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                if (src / f).is_file():
+                    shutil.copy2(src / f, tmp / "tokenizer" / f)
+            tok = HFTextTokenizer(tmp / "tokenizer")
+            identity, rows = dict(tok.identity, path="tokenizer"), base_rows or tok.vocab_size
+        else:
+            raise BundleError(f"text must be 'qwen3' or 'hf:DIR', got {text!r}")
+        blocks, recorded = [special_block(DEFAULT_SPECIALS, size=64)], {}
+        for modality, spec, options in (("image", image, image_options), ("audio", audio, audio_options)):
+            if spec is None:
+                continue
+            kind, src_dir = codecs.parse_spec(spec)
+            if not Path(src_dir).is_dir():
+                raise codecs.CodecError(f"codec directory not found: {src_dir}")
+            dest = tmp / "codecs" / modality
+            dest.mkdir(parents=True)
+            for f in Path(src_dir).iterdir():
+                if f.is_file() and f.suffix in (".json", ".safetensors", ".txt", ".model"):
+                    shutil.copy2(f, dest / f.name)
+            codec = codecs.load(f"{kind}:{dest}", **(options or {}))
+            if modality == "image":
+                blocks.append(grid_block(grid_max))
+            blocks.append(codes_block(modality, codec.codebook_size, codec.num_codebooks))
+            recorded[modality] = dict(codec.identity, path=f"codecs/{modality}")
+        base = BaseSpec(identity, tok.vocab_size, rows, tok.special_tokens)
+        token_space = TokenSpace.build(base, blocks, name=name or out.name, codecs=recorded)
+        token_space.save(tmp / "token_space.json")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

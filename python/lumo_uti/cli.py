@@ -23,7 +23,7 @@ from .errors import BundleError, TokenizerMismatchError, TokenSpaceError, UTIDec
 # Modules that add command groups: each has ``register(subparsers)`` and must
 # import heavy dependencies (torch models, transformers) inside its commands
 # only, so that ``lumo --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("lumo_model.token_lm.cli", "lumo_model.vlm.cli")
 
 
 class UsageError(Exception):
@@ -68,10 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("bundle", nargs="?", help="bundle directory or token_space.json (default: embedded bundle)")
     sp.add_argument("--json", action="store_true", help="print the token space JSON")
 
-    sp = add("encode", "encode text or a JSON document to global token IDs", _cmd_encode)
-    src = sp.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="the text to encode")
-    src.add_argument("--doc", metavar="FILE", help="a JSON document file (see docs/cli.md), - for stdin")
+    sp = add("encode", "encode text, images, audio or a JSON document to global token IDs", _cmd_encode)
+    sp.add_argument("--text", action=_Ordered, help="text (repeatable; items keep their command-line order)")
+    sp.add_argument("--image", action=_Ordered, metavar="FILE", help="an image file (needs a bundle with an image codec)")
+    sp.add_argument("--audio", action=_Ordered, metavar="FILE", help="an audio file (needs a bundle with an audio codec)")
+    sp.add_argument("--doc", metavar="FILE", help="a JSON document file (see docs/cli.md), - for stdin")
     sp.add_argument("--bundle", help="bundle directory (default: embedded bundle)")
     sp.add_argument("--no-special", action="store_true", help="encode special-token text such as <|im_start|> as plain text")
     sp.add_argument("--json", action="store_true", help="print a JSON object with ids, counts and fingerprint")
@@ -82,6 +83,18 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--bundle", help="bundle directory (default: embedded bundle)")
     sp.add_argument("--lenient", action="store_true", help="repair malformed streams and report each repair")
     sp.add_argument("--json", action="store_true", help="print the segments (and repairs) as JSON")
+    sp.add_argument("--out", metavar="DIR", help="write each segment to DIR (text .txt, images .png, audio .wav, codes .json)")
+
+    sp = add("bundle", "create a bundle from a tokenizer and codec model directories", _cmd_bundle)
+    sp.add_argument("action", choices=["create"], help="create: write a new bundle directory")
+    sp.add_argument("--text", default="qwen3", help="qwen3 (built in, default) or hf:DIR (a local tokenizer.json)")
+    sp.add_argument("--image", metavar="KIND:DIR", help="image codec, e.g. hf-janus:/models/janus-vq")
+    sp.add_argument("--audio", metavar="KIND:DIR", help="audio codec, e.g. hf-encodec:/models/encodec_24khz")
+    sp.add_argument("--image-option", action="append", default=[], metavar="KEY=VALUE", help="image codec option")
+    sp.add_argument("--audio-option", action="append", default=[], metavar="KEY=VALUE", help="audio codec option, e.g. bandwidth=6.0")
+    sp.add_argument("--name", help="token space name (default: the output folder's name)")
+    sp.add_argument("--out", required=True, metavar="DIR", help="the bundle directory to write")
+    sp.add_argument("--force", action="store_true", help="replace an existing bundle directory")
 
     add("backends", "show which compiled kernel backends loaded (cpu, cuda) and why not", _cmd_backends)
     for module_name in COMMAND_MODULES:
@@ -121,19 +134,36 @@ def _cmd_inspect(args) -> int:
         ids = f"{region.start}..{region.end - 1}"
         print(f"{region.name:<14}{ids:>20}{region.end - region.start:>9}  {details}")
     codecs = ts.codecs
-    print("codecs        " + (", ".join(f"{m}: {c.get('name', c.get('kind'))}" for m, c in codecs.items()) or "none (codes only)"))
+    if not codecs:
+        print("codecs        none (codes only)")
+    for modality, c in codecs.items():
+        options = ", ".join(f"{k}={v}" for k, v in c.get("options", {}).items())
+        print(f"codec {modality:<7} {c.get('kind')} {c.get('name', '')} ({c.get('path', '?')}{', ' + options if options else ''})")
+        print(f"              weights {c.get('weights_hash')}")
     return 0
+
+
+class _Ordered(argparse.Action):
+    """Collects --text/--image/--audio into one list that keeps their order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, "items", None) or [])
+        items.append((self.dest, values))
+        namespace.items = items
 
 
 def _cmd_encode(args) -> int:
     uti = _load(args.bundle)
-    if args.text is not None:
-        document: Any = [args.text]
-    else:
+    items = getattr(args, "items", None) or []
+    if bool(items) == bool(args.doc):
+        raise UsageError("give either --doc FILE or --text/--image/--audio items")
+    if args.doc:
         try:
-            document = document_from_json(_read_json(args.doc))
+            document: Any = document_from_json(_read_json(args.doc))
         except ValueError as e:
             raise UsageError(str(e)) from None
+    else:
+        document = [_read_media(kind, value) for kind, value in items]
     try:
         ids = uti.encode(document, allow_special=not args.no_special)
     except (TypeError, ValueError) as e:
@@ -153,10 +183,16 @@ def _cmd_encode(args) -> int:
 def _cmd_decode(args) -> int:
     uti = _load(args.bundle)
     ids = _read_ids(args.ids_file)
+    decode = uti.decode if args.out else uti.decode_codes
     if args.lenient:
-        segments, repairs = uti.decode(ids, strict=False)
+        segments, repairs = decode(ids, strict=False)
     else:
-        segments, repairs = uti.decode(ids), []
+        segments, repairs = decode(ids), []
+    if args.out:
+        written = _write_segments(Path(args.out), segments, repairs)
+        for line in written:
+            print(line)
+        return 0
     if args.json:
         out = {"segments": [segment_to_json(s) for s in segments]}
         if args.lenient:
@@ -215,7 +251,98 @@ def _cmd_demo(args) -> int:
     return 0 if same else 1
 
 
+def _cmd_bundle(args) -> int:
+    from .bundle import create_bundle
+    from .codecs import CodecError
+
+    try:
+        out = create_bundle(
+            args.out,
+            text=args.text,
+            image=args.image,
+            audio=args.audio,
+            image_options=_options(args.image_option),
+            audio_options=_options(args.audio_option),
+            name=args.name,
+            force=args.force,
+        )
+    except CodecError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote bundle {out}")
+    return _cmd_inspect(argparse.Namespace(bundle=str(out), json=False))
+
+
 # -- helpers --------------------------------------------------------------------------
+def _options(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings -> dict, values parsed as JSON when they parse (6.0 -> float)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _read_media(kind: str, value: str) -> Any:
+    if kind == "text":
+        return value
+    if kind == "audio":
+        from .media import Audio
+
+        try:
+            return Audio.load(value)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(value) as img:
+            img.load()
+            return img.copy()
+    except (OSError, UnidentifiedImageError) as e:
+        raise UsageError(f"cannot read image file {value}: {e}") from None
+
+
+def _write_segments(out: Path, segments: list[Any], repairs: list[Any]) -> list[str]:
+    """Write one file per segment plus index.json; returns human lines."""
+    from ._io import atomic_write_bytes, atomic_write_text
+    from .media import Audio
+
+    out.mkdir(parents=True, exist_ok=True)
+    index, lines = [], []
+    for i, seg in enumerate(segments):
+        if isinstance(seg, str):
+            name = f"{i:03d}.txt"
+            atomic_write_text(out / name, seg)
+            entry = {"type": "text", "file": name}
+        elif isinstance(seg, Audio):
+            name = f"{i:03d}.wav"
+            seg.save(out / name)
+            entry = {"type": "audio", "file": name, "sample_rate": seg.sample_rate, "seconds": round(seg.duration, 3)}
+        elif hasattr(seg, "save") and hasattr(seg, "size"):  # PIL image
+            import io
+
+            buf = io.BytesIO()
+            seg.save(buf, format="PNG")
+            name = f"{i:03d}.png"
+            atomic_write_bytes(out / name, buf.getvalue())
+            entry = {"type": "image", "file": name, "size": list(seg.size)}
+        else:
+            name = f"{i:03d}.json"
+            atomic_write_text(out / name, json.dumps(segment_to_json(seg)) + "\n")
+            entry = {"type": type(seg).__name__, "file": name}
+        index.append(entry)
+        lines.append(f"wrote {out / name}")
+    report = {"segments": index, "repairs": [r.__dict__ for r in repairs]}
+    atomic_write_text(out / "index.json", json.dumps(report, indent=2) + "\n")
+    lines.append(f"wrote {out / 'index.json'}")
+    return lines
+
+
 def _load(bundle: str | None):
     from .bundle import load
 

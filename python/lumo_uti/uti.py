@@ -6,6 +6,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .errors import BundleError
 from .grammar import DecodeResult, Grammar
 from .segments import AudioCodes, ImageCodes, ImagePlaceholder
 from .text import TextTokenizer
@@ -17,21 +18,34 @@ _SEGMENT_TYPES = (str, ImageCodes, AudioCodes, ImagePlaceholder)
 class UTI:
     """The Unified Token Interface of one bundle.
 
-    Documents are a single segment or a list of segments: ``str``,
-    ``ImageCodes``, ``AudioCodes``, ``ImagePlaceholder``. (Codecs that turn
-    pixels and waveforms into codes plug in here; until a bundle has them,
-    ``decode`` and ``decode_codes`` both yield codes.)
+    A document is one item or a list of items: ``str``, ``ImageCodes``,
+    ``AudioCodes``, ``ImagePlaceholder``, and media (``PIL.Image.Image``,
+    ``lumo_uti.Audio``) where the bundle has a codec for that modality.
 
     Args:
         token_space: the ABI.
         text_tokenizer: the base tokenizer the token space records (hash-checked
             by ``lumo_uti.load``).
+        image_codec, audio_codec: optional ``lumo_uti.codecs`` codecs; their
+            codebook geometry must match the token space's blocks.
     """
 
-    def __init__(self, token_space: TokenSpace, text_tokenizer: TextTokenizer):
+    def __init__(
+        self,
+        token_space: TokenSpace,
+        text_tokenizer: TextTokenizer,
+        *,
+        image_codec: Any = None,
+        audio_codec: Any = None,
+    ):
         self._token_space = token_space
         self.text_tokenizer = text_tokenizer
         self.grammar = Grammar(token_space, text_tokenizer.encode, text_tokenizer.decode)
+        for modality, codec in (("image", image_codec), ("audio", audio_codec)):
+            if codec is not None:
+                _check_codec_fits(token_space, modality, codec)
+        self.image_codec = image_codec
+        self.audio_codec = audio_codec
 
     @property
     def token_space(self) -> TokenSpace:
@@ -46,23 +60,53 @@ class UTI:
         tokenizer does; False encodes it as plain text. Text never encodes to
         a UTI ID, whatever it contains.
         """
-        encode_text = None if allow_special else (lambda t: self.text_tokenizer.encode(t, allow_special=False))
-        return self.grammar.encode(_segments(document), encode_text=encode_text)
+        return self.encode_batch([document], allow_special=allow_special)[0]
 
     def encode_batch(self, documents: Iterable[Any], *, allow_special: bool = True) -> list[list[int]]:
-        """``encode`` for each document."""
-        return [self.encode(doc, allow_special=allow_special) for doc in documents]
+        """``encode`` for each document; media of all documents go through each codec in one batched call."""
+        docs = self._with_codes([_items(doc) for doc in documents])
+        encode_text = None if allow_special else (lambda t: self.text_tokenizer.encode(t, allow_special=False))
+        return [self.grammar.encode(doc, encode_text=encode_text) for doc in docs]
+
+    def _with_codes(self, docs: list[list[Any]]) -> list[list[Any]]:
+        """Replace media items by codes, one batched codec call per modality."""
+        pending: dict[str, list[tuple[int, int]]] = {"image": [], "audio": []}
+        for d, doc in enumerate(docs):
+            for i, item in enumerate(doc):
+                if isinstance(item, _SEGMENT_TYPES):
+                    continue
+                for modality, codec in (("image", self.image_codec), ("audio", self.audio_codec)):
+                    if codec is not None and codec.accepts(item):
+                        pending[modality].append((d, i))
+                        break
+                else:
+                    where = f"document {d}, item {i}" if len(docs) > 1 else f"document item {i}"
+                    raise TypeError(
+                        f"{where}: cannot encode {type(item).__name__}; expected str, ImageCodes, AudioCodes, "
+                        "ImagePlaceholder, or media this bundle has a codec for "
+                        f"(image codec: {_kind(self.image_codec)}, audio codec: {_kind(self.audio_codec)})"
+                    )
+        out = [list(doc) for doc in docs]
+        for modality, places in pending.items():
+            if places:
+                codec = self.image_codec if modality == "image" else self.audio_codec
+                codes = codec.encode([docs[d][i] for d, i in places])
+                for (d, i), c in zip(places, codes):
+                    out[d][i] = c
+        return out
 
     # -- decode -------------------------------------------------------------------------
     def decode(self, ids: Any, *, strict: bool = True) -> list[Any] | DecodeResult:
-        """IDs -> segments (``str`` and codes; media once the bundle has codecs).
+        """IDs -> segments: ``str``, media where the bundle has a codec, codes otherwise.
 
         Strict (default): returns the list of segments and raises
         ``UTIDecodeError`` (position + rule) on a malformed stream. Lenient:
         returns ``DecodeResult(segments, repairs)`` and never raises for
         integer input (see ``lumo_uti.grammar.decode`` for every repair).
         """
-        return self.decode_codes(ids, strict=strict)
+        result = self.grammar.decode(ids, strict=strict)
+        segments = self._with_media(result.segments)
+        return segments if strict else DecodeResult(segments, result.repairs)
 
     def decode_codes(self, ids: Any, *, strict: bool = True) -> list[Any] | DecodeResult:
         """Like ``decode`` but always ``str`` / ``ImageCodes`` / ``AudioCodes`` / ``ImagePlaceholder``."""
@@ -72,6 +116,15 @@ class UTI:
     def decode_batch(self, batch: Iterable[Any], *, strict: bool = True) -> list[Any]:
         """``decode`` for each ID sequence."""
         return [self.decode(ids, strict=strict) for ids in batch]
+
+    def _with_media(self, segments: list[Any]) -> list[Any]:
+        out = list(segments)
+        for codes_type, codec in ((ImageCodes, self.image_codec), (AudioCodes, self.audio_codec)):
+            places = [i for i, s in enumerate(out) if isinstance(s, codes_type)]
+            if codec is not None and places:
+                for i, media in zip(places, codec.decode([out[i] for i in places])):
+                    out[i] = media
+        return out
 
     # -- generation ---------------------------------------------------------------------
     def allowed_next(self, prefix: Sequence[int]) -> np.ndarray:
@@ -83,16 +136,29 @@ class UTI:
         return self.grammar.logits_processor()
 
     def __repr__(self) -> str:
-        return f"UTI({self._token_space.name!r}, fingerprint={self._token_space.fingerprint[:19]}...)"
+        return (
+            f"UTI({self._token_space.name!r}, fingerprint={self._token_space.fingerprint[:19]}..., "
+            f"image_codec={_kind(self.image_codec)}, audio_codec={_kind(self.audio_codec)})"
+        )
 
 
-def _segments(document: Any) -> list[Any]:
-    """A single segment or a list/tuple of them -> list, with a clear error for anything else."""
-    items = list(document) if isinstance(document, (list, tuple)) else [document]
-    for index, item in enumerate(items):
-        if not isinstance(item, _SEGMENT_TYPES):
-            raise TypeError(
-                f"document item {index}: cannot encode {type(item).__name__}; expected str, ImageCodes, "
-                "AudioCodes or ImagePlaceholder (this bundle has no codec for media)"
-            )
-    return items
+def _kind(codec: Any) -> str | None:
+    return getattr(codec, "kind", None) if codec is not None else None
+
+
+def _items(document: Any) -> list[Any]:
+    """A single item or a list/tuple of them -> list."""
+    return list(document) if isinstance(document, (list, tuple)) else [document]
+
+
+def _check_codec_fits(token_space: TokenSpace, modality: str, codec: Any) -> None:
+    block = token_space.codes_block(modality)
+    if block is None:
+        raise BundleError(f"an {modality} codec was given but token space {token_space.name!r} has no {modality} block")
+    have = (codec.codebook_size, codec.num_codebooks)
+    want = (block.codebook_size, block.num_codebooks)
+    if have != want:
+        raise BundleError(
+            f"{modality} codec {_kind(codec)} has {have[1]} codebook(s) of {have[0]} codes, but block "
+            f"{block.name!r} has {want[1]} of {want[0]}"
+        )
