@@ -123,6 +123,21 @@ def test_deterministic_across_threads_and_splits() -> None:
     assert torch.equal(ops.rvq_decode(one, cbs), ops.rvq_decode(one, cbs))
 
 
+@pytest.mark.parametrize("n", [1, 50, 130])
+def test_few_rows_split_over_code_tiles_matches_reference(n: int) -> None:
+    # Few rows and a large codebook take the path that splits code tiles
+    # between threads and packs one stage at a time.
+    x, cbs = torch.randn(n, 48), torch.randn(6, 2048, 48)
+    want = rvq_encode_reference(x, cbs, 6)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        assert torch.equal(ops.rvq_encode(x, cbs), want), threads
+    bad = cbs.clone()
+    bad[4, 7, 1] = float("nan")
+    with pytest.raises(ValueError, match="codebooks row 8199"):
+        ops.rvq_encode(x, bad)
+
+
 def test_every_isa(monkeypatch: pytest.MonkeyPatch) -> None:
     module = _native.cpu()
     if module is None:

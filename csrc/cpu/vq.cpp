@@ -460,6 +460,63 @@ int64_t vq_search_packed(const VqPacked& p, const void* x, int x_dtype, int64_t 
   return lowest_bad(first_bad);
 }
 
+// Few rows (e.g. one short audio clip): stage by stage, each codebook packed
+// into one reused buffer (no 4*Q*K*D bytes of fresh pages), and within a
+// stage the threads split the code tiles; their minima are merged with the
+// same (value, index) order, so the codes equal the single-thread ones.
+// Returns status(bad row of x, bad codebook row).
+static int64_t rvq_encode_few_rows(const Kernel& ker, const void* x, int dtype, int64_t n, int64_t d,
+                                   const void* cbs, int64_t k, int64_t n_q, int64_t* codes,
+                                   int64_t threads) {
+  const int elem = dtype == vq::kF32 ? 4 : 2;
+  std::vector<Scratch> scratch;
+  scratch.reserve(static_cast<size_t>(threads));
+  for (int64_t c = 0; c < threads; ++c) scratch.emplace_back(d, ker.W);
+  std::vector<float> pv(static_cast<size_t>(threads * kRowBlock));
+  std::vector<int32_t> pi(static_cast<size_t>(threads * kRowBlock));
+  std::vector<int64_t> first_bad(1, -1);
+  std::vector<float> residual(static_cast<size_t>(n * d));
+  for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, n - r0);
+    note_bad(first_bad, 0, load_rows(x, dtype, d, r0, rows, scratch[0]));
+    std::copy(scratch[0].x.begin(), scratch[0].x.begin() + rows * d, residual.begin() + r0 * d);
+  }
+  Packed p;
+  int64_t bad_cb = -1;
+  for (int64_t q = 0; q < n_q; ++q) {
+    const int64_t bad = pack(static_cast<const char*>(cbs) + q * k * d * elem, dtype, k, d, kNormsCompute,
+                             nullptr, ker.W, p);
+    if (bad >= 0 && bad_cb < 0) bad_cb = q * k + bad;
+    for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
+      const int64_t rows = std::min(kRowBlock, n - r0);
+      const int64_t padded = (rows + kRows - 1) / kRows * kRows;
+      parallel_chunks(threads, [&](int64_t c) {
+        std::vector<float>& sx = scratch[static_cast<size_t>(c)].x;
+        std::copy(residual.begin() + r0 * d, residual.begin() + (r0 + rows) * d, sx.begin());
+        std::fill(sx.begin() + rows * d, sx.begin() + padded * d, 0.0f);
+        const int64_t t0 = split_begin(p.ntiles, threads, c), t1 = split_begin(p.ntiles, threads, c + 1);
+        search_block(ker, p, scratch[static_cast<size_t>(c)], rows, t0, t1, pv.data() + c * kRowBlock,
+                     pi.data() + c * kRowBlock);
+      });
+      for (int64_t r = 0; r < rows; ++r) {
+        float bv = pv[r];
+        int32_t bi = pi[r];
+        for (int64_t c = 1; c < threads; ++c) {
+          if (vq::pair_less(pv[c * kRowBlock + r], pi[c * kRowBlock + r], bv, bi)) {
+            bv = pv[c * kRowBlock + r];
+            bi = pi[c * kRowBlock + r];
+          }
+        }
+        const int64_t code = bi == std::numeric_limits<int32_t>::max() ? 0 : bi;
+        codes[(r0 + r) * n_q + q] = code;
+        float* res = residual.data() + (r0 + r) * d;
+        for (int64_t j = 0; j < d; ++j) res[j] = vq::sub_rn(res[j], p.at(code, j));
+      }
+    }
+  }
+  return status(lowest_bad(first_bad), bad_cb);
+}
+
 int64_t rvq_encode(const void* x, int dtype, int64_t n, int64_t d, const void* cbs, int64_t num_q,
                    int64_t k, int64_t n_q, int64_t* codes, int64_t num_threads, int isa) {
   constexpr const char* op = "rvq_encode";
@@ -470,6 +527,12 @@ int64_t rvq_encode(const void* x, int dtype, int64_t n, int64_t d, const void* c
   if (n == 0) return -1;
   LUMO_CHECK(x && cbs && codes, op, "non-null x, codebooks and codes pointers", "null");
 
+  const int64_t row_blocks = (n + kRowBlock - 1) / kRowBlock;
+  const int64_t avail =
+      useful_threads(resolve_threads(num_threads), static_cast<double>(n) * k * d * n_q);
+  if (row_blocks < 2 * avail && k >= 8 * ker.W * avail) {
+    return rvq_encode_few_rows(ker, x, dtype, n, d, cbs, k, n_q, codes, avail);
+  }
   const int elem = dtype == vq::kF32 ? 4 : 2;
   std::vector<Packed> packed(static_cast<size_t>(n_q));
   int64_t bad_cb = -1;  // flat row q * k + c of the first non-finite code
@@ -478,9 +541,7 @@ int64_t rvq_encode(const void* x, int dtype, int64_t n, int64_t d, const void* c
                              kNormsCompute, nullptr, ker.W, packed[q]);
     if (bad >= 0 && bad_cb < 0) bad_cb = q * k + bad;
   }
-  const int64_t row_blocks = (n + kRowBlock - 1) / kRowBlock;
-  const int64_t threads = std::min(
-      useful_threads(resolve_threads(num_threads), static_cast<double>(n) * k * d * n_q), row_blocks);
+  const int64_t threads = std::min(avail, row_blocks);
   std::vector<int64_t> first_bad(static_cast<size_t>(threads), -1);
   parallel_chunks(threads, [&](int64_t c) {
     // The residual block stays in this thread's cache across all stages.
