@@ -108,7 +108,7 @@ class ImageCodec(Codec):
                 rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
         return image_io.images_to_tensor([rgb], self.mean, self.std)[0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode(self, images: Any) -> list[ImageCodes]:
         """PIL image(s) -> one ``ImageCodes`` per image (batched by size)."""
         from PIL import Image
@@ -122,7 +122,7 @@ class ImageCodec(Codec):
                 out[i] = ImageCodes(codes[j].numpy())
         return out  # type: ignore[return-value]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode(self, codes: Any) -> list:
         """``ImageCodes`` (one or a list) -> RGB PIL images."""
         items, _ = _as_list(codes, ImageCodes)
@@ -161,7 +161,7 @@ class AudioCodec(Codec):
     def accepts(self, item: Any) -> bool:
         return isinstance(item, Audio)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode(self, audios: Any) -> list[AudioCodes]:
         """``Audio`` (one or a list) -> one ``AudioCodes`` per item (batched by length)."""
         items, _ = _as_list(audios, Audio)
@@ -173,7 +173,7 @@ class AudioCodec(Codec):
                 out[i] = AudioCodes(codes[j].numpy())
         return out  # type: ignore[return-value]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode(self, codes: Any) -> list[Audio]:
         """``AudioCodes`` (one or a list) -> ``Audio`` at ``sample_rate``."""
         items, _ = _as_list(codes, AudioCodes)

@@ -98,12 +98,12 @@ class EncodecCodec(_HFAudioCodec):
         quantizer.encode = lambda emb, bw=None: lumo_encode(emb, quantizer.get_num_quantizers_for_bandwidth(bw))
         return {"bandwidth": bandwidth}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_tensor(self, waveforms: torch.Tensor) -> torch.Tensor:
         out = self.model.encode(waveforms.to(self.model.dtype), bandwidth=self.bandwidth)
         return out.audio_codes[0].transpose(1, 2)  # [1, B, Q, T'] -> [B, T', Q]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
         return self.model.decode(codes.transpose(1, 2)[None], [None]).audio_values
 
@@ -131,12 +131,12 @@ class MimiCodec(_HFAudioCodec):
             rvq.encode = _rvq_encode_module(rvq, rvq.input_proj)
         return {"num_quantizers": n}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_tensor(self, waveforms: torch.Tensor) -> torch.Tensor:
         out = self.model.encode(waveforms.to(self.model.dtype), num_quantizers=self.num_codebooks)
         return out.audio_codes.transpose(1, 2)  # [B, Q, T'] -> [B, T', Q]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
         return self.model.decode(codes.transpose(1, 2)).audio_values
 
@@ -159,7 +159,7 @@ class DacCodec(_HFAudioCodec):
         self.frame_rate = config.sampling_rate / config.hop_length
         return {"num_quantizers": n}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_tensor(self, waveforms: torch.Tensor) -> torch.Tensor:
         residual = self.model.encoder(waveforms.to(self.model.dtype))  # [B, H, T']
         codes = []
@@ -173,7 +173,7 @@ class DacCodec(_HFAudioCodec):
             codes.append(index)
         return torch.stack(codes, dim=-1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
         audio = self.model.decode(audio_codes=codes.transpose(1, 2)).audio_values  # [B, T]
         return audio[:, None] if audio.dim() == 2 else audio

@@ -77,12 +77,12 @@ class JanusCodec(_HFVQImageCodec):
     def pixel_size(self, width: int, height: int) -> tuple[int, int]:
         return self.resolution, self.resolution
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_tensor(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.model.quant_conv(self.model.encoder(pixel_values.to(self.model.dtype)))
         return self._search(hidden.permute(0, 2, 3, 1))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
         side = self.model.config.num_patches
         if tuple(codes.shape[1:]) != (side, side):
@@ -99,7 +99,7 @@ class ChameleonCodec(_HFVQImageCodec):
     def pixel_size(self, width: int, height: int) -> tuple[int, int]:
         return self.model.config.resolution, self.model.config.resolution
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_tensor(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.model.quant_conv(self.model.encoder(pixel_values.to(self.model.dtype)))
         return self._search(hidden.permute(0, 2, 3, 1))
@@ -136,7 +136,7 @@ class Emu3Codec(_HFVQImageCodec):
         scale = min(1.0, math.sqrt(self.max_pixels / (width * height)))
         return max(f, round(width * scale / f) * f), max(f, round(height * scale / f) * f)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_tensor(self, pixel_values: torch.Tensor) -> torch.Tensor:
         m = self.model
         frames = pixel_values.to(m.dtype).unsqueeze(1).repeat(1, m.config.temporal_downsample_factor, 1, 1, 1)
@@ -144,7 +144,7 @@ class Emu3Codec(_HFVQImageCodec):
         latents = hidden.permute(0, 2, 3, 4, 1)  # [B, T, H, W, C]: search over C, as the model does
         return self._search(latents)[:, 0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
         video = self.model.decode(codes)  # [B, T * factor, 3, H, W]
         return video[:, 0] if video.dim() == 5 else video
