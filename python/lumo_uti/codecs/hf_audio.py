@@ -70,6 +70,16 @@ def _rvq_encode_module(rvq, project_in=None):
     return encode
 
 
+def _num_quantizers_option(kind: str, options: dict[str, Any], low: int, high: int) -> int:
+    """The ``num_quantizers`` option (default ``high``), checked to lie in [low, high]."""
+    n = int(options.pop("num_quantizers", high))
+    if options:
+        raise CodecError(f"{kind}: unknown options {sorted(options)} (known: num_quantizers)")
+    if not low <= n <= high:
+        raise CodecError(f"{kind}: num_quantizers must be in [{low}, {high}], got {n}")
+    return n
+
+
 class EncodecCodec(_HFAudioCodec):
     """``hf-encodec``: EncodecModel (24 kHz-style, unchunked). Option ``bandwidth`` (kbps)."""
 
@@ -116,13 +126,7 @@ class MimiCodec(_HFAudioCodec):
 
     def _setup(self, options):
         config = self.model.config
-        n = int(options.pop("num_quantizers", config.num_quantizers))
-        if options:
-            raise CodecError(f"hf-mimi: unknown options {sorted(options)} (known: num_quantizers)")
-        if not config.num_semantic_quantizers <= n <= config.num_quantizers:
-            raise CodecError(
-                f"hf-mimi: num_quantizers must be in [{config.num_semantic_quantizers}, {config.num_quantizers}], got {n}"
-            )
+        n = _num_quantizers_option(self.kind, options, config.num_semantic_quantizers, config.num_quantizers)
         self.num_codebooks, self.codebook_size = n, config.codebook_size
         self.sample_rate, self.channels = config.sampling_rate, config.audio_channels
         self.frame_rate = config.frame_rate
@@ -149,11 +153,7 @@ class DacCodec(_HFAudioCodec):
 
     def _setup(self, options):
         config = self.model.config
-        n = int(options.pop("num_quantizers", config.n_codebooks))
-        if options:
-            raise CodecError(f"hf-dac: unknown options {sorted(options)} (known: num_quantizers)")
-        if not 1 <= n <= config.n_codebooks:
-            raise CodecError(f"hf-dac: num_quantizers must be in [1, {config.n_codebooks}], got {n}")
+        n = _num_quantizers_option(self.kind, options, 1, config.n_codebooks)
         self.num_codebooks, self.codebook_size = n, config.codebook_size
         self.sample_rate, self.channels = config.sampling_rate, 1
         self.frame_rate = config.sampling_rate / config.hop_length
