@@ -183,23 +183,28 @@ constexpr int64_t kCodeBlockBytes = 128 * 1024;  // packed code data swept per r
 
 using Packed = VqPacked;
 
-// Returns the first code row holding inf/NaN, or -1.
-int64_t pack(const void* cb, int dtype, int64_t k, int64_t d, int norms, const float* cn_given,
-             int W, Packed& p) {
+// Sizes p for a k x d codebook packed for W lanes (contents unset).
+void pack_layout(int64_t k, int64_t d, int W, Packed& p) {
   p.k = k;
   p.d = d;
   p.tile = 2 * W;
   p.ntiles = (k + p.tile - 1) / p.tile;
   p.tiles.assign(static_cast<size_t>(p.ntiles * d * p.tile), 0.0f);
   p.cn.assign(static_cast<size_t>(p.ntiles * p.tile), std::numeric_limits<float>::quiet_NaN());
-  const int64_t T = p.tile;
+}
+
+// Packs tiles [t0, t1) of a laid-out p; returns the first code row holding
+// inf/NaN in them, or -1. Tiles are independent, so any split gives the same p.
+int64_t pack_tiles(const void* cb, int dtype, int norms, const float* cn_given, Packed& p, int64_t t0,
+                   int64_t t1) {
+  const int64_t k = p.k, d = p.d, T = p.tile;
   std::vector<float> acc(static_cast<size_t>(T));
   std::vector<uint8_t> ok(static_cast<size_t>(T));
   int64_t bad = -1;
   // Tile by tile: contiguous writes, and the norms of the tile's codes as
   // independent lanes (each lane still sums in the order j = 0..d-1), so the
   // compiler vectorises the fp32 case.
-  for (int64_t t = 0; t < p.ntiles; ++t) {
+  for (int64_t t = t0; t < t1; ++t) {
     const int64_t c0 = t * T, lanes = std::min(T, k - c0);
     float* tile = p.tiles.data() + t * d * T;
     std::fill(acc.begin(), acc.end(), 0.0f);
@@ -224,6 +229,13 @@ int64_t pack(const void* cb, int dtype, int64_t k, int64_t d, int norms, const f
     }
   }
   return bad;
+}
+
+// Returns the first code row holding inf/NaN, or -1.
+int64_t pack(const void* cb, int dtype, int64_t k, int64_t d, int norms, const float* cn_given,
+             int W, Packed& p) {
+  pack_layout(k, d, W, p);
+  return pack_tiles(cb, dtype, norms, cn_given, p, 0, p.ntiles);
 }
 
 // ---------------------------------------------------------------------------
@@ -335,6 +347,22 @@ void parallel_chunks(int64_t chunks, const Fn& fn) {
 
 int64_t split_begin(int64_t n, int64_t chunks, int64_t c) {
   return n / chunks * c + std::min(c, n % chunks);
+}
+
+// pack() on `threads` threads (same result: tiles are independent).
+int64_t pack_parallel(const void* cb, int dtype, int64_t k, int64_t d, int W, Packed& p,
+                      int64_t threads) {
+  pack_layout(k, d, W, p);
+  std::vector<int64_t> bad(static_cast<size_t>(threads), -1);
+  parallel_chunks(threads, [&](int64_t c) {
+    bad[static_cast<size_t>(c)] = pack_tiles(cb, dtype, kNormsCompute, nullptr, p,
+                                             split_begin(p.ntiles, threads, c),
+                                             split_begin(p.ntiles, threads, c + 1));
+  });
+  for (int64_t b : bad) {
+    if (b >= 0) return b;  // chunks are in code order: the first one found is the lowest
+  }
+  return -1;
 }
 
 int64_t resolve_threads(int64_t num_threads) {
@@ -484,8 +512,8 @@ static int64_t rvq_encode_few_rows(const Kernel& ker, const void* x, int dtype, 
   Packed p;
   int64_t bad_cb = -1;
   for (int64_t q = 0; q < n_q; ++q) {
-    const int64_t bad = pack(static_cast<const char*>(cbs) + q * k * d * elem, dtype, k, d, kNormsCompute,
-                             nullptr, ker.W, p);
+    const int64_t bad = pack_parallel(static_cast<const char*>(cbs) + q * k * d * elem, dtype, k, d, ker.W, p,
+                                      threads);
     if (bad >= 0 && bad_cb < 0) bad_cb = q * k + bad;
     for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
       const int64_t rows = std::min(kRowBlock, n - r0);
