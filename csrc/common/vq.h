@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/dtype.h"
 #include "common/hd.h"
 
 namespace lumo {
@@ -20,38 +21,12 @@ namespace vq {
 // Element types the kernels read (the Python front passes the matching code).
 enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
-LUMO_HD inline float bits_to_float(uint32_t bits) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(bits);
-#else
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-#endif
-}
-
-// IEEE binary16 -> fp32, exact (subnormals, infinities and NaN included).
-LUMO_HD inline float half_bits_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  if (exp == 0x1fu) return bits_to_float(sign | 0x7f800000u | (mant << 13));
-  if (exp != 0) return bits_to_float(sign | ((exp + 112u) << 23) | (mant << 13));
-  if (mant == 0) return bits_to_float(sign);
-  // Subnormal: value = mant * 2^-24, exact in fp32.
-  const float mag = static_cast<float>(mant) * 5.9604644775390625e-8f;
-  return sign ? -mag : mag;
-}
-
-// bfloat16 -> fp32: the upper half of the fp32 bit pattern, exact.
-LUMO_HD inline float bf16_bits_to_float(uint16_t b) {
-  return bits_to_float(static_cast<uint32_t>(b) << 16);
-}
+using ::lumo::dtype::bits_to_float;
 
 // Element i of a buffer of `dtype` as fp32.
 LUMO_HD inline float load_as_float(const void* p, int dtype, int64_t i) {
-  if (dtype == kF16) return half_bits_to_float(static_cast<const uint16_t*>(p)[i]);
-  if (dtype == kBF16) return bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
+  if (dtype == kF16) return ::lumo::dtype::fp16_to_float(static_cast<const uint16_t*>(p)[i]);
+  if (dtype == kBF16) return ::lumo::dtype::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
   return static_cast<const float*>(p)[i];
 }
 

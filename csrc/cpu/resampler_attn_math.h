@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/dtype.h"
 #include "common/hd.h"
 
 namespace lumo {
@@ -17,66 +18,18 @@ namespace resampler {
 // Storage dtype codes passed across the Python boundary.
 enum DType : int64_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
-LUMO_HD inline float bits_to_float(uint32_t u) {
-  float f;
-  memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
-LUMO_HD inline uint32_t float_to_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof(u));
-  return u;
-}
-
-LUMO_HD inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32_t>(h) << 16); }
-
-LUMO_HD inline uint16_t float_to_bf16(float f) {
-  uint32_t u = float_to_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep it a (quiet) NaN
-    return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
-  return static_cast<uint16_t>(u >> 16);
-}
-
-LUMO_HD inline float f16_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  if (exp == 0) {
-    if (mant == 0) return bits_to_float(sign);
-    // Subnormal: value = mant * 2^-24, exact in fp32.
-    const float v = static_cast<float>(mant) * 5.9604644775390625e-08f;
-    return sign ? -v : v;
-  }
-  if (exp == 31) return bits_to_float(sign | 0x7f800000u | (mant << 13));
-  return bits_to_float(sign | ((exp + 112u) << 23) | (mant << 13));
-}
-
-LUMO_HD inline uint16_t float_to_f16(float f) {
-  const uint32_t u = float_to_bits(f);
-  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
-  const uint32_t au = u & 0x7fffffffu;
-  if (au > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
-  if (au >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520: inf
-  if (au < 0x38800000u) {
-    // Below the smallest normal (2^-14): round |f| / 2^-24 to an integer (RNE).
-    const float scaled = bits_to_float(au) * 16777216.0f;  // exact: power of two
-    const float r = rintf(scaled);  // current rounding mode: nearest even
-    return static_cast<uint16_t>(sign | static_cast<uint16_t>(r));
-  }
-  // Normal: rebias exponent, round the 13 dropped mantissa bits to nearest even.
-  uint32_t v = au - (112u << 23);
-  v += 0xfffu + ((v >> 13) & 1u);
-  return static_cast<uint16_t>(sign | static_cast<uint16_t>(v >> 13));
-}
+using ::lumo::dtype::bf16_to_float;
+using ::lumo::dtype::bits_to_float;
+using ::lumo::dtype::float_to_bf16;
+using ::lumo::dtype::float_to_bits;
+using ::lumo::dtype::float_to_fp16;
+using ::lumo::dtype::fp16_to_float;
 
 template <int DT>
 LUMO_HD inline float load(const void* p, int64_t i) {
   if (DT == kF32) return static_cast<const float*>(p)[i];
   if (DT == kBF16) return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
-  return f16_to_float(static_cast<const uint16_t*>(p)[i]);
+  return fp16_to_float(static_cast<const uint16_t*>(p)[i]);
 }
 
 template <int DT>
@@ -86,7 +39,7 @@ LUMO_HD inline void store(void* p, int64_t i, float v) {
   } else if (DT == kBF16) {
     static_cast<uint16_t*>(p)[i] = float_to_bf16(v);
   } else {
-    static_cast<uint16_t*>(p)[i] = float_to_f16(v);
+    static_cast<uint16_t*>(p)[i] = float_to_fp16(v);
   }
 }
 
