@@ -98,14 +98,25 @@ def test_bad_documents_and_bundles(capsys, tmp_path):
     assert code == 2 and "bundle not found" in err
 
 
-def test_demo_writes_its_outputs(capsys, tmp_path):
+def test_demo_encodes_and_decodes_real_media(capsys, tmp_path):
     code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "demo"))
-    assert code == 0 and "round trip: exact" in out
-    ids = json.loads((tmp_path / "demo" / "ids.json").read_text())
-    assert lumo_uti.decode(ids)[1] == lumo_uti.ImageCodes(
-        np.array(json.loads((tmp_path / "demo" / "document.json").read_text())[1]["image_codes"])
-    )
-    assert (tmp_path / "demo" / "report.md").read_text().startswith("# lumo demo")
+    assert code == 0 and "text round trip      exact" in out
+    demo = tmp_path / "demo"
+    for name in ("input_image.png", "decoded_image.png", "side_by_side.png", "input_audio.wav", "decoded_audio.wav",
+                 "ids.json", "decoded_text.json", "summary.json", "report.md"):
+        assert (demo / name).is_file(), name
+    ids = json.loads((demo / "ids.json").read_text())
+    segments = lumo_uti.decode(ids)
+    assert [type(s).__name__ for s in segments][::2] == ["str", "str", "str"]
+    from PIL import Image
+
+    with Image.open(demo / "input_image.png") as a, Image.open(demo / "decoded_image.png") as b:
+        assert a.size == b.size == segments[1].size
+    assert isinstance(segments[3], lumo_uti.Audio) and segments[3].sample_rate == 16000
+    summary = json.loads((demo / "summary.json").read_text())
+    # the shipped codecs' quality on the demo's (unseen) photo and voice
+    assert summary["round_trip_ok"] and summary["image_psnr_db"] > 22 and summary["audio_si_snr_db"] > 3
+    assert (demo / "report.md").read_text().startswith("# lumo demo")
 
 
 def test_backends_command(capsys):

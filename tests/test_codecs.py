@@ -246,5 +246,6 @@ def test_cli_bundle_encode_decode_media(models, tmp_path, capsys):
     assert Audio.load(tmp_path / "dec" / "002.wav").sample_rate == 8000
     code = main(["encode", "--bundle", str(out), "--image", str(tmp_path / "a.wav")])
     assert code == 2 and "cannot read image file" in capsys.readouterr().err
-    code = main(["encode", "--image", str(tmp_path / "cat.png")])  # the default bundle has no image codec yet
+    text_only = lumo_uti.create_bundle(tmp_path / "text_only")
+    code = main(["encode", "--bundle", str(text_only), "--image", str(tmp_path / "cat.png")])
     assert code == 2 and "cannot encode" in capsys.readouterr().err

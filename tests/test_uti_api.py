@@ -20,14 +20,20 @@ def test_readme_tour():
     doc = ["a caption", ImageCodes(grid), "then sound:", AudioCodes(frames)]
     ids = uti.encode(doc)
     assert isinstance(ids, list) and all(type(i) is int for i in ids)
-    assert uti.decode(ids) == doc
     assert uti.decode_codes(ids) == doc
+    # the default bundle has codecs: decode gives media (8x8 codes -> 64x64 pixels, 5 frames -> 4 hops of audio)
+    hop = uti.audio_codec.model.hop
+    text, image, text2, audio = uti.decode(ids)
+    assert (text, text2) == ("a caption", "then sound:")
+    assert image.size == (64, 64) and isinstance(audio, lumo_uti.Audio) and audio.waveform.shape == (1, 4 * hop)
     assert isinstance(uti.token_space, lumo_uti.TokenSpace)
-    segments, repairs = uti.decode(ids[:-2] + [-7], strict=False)  # lose a code and the end marker
+    segments, repairs = uti.decode_codes(ids[:-2] + [-7], strict=False)  # lose a code and the end marker
     assert [r.rule for r in repairs] == ["id.negative", "span.unterminated", "audio.truncated_frame"]
     assert segments[:3] == doc[:3] and segments[3] == AudioCodes(frames[:4])
+    media, _ = uti.decode(ids[:-2] + [-7], strict=False)
+    assert media[3].waveform.shape == (1, 3 * hop)
     assert lumo_uti.encode("text") == uti.encode("text")
-    assert lumo_uti.decode(ids) == doc
+    assert lumo_uti.decode(ids)[0] == "a caption"
     with pytest.raises(UTIDecodeError):
         lumo_uti.decode(ids[:-1])
 
@@ -49,7 +55,8 @@ def test_batch_api():
     docs = ["one", ["two", ImageCodes([[3]])]]
     batch = uti.encode_batch(docs)
     assert batch == [uti.encode(d) for d in docs]
-    assert uti.decode_batch(batch) == [["one"], ["two", ImageCodes([[3]])]]
+    decoded = uti.decode_batch(batch)  # the default bundle decodes image codes to pictures
+    assert decoded[0] == ["one"] and decoded[1][0] == "two" and decoded[1][1].size == (8, 8)
 
 
 def test_bundle_directory_round_trip(tmp_path):

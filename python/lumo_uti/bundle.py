@@ -38,7 +38,26 @@ def build_default_token_space() -> TokenSpace:
         base_rows=151936,  # Qwen3-8B-Base embedding rows; 151669.. are padding
         special_tokens=tok.special_tokens,
     )
-    return TokenSpace.build(base, default_blocks(), name=DEFAULT_NAME, pad_to_multiple_of=128)
+    return TokenSpace.build(base, default_blocks(), name=DEFAULT_NAME, pad_to_multiple_of=128,
+                            codecs=default_codec_identities())
+
+
+# The default bundle's codecs: directory (inside the bundle), kind, options.
+DEFAULT_CODECS = {
+    "image": ("codecs/image", "lumo-vq", {"max_side": 512}),
+    "audio": ("codecs/audio", "lumo-rvq", {"num_quantizers": 8}),
+}
+
+
+def default_codec_identities() -> dict[str, Any]:
+    """The identities (kind, weights hashes, options, path) of the codecs shipped in the default bundle."""
+    from .codecs.hf_common import directory_identity
+
+    root = default_bundle_dir()
+    return {
+        modality: dict(directory_identity(root / rel, kind, options), path=rel)
+        for modality, (rel, kind, options) in DEFAULT_CODECS.items()
+    }
 
 
 def load(path: str | os.PathLike | None = None, *, device: Any = "cpu") -> UTI:
@@ -58,10 +77,11 @@ def load(path: str | os.PathLike | None = None, *, device: Any = "cpu") -> UTI:
     if not ts_file.is_file():
         raise BundleError(f"{path} is not a bundle: no token_space.json in it")
     token_space = TokenSpace.load(ts_file)
+    text_tokenizer = load_text_tokenizer(token_space.tokenizer, ts_file.parent)  # checked first: cheap, fundamental
     codecs = {m: _load_codec(ts_file.parent, m, identity, device) for m, identity in token_space.codecs.items()}
     return UTI(
         token_space,
-        load_text_tokenizer(token_space.tokenizer, ts_file.parent),
+        text_tokenizer,
         image_codec=codecs.get("image"),
         audio_codec=codecs.get("audio"),
     )
@@ -165,6 +185,46 @@ def create_bundle(
         token_space.save(tmp / "token_space.json")
         if out.exists():
             shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def export_bundle(
+    out: str | os.PathLike, *, source: str | os.PathLike | None = None, force: bool = False
+) -> Path:
+    """Copy a bundle (default: the embedded one) to the directory ``out``.
+
+    The copy holds token_space.json, the tokenizer (if not built in), the codec
+    weights (safetensors) and configs, and anything else in the bundle such as
+    ``gates.json``, so that ``load(out)`` and ``lumo audit --bundle out`` accept
+    it and a team can change it. Python caches and hidden files are left out.
+    The copy is made in a temporary sibling directory and renamed into place:
+    a failure leaves nothing half-written.
+
+    Raises:
+        BundleError: ``source`` is not a bundle (no token_space.json), ``out``
+            is inside ``source``, or ``out`` exists and ``force`` is False.
+    """
+    src = Path(source) if source is not None else default_bundle_dir()
+    out = Path(out)
+    if not (src / "token_space.json").is_file():
+        raise BundleError(f"{src} is not a bundle: no token_space.json in it")
+    TokenSpace.load(src / "token_space.json")  # refuse to export a broken token space
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise BundleError(f"cannot export bundle {src} into itself ({out})")
+    if out.exists() and not force:
+        raise BundleError(f"{out} exists; pass force=True (--force) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True,
+                        ignore=lambda d, names: [n for n in names if n.startswith(".") or n == "__pycache__"
+                                                 or n.endswith(".pyc") or n == "__init__.py"])
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

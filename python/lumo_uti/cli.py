@@ -23,7 +23,9 @@ from .errors import BundleError, TokenizerMismatchError, TokenSpaceError, UTIDec
 # Modules that add command groups: each has ``register(subparsers)`` and must
 # import heavy dependencies (torch models, transformers) inside its commands
 # only, so that ``lumo --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("lumo_model.token_lm.cli", "lumo_model.vlm.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "lumo_model.token_lm.cli", "lumo_model.vlm.cli", "lumo_model.codec.cli", "lumo_uti.audit.cli",
+)
 
 
 class UsageError(Exception):
@@ -61,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    sp = add("demo", "encode and decode a small mixed document with the default bundle (the quick tour)", _cmd_demo)
+    sp = add("demo", "encode and decode a bundled document (text, a photo, speech) with the default bundle: "
+                     "the quick tour", _cmd_demo)
     sp.add_argument("--out", default="lumo_demo_out", help="output folder (default: ./lumo_demo_out)")
+    sp.add_argument("--bundle", help="another bundle with an image and an audio codec (default: embedded bundle)")
 
     sp = add("inspect", "show a bundle's token space: blocks, sizes, fingerprint", _cmd_inspect)
     sp.add_argument("bundle", nargs="?", help="bundle directory or token_space.json (default: embedded bundle)")
@@ -85,15 +89,18 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the segments (and repairs) as JSON")
     sp.add_argument("--out", metavar="DIR", help="write each segment to DIR (text .txt, images .png, audio .wav, codes .json)")
 
-    sp = add("bundle", "create a bundle from a tokenizer and codec model directories", _cmd_bundle)
-    sp.add_argument("action", choices=["create"], help="create: write a new bundle directory")
+    sp = add("bundle", "create a bundle from a tokenizer and codec model directories, or export one", _cmd_bundle)
+    sp.add_argument("action", choices=["create", "export"],
+                    help="create: write a new bundle directory (--out DIR); export DIR: copy a bundle to DIR")
+    sp.add_argument("dir", nargs="?", metavar="DIR", help="export: the directory to write")
+    sp.add_argument("--bundle", metavar="SRC", help="export: the bundle to copy (default: the embedded one)")
     sp.add_argument("--text", default="qwen3", help="qwen3 (built in, default) or hf:DIR (a local tokenizer.json)")
     sp.add_argument("--image", metavar="KIND:DIR", help="image codec, e.g. hf-janus:/models/janus-vq")
     sp.add_argument("--audio", metavar="KIND:DIR", help="audio codec, e.g. hf-encodec:/models/encodec_24khz")
     sp.add_argument("--image-option", action="append", default=[], metavar="KEY=VALUE", help="image codec option")
     sp.add_argument("--audio-option", action="append", default=[], metavar="KEY=VALUE", help="audio codec option, e.g. bandwidth=6.0")
     sp.add_argument("--name", help="token space name (default: the output folder's name)")
-    sp.add_argument("--out", required=True, metavar="DIR", help="the bundle directory to write")
+    sp.add_argument("--out", metavar="DIR", help="create: the bundle directory to write")
     sp.add_argument("--force", action="store_true", help="replace an existing bundle directory")
 
     add("backends", "show which compiled kernel backends loaded (cpu, cuda) and why not", _cmd_backends)
@@ -214,47 +221,23 @@ def _cmd_backends(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from ._io import atomic_write_text
-    from .segments import AudioCodes, ImageCodes
+    from .demo import run
 
-    uti = _load(None)
-    ts = uti.token_space
-    rng = np.random.default_rng(0)
-    image_block, audio_block = ts.block("image"), ts.block("audio")
-    # Stand-ins for codec output (codecs come with the codec issues): a 16x16 grid of
-    # smooth codes and 50 frames (about 1 s at 50 Hz) of 8 residual codebooks.
-    yy, xx = np.mgrid[0:16, 0:16]
-    image = ImageCodes((yy * 97 + xx * 13) % image_block.codebook_size)
-    audio = AudioCodes(rng.integers(0, audio_block.codebook_size, size=(50, audio_block.num_codebooks)))
-    document = ["LumoOmni demo: one stream for text, images and sound.", image, "Then a short sound:", audio, "The end."]
-
-    ids = uti.encode(document)
-    decoded = uti.decode(ids)
-    same = len(decoded) == len(document) and all(a == b for a, b in zip(decoded, document))
-
-    lines = [f"bundle       {ts.name}", f"fingerprint  {ts.fingerprint}", f"tokens       {len(ids)}", ""]
-    lines.append(f"{'#':<3}{'segment':<58}{'tokens':>7}  blocks")
-    for index, seg in enumerate(document):
-        seg_ids = np.asarray(uti.encode([seg]))
-        regions = sorted({ts.regions[r].name for r in ts.classify(seg_ids)})
-        lines.append(f"{index:<3}{describe_segment(seg):<58}{len(seg_ids):>7}  {', '.join(regions)}")
-    lines += ["", f"strict decode round trip: {'exact' if same else 'MISMATCH'}"]
+    lines, ok = run(args.out, _load(args.bundle) if args.bundle else None)
     print("\n".join(lines))
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "document.json", json.dumps([segment_to_json(s) for s in document]) + "\n")
-    atomic_write_text(out / "ids.json", json.dumps(ids) + "\n")
-    atomic_write_text(out / "decoded.json", json.dumps([segment_to_json(s) for s in decoded]) + "\n")
-    atomic_write_text(out / "report.md", "# lumo demo\n\n```\n" + "\n".join(lines) + "\n```\n")
-    print(f"\nwrote {out}/: document.json, ids.json, decoded.json, report.md")
-    return 0 if same else 1
+    return 0 if ok else 1
 
 
 def _cmd_bundle(args) -> int:
     from .bundle import create_bundle
     from .codecs import CodecError
 
+    if args.action == "export":
+        return _cmd_bundle_export(args)
+    if args.dir is not None or args.bundle is not None:
+        raise UsageError("bundle create takes --out DIR (DIR and --bundle are for bundle export)")
+    if not args.out:
+        raise UsageError("bundle create needs --out DIR")
     try:
         out = create_bundle(
             args.out,
@@ -270,6 +253,27 @@ def _cmd_bundle(args) -> int:
         raise UsageError(str(e)) from None
     print(f"wrote bundle {out}")
     return _cmd_inspect(argparse.Namespace(bundle=str(out), json=False))
+
+
+def _cmd_bundle_export(args) -> int:
+    from .bundle import export_bundle
+
+    create_only = [f"--{k}" for k in ("image", "audio", "name") if getattr(args, k)] + (
+        ["--text"] if args.text != "qwen3" else []) + (["--image-option"] if args.image_option else []) + (
+        ["--audio-option"] if args.audio_option else [])
+    if create_only:
+        raise UsageError(f"bundle export does not take {', '.join(create_only)} (those are for bundle create)")
+    target = args.dir or args.out
+    if not target:
+        raise UsageError("bundle export needs the directory to write: lumo bundle export DIR")
+    if args.dir and args.out:
+        raise UsageError("give the export directory once (DIR or --out DIR)")
+    source = args.bundle
+    if source is not None and not (Path(source) / "token_space.json").is_file():
+        raise UsageError(f"--bundle {source}: not a bundle directory (no token_space.json)")
+    out = export_bundle(target, source=source, force=args.force)
+    print(f"exported bundle {source or 'default'} to {out}")
+    return 0
 
 
 # -- helpers --------------------------------------------------------------------------

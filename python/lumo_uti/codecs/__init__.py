@@ -32,6 +32,8 @@ BACKENDS = {
     "hf-encodec": ("lumo_uti.codecs.hf_audio", "EncodecCodec"),
     "hf-dac": ("lumo_uti.codecs.hf_audio", "DacCodec"),
     "hf-mimi": ("lumo_uti.codecs.hf_audio", "MimiCodec"),
+    "lumo-vq": ("lumo_uti.codecs.lumo_vq", "LumoVQCodec"),
+    "lumo-rvq": ("lumo_uti.codecs.lumo_rvq", "LumoRVQCodec"),
 }
 
 __all__ = ["AudioCodec", "BACKENDS", "Codec", "CodecError", "ImageCodec", "load", "parse_spec"]

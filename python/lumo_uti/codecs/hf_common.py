@@ -38,7 +38,8 @@ def directory_identity(directory: Path, kind: str, options: dict[str, Any]) -> d
         raise CodecError(f"no config.json in {directory}")
     import json
 
-    name = json.loads(config.read_text()).get("_name_or_path") or directory.name
+    meta = json.loads(config.read_text())
+    name = meta.get("_name_or_path") or meta.get("name") or directory.name
     return {
         "kind": kind,
         "name": str(name),

@@ -1,0 +1,1 @@
+"""Training the default codecs: corpora, models, ``lumo train-codec``."""

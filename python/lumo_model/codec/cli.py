@@ -1,0 +1,107 @@
+"""``lumo train-codec image|audio`` and ``lumo codec-corpus image|audio`` (see docs/codec_training.md).
+
+Heavy imports happen inside the commands only, so that ``lumo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``train-codec`` and ``codec-corpus`` to the ``lumo`` parser."""
+    sp = subparsers.add_parser(
+        "train-codec", help="train the lumo-vq image or lumo-rvq audio codec on a folder of files",
+        description="Train a codec: k-means codebooks on lumo's vq_search (dead-code restarts), then the "
+                    "decoder refinement; checkpoints in OUT/checkpoint (a rerun with the same OUT resumes), "
+                    "the codec in OUT/codec, the evaluation in OUT/eval.json.")
+    sp.set_defaults(func=_cmd_train)
+    sp.add_argument("modality", choices=("image", "audio"))
+    sp.add_argument("--data", required=True, metavar="DIR", help="training files (images or audio, searched recursively)")
+    sp.add_argument("--eval-data", metavar="DIR", help="evaluation files, disjoint from --data (final evaluation)")
+    sp.add_argument("--out", required=True, metavar="DIR", help="output folder (resumed if it holds a checkpoint)")
+    sp.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--name", help="codec name recorded in its config (default: lumo-vq / lumo-rvq)")
+    sp.add_argument("--codebook-size", type=int, help="entries per codebook (default: image 16384, audio 1024)")
+    sp.add_argument("--kmeans-iterations", type=int, help="Lloyd iterations (per codebook for audio)")
+    sp.add_argument("--steps", type=int, help="decoder / post-filter training steps (0 = lookup only)")
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--lr", type=float)
+    sp.add_argument("--save-every", type=int, help="checkpoint every N decoder steps")
+    sp.add_argument("--patch", type=int, help="image: pixels per code side (default 8)")
+    sp.add_argument("--kmeans-samples", type=int, help="image: blocks sampled for k-means (default 400000)")
+    sp.add_argument("--decoder-channels", type=int, help="image: context decoder width (default 128)")
+    sp.add_argument("--decoder-blocks", type=int, help="image: context decoder residual blocks (default 2; 0 = none)")
+    sp.add_argument("--crop", type=int, help="image: decoder training crop side (default 96; images must be at least this big)")
+    sp.add_argument("--sample-rate", type=int, help="audio: codec sample rate (default 16000)")
+    sp.add_argument("--hop", type=int, help="audio: samples per frame (default 256: 62.5 frames/s, 5 kbps at 16 kHz)")
+    sp.add_argument("--num-codebooks", type=int, help="audio: residual codebooks (default 8)")
+    sp.add_argument("--quiet", action="store_true", help="no progress output")
+
+    sp = subparsers.add_parser(
+        "codec-corpus", help="write the reproducible training/evaluation corpus for the default codecs",
+        description="Images: scikit-image photos + drawn images. Audio: espeak-ng speech + synthetic music "
+                    "and noise. The train and eval splits share no photo, voice, sentence or seed.")
+    sp.set_defaults(func=_cmd_corpus)
+    sp.add_argument("modality", choices=("image", "audio"))
+    sp.add_argument("--split", choices=("train", "eval"), required=True)
+    sp.add_argument("--out", required=True, metavar="DIR")
+    sp.add_argument("--count", type=int, help="drawn images (default 400) / sentences per voice "
+                                               "(default train 40, eval 10)")
+
+
+def _cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from .train import AudioTrainConfig, ImageTrainConfig, train_audio_codec, train_image_codec
+
+    common = {"seed": args.seed, "codebook_size": args.codebook_size, "kmeans_iterations": args.kmeans_iterations,
+              "batch_size": args.batch_size, "lr": args.lr, "save_every": args.save_every}
+    try:
+        if args.modality == "image":
+            extra = {"patch": args.patch, "kmeans_samples": args.kmeans_samples, "decoder_steps": args.steps,
+                     "crop": args.crop, "decoder_channels": args.decoder_channels,
+                     "decoder_blocks": args.decoder_blocks}
+            cfg = replace(ImageTrainConfig(), **{k: v for k, v in {**common, **extra}.items() if v is not None})
+            report = train_image_codec(args.data, args.out, eval_data=args.eval_data, config=cfg, device=args.device,
+                                       progress=not args.quiet, name=args.name or "lumo-vq")
+        else:
+            extra = {"sample_rate": args.sample_rate, "hop": args.hop, "num_codebooks": args.num_codebooks,
+                     "postfilter_steps": args.steps}
+            cfg = replace(AudioTrainConfig(), **{k: v for k, v in {**common, **extra}.items() if v is not None})
+            report = train_audio_codec(args.data, args.out, eval_data=args.eval_data, config=cfg, device=args.device,
+                                       progress=not args.quiet, name=args.name or "lumo-rvq")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"lumo train-codec: {e}", file=sys.stderr)
+        return 2
+    summary = {k: v for k, v in report.items() if k not in ("per_image", "per_file")}
+    print(json.dumps(summary, indent=2))
+    print(f"codec: {args.modality} codec in {report['codec']} (load it as {report['kind']}:{report['codec']})")
+    return 0
+
+
+def _cmd_corpus(args) -> int:
+    from . import corpus
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        if args.modality == "image":
+            count = args.count if args.count is not None else 400
+            out = corpus.write_image_corpus(args.out, args.split, procedural=count, progress=say)
+        else:
+            count = args.count if args.count is not None else (40 if args.split == "train" else 10)
+            out = corpus.write_audio_corpus(args.out, args.split, sentences_per_voice=count,
+                                            music_clips=40 if args.split == "train" else 5,
+                                            noise_clips=20 if args.split == "train" else 3, progress=say)
+    except RuntimeError as e:  # missing scikit-image / espeak-ng
+        print(f"lumo codec-corpus: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {sum(1 for p in out.iterdir() if p.is_file())} files to {out}")
+    return 0

@@ -1,0 +1,311 @@
+"""Training and evaluation corpora for the default codecs, recreatable on any machine.
+
+Everything here comes from material every machine can rebuild: the photos
+bundled in scikit-image's wheel, procedurally drawn images, speech synthesised
+by espeak-ng (Debian package ``espeak-ng``), synthetic music and noise. The
+split is fixed by name and seed, so ``train`` and ``eval`` never share a photo,
+a sentence, a voice or a seed:
+
+* images ``train``: the scikit-image pictures in ``TRAIN_PHOTOS`` (at several
+  scales) + procedural images with seeds ``0..``;
+  ``eval``: the natural photos in ``EVAL_PHOTOS`` (never trained on; the
+  stereo twin ``motorcycle_right`` is used by neither split) + procedural images
+  with seeds from ``1_000_000``.
+* audio ``train``: espeak-ng voices in ``TRAIN_VOICES`` reading sentences drawn
+  with seeds ``0..`` + music + noise; ``eval``: the voices in ``EVAL_VOICES``
+  (other variants, and Italian, a language not trained on) reading sentences
+  from seeds ``1_000_000..`` (checked disjoint from the training sentences).
+
+``write_image_corpus`` / ``write_audio_corpus`` write the files that
+``lumo train-codec`` reads (``lumo codec-corpus`` on the command line).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+EVAL_SEED_BASE = 1_000_000
+
+TRAIN_PHOTOS = (
+    "astronaut.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "camera.png", "moon.png", "coins.png",
+    "brick.png", "grass.png", "gravel.png", "clock_motion.png", "page.png", "text.png", "cell.png", "color.png",
+    "microaneurysms.png", "logo.png",
+)
+EVAL_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+_EXCLUDED_PHOTOS = ("motorcycle_right.png",)  # the stereo twin of an eval photo
+
+# espeak-ng voice specs (language + variant); train and eval share no spec, and
+# eval adds a language (Italian) the codec never heard.
+TRAIN_VOICES = (
+    "en-us+m1", "en-us+m3", "en-us+f1", "en-us+f2", "en-us+m5", "en-us+f4", "en-us+klatt",
+    "de+m2", "de+f3", "fr+m4", "fr+f1", "es+m1", "es+f2", "nl+m3", "pt+f4",
+)
+EVAL_VOICES = ("en-gb+m2", "en-gb+f5", "en-us+m7", "en-us+Alicia", "it+m3", "it+f2")
+
+_WORDS = {
+    "en": dict(
+        subj=["the old sailor", "a small child", "my neighbour", "the teacher", "our friend", "the doctor",
+              "a tired dog", "the farmer", "her brother", "the young artist", "a quiet student", "the baker"],
+        verb=["painted", "carried", "found", "opened", "cleaned", "watched", "counted", "followed", "built",
+              "borrowed", "repaired", "described"],
+        obj=["a red boat", "the heavy box", "seven green apples", "the broken clock", "a long letter",
+             "the wooden chair", "a bright lamp", "the narrow bridge", "two silver coins", "the empty garden"],
+        tail=["before dinner", "in the morning", "near the river", "after the storm", "with great care",
+              "every Sunday", "under the stars", "at the station", "without a word", "for an hour"],
+    ),
+    "de": dict(
+        subj=["der alte Mann", "ein kleines Kind", "meine Schwester", "der Lehrer", "unser Nachbar"],
+        verb=["sah", "trug", "fand", "baute", "malte"],
+        obj=["ein rotes Haus", "den schweren Koffer", "drei Aepfel", "die alte Uhr", "einen langen Brief"],
+        tail=["am Morgen", "im Garten", "nach dem Regen", "mit grosser Sorgfalt", "jeden Tag"],
+    ),
+    "fr": dict(
+        subj=["le vieux marin", "une petite fille", "mon voisin", "le professeur", "notre ami"],
+        verb=["a vu", "a porte", "a trouve", "a construit", "a peint"],
+        obj=["un bateau rouge", "la grande boite", "trois pommes", "la vieille horloge", "une longue lettre"],
+        tail=["ce matin", "dans le jardin", "apres la pluie", "avec soin", "chaque dimanche"],
+    ),
+    "es": dict(
+        subj=["el viejo marinero", "una nina pequena", "mi vecino", "el maestro", "nuestro amigo"],
+        verb=["vio", "llevo", "encontro", "construyo", "pinto"],
+        obj=["un barco rojo", "la caja pesada", "tres manzanas", "el reloj viejo", "una carta larga"],
+        tail=["por la manana", "en el jardin", "despues de la lluvia", "con cuidado", "cada domingo"],
+    ),
+    "nl": dict(
+        subj=["de oude zeeman", "een klein kind", "mijn buurman", "de leraar", "onze vriend"],
+        verb=["zag", "droeg", "vond", "bouwde", "schilderde"],
+        obj=["een rode boot", "de zware doos", "drie appels", "de oude klok", "een lange brief"],
+        tail=["in de ochtend", "in de tuin", "na de regen", "met zorg", "elke zondag"],
+    ),
+    "pt": dict(
+        subj=["o velho marinheiro", "uma menina", "o meu vizinho", "o professor", "o nosso amigo"],
+        verb=["viu", "levou", "encontrou", "construiu", "pintou"],
+        obj=["um barco vermelho", "a caixa pesada", "tres macas", "o relogio velho", "uma carta longa"],
+        tail=["de manha", "no jardim", "depois da chuva", "com cuidado", "todos os domingos"],
+    ),
+    "it": dict(
+        subj=["il vecchio marinaio", "una bambina", "il mio vicino", "il maestro", "il nostro amico"],
+        verb=["ha visto", "ha portato", "ha trovato", "ha costruito", "ha dipinto"],
+        obj=["una barca rossa", "la scatola pesante", "tre mele", "il vecchio orologio", "una lunga lettera"],
+        tail=["la mattina", "nel giardino", "dopo la pioggia", "con cura", "ogni domenica"],
+    ),
+}
+
+
+# -- images -----------------------------------------------------------------------------
+def skimage_photo_dir() -> Path:
+    """The folder of pictures inside the installed scikit-image wheel."""
+    try:
+        import skimage
+    except ImportError:
+        raise RuntimeError("the image corpus needs scikit-image (pip install scikit-image)") from None
+    return Path(skimage.__file__).parent / "data"
+
+
+def photos(split: str) -> list[tuple[str, "object"]]:
+    """(name, RGB PIL image) for the scikit-image photos of ``split``."""
+    from PIL import Image
+
+    names = {"train": TRAIN_PHOTOS, "eval": EVAL_PHOTOS}[_check_split(split)]
+    root = skimage_photo_dir()
+    return [(Path(n).stem, Image.open(root / n).convert("RGB")) for n in names]
+
+
+def procedural_image(seed: int, size: int = 256):
+    """One drawn RGB image: a gradient or texture background with shapes, lines and text."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    kind = rng.integers(0, 3)
+    if kind == 0:  # linear gradient between two colours
+        a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        angle = rng.uniform(0, 2 * math.pi)
+        t = (np.cos(angle) * xx + np.sin(angle) * yy)
+        t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
+        bg = a * (1 - t[..., None]) + b * t[..., None]
+    elif kind == 1:  # sum of oriented sinusoids (stripes, checks, waves)
+        bg = np.zeros((size, size, 3), np.float32)
+        for _ in range(rng.integers(1, 4)):
+            f = rng.uniform(1, 24)
+            angle = rng.uniform(0, math.pi)
+            wave = np.sin(2 * math.pi * f * (np.cos(angle) * xx + np.sin(angle) * yy) + rng.uniform(0, 6.3))
+            bg += wave[..., None] * rng.uniform(-60, 60, 3)
+        bg += rng.uniform(60, 200, 3)
+    else:  # smoothed noise (clouds, grain)
+        noise = rng.normal(size=(size // 8 + 1, size // 8 + 1, 3)).astype(np.float32)
+        img = Image.fromarray(np.uint8(np.clip(128 + 40 * noise, 0, 255))).resize((size, size), Image.Resampling.BICUBIC)
+        bg = np.asarray(img, np.float32) + rng.normal(0, rng.uniform(0, 12), (size, size, 3))
+    image = Image.fromarray(np.uint8(np.clip(bg, 0, 255)))
+    draw = ImageDraw.Draw(image)
+
+    def colour():
+        return tuple(int(c) for c in rng.integers(0, 256, 3))
+
+    for _ in range(rng.integers(2, 12)):
+        x0, y0 = rng.integers(-size // 4, size, 2)
+        w, h = rng.integers(4, size // 2, 2)
+        box = (int(x0), int(y0), int(x0 + w), int(y0 + h))
+        shape = rng.integers(0, 4)
+        if shape == 0:
+            draw.rectangle(box, fill=colour())
+        elif shape == 1:
+            draw.ellipse(box, fill=colour())
+        elif shape == 2:
+            pts = [tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(rng.integers(3, 6))]
+            draw.polygon(pts, fill=colour())
+        else:
+            draw.line([tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(2)], fill=colour(),
+                      width=int(rng.integers(1, 6)))
+    for _ in range(rng.integers(0, 4)):
+        words = " ".join(rng.choice(_WORDS["en"]["obj"]).split()[: rng.integers(1, 4)])
+        font = ImageFont.load_default(size=float(rng.integers(10, 48)))
+        draw.text(tuple(int(v) for v in rng.integers(0, size - 20, 2)), words, fill=colour(), font=font)
+    if rng.random() < 0.3:
+        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.0))))
+    return image
+
+
+def write_image_corpus(out: str | os.PathLike, split: str, *, procedural: int = 200, size: int = 256,
+                       progress: Callable[[str], None] | None = None) -> Path:
+    """Write ``split``'s photos (``photo_*.png``) and ``procedural`` drawn images (``drawn_*.png``)."""
+    out = Path(out)
+    split = _check_split(split)
+    out.mkdir(parents=True, exist_ok=True)
+    base = 0 if split == "train" else EVAL_SEED_BASE
+    for name, image in photos(split):
+        image.save(out / f"photo_{name}.png")
+    for i in range(procedural):
+        procedural_image(base + i, size).save(out / f"drawn_{base + i:07d}.png")
+        if progress and (i + 1) % 50 == 0:
+            progress(f"{i + 1}/{procedural} drawn images")
+    return out
+
+
+# -- audio ------------------------------------------------------------------------------
+def sentence(seed: int, language: str = "en") -> str:
+    """A random sentence from a small grammar (subject verb object tail)."""
+    words = _WORDS[language]
+    rng = np.random.default_rng(seed)
+    parts = [rng.choice(words[k]) for k in ("subj", "verb", "obj", "tail")]
+    text = " ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def espeak(text: str, voice: str, *, speed: int = 160, pitch: int = 50) -> tuple[np.ndarray, int]:
+    """Synthesise ``text`` with espeak-ng; returns (mono float32 samples, sample rate)."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise RuntimeError("the speech corpus needs espeak-ng (Debian: apt-get install espeak-ng)")
+    import soundfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text],
+                       check=True, capture_output=True)
+        samples, rate = soundfile.read(str(wav), dtype="float32", always_2d=False)
+    return samples, int(rate)
+
+
+def music(seed: int, sample_rate: int, seconds: float = 4.0) -> np.ndarray:
+    """Synthetic music: notes with harmonics and decaying envelopes, some chords."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sample_rate)
+    out = np.zeros(n, np.float32)
+    t_note = 0
+    while t_note < n:
+        dur = int(rng.uniform(0.1, 0.6) * sample_rate)
+        t = np.arange(min(dur * 2, n - t_note)) / sample_rate
+        for _ in range(rng.integers(1, 4)):
+            f0 = 110 * 2 ** (rng.integers(0, 36) / 12)
+            harmonics = rng.uniform(0, 1, 6) / np.arange(1, 7)
+            tone = sum(h * np.sin(2 * math.pi * f0 * (k + 1) * t) for k, h in enumerate(harmonics))
+            env = np.exp(-t * rng.uniform(2, 10)) * np.minimum(1, t * 200)
+            out[t_note:t_note + len(t)] += (0.15 * tone * env).astype(np.float32)
+        t_note += dur
+    return out
+
+
+def noise(seed: int, sample_rate: int, seconds: float = 2.0) -> np.ndarray:
+    """Coloured noise (white, pink-ish or brown-ish) at a random level."""
+    rng = np.random.default_rng(seed)
+    white = rng.normal(size=int(seconds * sample_rate)).astype(np.float32)
+    colour = rng.integers(0, 3)
+    if colour == 1:
+        spec = np.fft.rfft(white)
+        spec /= np.sqrt(np.arange(1, len(spec) + 1))
+        white = np.fft.irfft(spec, len(white)).astype(np.float32)
+    elif colour == 2:
+        white = np.cumsum(white).astype(np.float32)
+        white -= np.convolve(white, np.ones(400) / 400, mode="same")
+    return (white / (np.abs(white).max() + 1e-9) * rng.uniform(0.02, 0.3)).astype(np.float32)
+
+
+def write_audio_corpus(out: str | os.PathLike, split: str, *, sample_rate: int = 16000, sentences_per_voice: int = 40,
+                       music_clips: int = 40, noise_clips: int = 20,
+                       progress: Callable[[str], None] | None = None) -> Path:
+    """Write ``split``'s speech (``speech_*.wav``), music and noise clips at ``sample_rate``."""
+    import soundfile
+    import torch
+
+    from lumo_uti.codecs.audio_io import resample
+
+    out = Path(out)
+    split = _check_split(split)
+    out.mkdir(parents=True, exist_ok=True)
+    base = 0 if split == "train" else EVAL_SEED_BASE
+    voices = TRAIN_VOICES if split == "train" else EVAL_VOICES
+    train_sentences = _train_sentence_set(sentences_per_voice) if split == "eval" else set()
+    for v_index, voice in enumerate(voices):
+        language = voice.split("+")[0].split("-")[0]
+        rng = np.random.default_rng(base + 7919 * v_index)
+        for s in range(sentences_per_voice):
+            seed = base + v_index * 10_000 + s
+            text = sentence(seed, language)
+            if text in train_sentences:  # unseen sentences only
+                continue
+            samples, rate = espeak(text, voice, speed=int(rng.integers(130, 200)), pitch=int(rng.integers(30, 70)))
+            wave = resample(torch.from_numpy(samples)[None], rate, sample_rate)[0].numpy()
+            wave *= float(10 ** (rng.uniform(-12, 0) / 20))  # level variety
+            soundfile.write(out / f"speech_{voice.replace('+', '_')}_{seed:07d}.wav", wave, sample_rate)
+        if progress:
+            progress(f"voice {v_index + 1}/{len(voices)} ({voice})")
+    for i in range(music_clips):
+        soundfile.write(out / f"music_{base + i:07d}.wav", music(base + i, sample_rate), sample_rate)
+    for i in range(noise_clips):
+        soundfile.write(out / f"noise_{base + i:07d}.wav", noise(base + i, sample_rate), sample_rate)
+    return out
+
+
+def _train_sentence_set(sentences_per_voice: int) -> set[str]:
+    found = set()
+    for v_index, voice in enumerate(TRAIN_VOICES):
+        language = voice.split("+")[0].split("-")[0]
+        found.update(sentence(v_index * 10_000 + s, language) for s in range(sentences_per_voice))
+    return found
+
+
+def _check_split(split: str) -> str:
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    return split
+
+
+def files(directory: str | os.PathLike, suffixes: Iterable[str]) -> list[Path]:
+    """Sorted files under ``directory`` (recursive) with one of ``suffixes``; error if none."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"data folder not found: {directory}")
+    suffixes = tuple(s.lower() for s in suffixes)
+    found = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not found:
+        raise FileNotFoundError(f"no {'/'.join(suffixes)} files in {directory}")
+    return found

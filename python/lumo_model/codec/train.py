@@ -1,0 +1,471 @@
+"""``lumo train-codec``: train the ``lumo-vq`` image and ``lumo-rvq`` audio codecs.
+
+Both follow the same two stages, each checkpointed (``OUT/checkpoint``) so a
+killed run resumes where it stopped (same seed, same result):
+
+1. **Codebooks by k-means** on ``lumo_uti.ops.vq_search`` with dead-code
+   restarts (``kmeans``): image blocks ``patch x patch x 3`` for ``lumo-vq``;
+   MDCT frames, one residual stage after another, for ``lumo-rvq``.
+2. **Decoder refinement**: the codes are fixed by stage 1; the context decoder
+   (image) / post-filter (audio) learns, with Adam on the mean squared error,
+   the residual that turns looked-up vectors into the original signal.
+
+Then a final evaluation on ``--eval-data`` (PSNR/SSIM at 256 x 256 and
+codebook usage for images; SI-SNR, mel and multi-resolution STFT distances and
+per-codebook usage for audio) and the export: ``OUT/codec`` is a codec
+directory (``lumo-vq:OUT/codec`` / ``lumo-rvq:OUT/codec``) and
+``OUT/eval.json`` holds the measurements. ``OUT/log.jsonl`` records every
+logged step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lumo_uti._io import atomic_write_text
+
+from . import checkpoint
+from .corpus import files
+from .kmeans import kmeans
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+class Progress:
+    """A one-line progress bar on stderr (rewritten in place on a terminal, one line per update otherwise)."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True):
+        self.label, self.total, self.enabled = label, max(total, 1), enabled
+        self.start = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, done: int, note: str = "") -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not self.tty and done < self.total and now - self.last < 5.0:
+            return  # logs: at most one line per 5 s
+        self.last = now
+        frac = done / self.total
+        eta = (now - self.start) / max(frac, 1e-9) * (1 - frac) if done else float("nan")
+        bar = "#" * int(24 * frac)
+        line = f"{self.label} [{bar:<24}] {done}/{self.total} {note} eta {eta:5.0f}s"
+        print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        if self.tty and done >= self.total:
+            print(file=sys.stderr)
+
+
+@dataclass
+class ImageTrainConfig:
+    patch: int = 8
+    codebook_size: int = 16384
+    kmeans_samples: int = 400_000
+    kmeans_iterations: int = 20
+    decoder_channels: int = 128
+    decoder_blocks: int = 2
+    decoder_steps: int = 1500
+    batch_size: int = 16
+    crop: int = 96
+    lr: float = 2e-3
+    scales: tuple[float, ...] = (1.0, 0.75, 0.5, 0.35)
+    seed: int = 0
+    save_every: int = 100
+    eval_size: int = 256
+
+
+@dataclass
+class AudioTrainConfig:
+    sample_rate: int = 16000
+    hop: int = 256
+    num_codebooks: int = 8
+    codebook_size: int = 1024
+    kmeans_iterations: int = 12
+    postfilter_channels: int = 256
+    postfilter_blocks: int = 2
+    postfilter_steps: int = 1500
+    batch_size: int = 16
+    segment_frames: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    save_every: int = 100
+
+
+# -- shared ----------------------------------------------------------------------------
+class _Run:
+    """Output folder bookkeeping: log.jsonl, checkpoints, the config the run was started with."""
+
+    def __init__(self, out: str | Path, config: Any, kind: str):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ckpt = self.out / "checkpoint"
+        self.kind = kind
+        self.config = asdict(config)
+        saved = self.out / "train_config.json"
+        if saved.is_file():
+            previous = json.loads(saved.read_text())
+            if previous.get("config") != json.loads(json.dumps(self.config)):
+                diff = sorted(k for k in self.config if previous.get("config", {}).get(k) != json.loads(json.dumps(self.config[k])))
+                raise ValueError(f"{self.out} holds a run with other settings ({diff}); use a new --out or the same settings")
+        else:
+            atomic_write_text(saved, json.dumps({"kind": kind, "config": self.config}, indent=2) + "\n")
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _adam_stage(run: _Run, module: torch.nn.Module, steps: int, lr: float, save_every: int, progress: bool,
+                loss_fn: Callable[[int], torch.Tensor], extra_tensors: dict[str, torch.Tensor], stage_name: str,
+                start_step: int, opt_state: tuple[dict, Any] | None) -> None:
+    """Train ``module`` for ``steps`` Adam steps (cosine decay), checkpointing every ``save_every``."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if opt_state is not None:
+        checkpoint.load_optimizer(opt, *opt_state)
+    bar = Progress(stage_name, steps, progress)
+
+    def save(step: int) -> None:
+        tensors, groups = checkpoint.optimizer_tensors(opt)
+        tensors.update(extra_tensors)
+        tensors.update({f"module.{k}": v for k, v in module.state_dict().items()})
+        checkpoint.save(run.ckpt, {"stage": stage_name, "step": step, "opt_groups": groups}, tensors)
+
+    module.train()
+    recent: list[float] = []
+    for step in range(start_step, steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps)) * min(1.0, (step + 1) / 50)
+        loss = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        recent.append(float(loss.detach()))
+        if (step + 1) % 20 == 0 or step + 1 == steps:
+            run.log({"stage": stage_name, "step": step + 1, "loss": sum(recent) / len(recent)})
+            bar.update(step + 1, f"loss {sum(recent) / len(recent):.5f}")
+            recent = []
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            save(step + 1)
+    module.eval()
+
+
+# -- images ----------------------------------------------------------------------------
+def _load_images(folder: str | Path) -> list[Any]:
+    from PIL import Image, UnidentifiedImageError
+
+    from lumo_uti.codecs.image_io import to_rgb
+
+    images = []
+    for path in files(folder, IMAGE_SUFFIXES):
+        try:
+            with Image.open(path) as im:
+                images.append(to_rgb(im, str(path)).copy())
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read image {path}: {e}") from None
+    return images
+
+
+def _image_pool(images: list[Any], scales: tuple[float, ...], min_side: int) -> list[torch.Tensor]:
+    """Each image at each scale (bicubic) as ``[3, H, W]`` in [-1, 1]; too-small versions skipped."""
+    from PIL import Image
+
+    pool = []
+    for image in images:
+        for s in scales:
+            w, h = round(image.width * s), round(image.height * s)
+            if min(w, h) < min_side:
+                continue
+            im = image if s == 1.0 else image.resize((w, h), Image.Resampling.BICUBIC)
+            pool.append(torch.from_numpy(np.asarray(im, np.float32) / 127.5 - 1).permute(2, 0, 1).contiguous())
+    if not pool:
+        raise ValueError(f"no training image is at least {min_side} pixels on its shorter side")
+    return pool
+
+
+def _random_crops(pool: list[torch.Tensor], n: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    crops = []
+    for _ in range(n):
+        img = pool[rng.integers(len(pool))]
+        _, h, w = img.shape
+        y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        crop = img[:, y:y + size, x:x + size]
+        if rng.random() < 0.5:
+            crop = crop.flip(-1)
+        crops.append(crop)
+    return torch.stack(crops)
+
+
+def _image_block_samples(pool: list[torch.Tensor], n: int, patch: int, rng: np.random.Generator) -> torch.Tensor:
+    """n random (unaligned, sometimes mirrored) ``patch x patch`` blocks as ``[n, 3 * patch * patch]``."""
+    per_crop = 64  # blocks cut from each 64-block crop
+    crops = _random_crops(pool, math.ceil(n / per_crop), patch * 8, rng)
+    return F.pixel_unshuffle(crops, patch).permute(0, 2, 3, 1).reshape(-1, 3 * patch * patch)[:n].contiguous()
+
+
+def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Path | None = None,
+                      config: ImageTrainConfig | None = None, device: str = "cpu", progress: bool = True,
+                      name: str = "lumo-vq") -> dict[str, Any]:
+    """Train a ``lumo-vq`` codec on the images in ``data``; returns the evaluation (see module doc)."""
+    from lumo_uti.codecs.lumo_vq import PatchVQ, save_model
+
+    cfg = config or ImageTrainConfig()
+    run = _Run(out, cfg, "image")
+    images = _load_images(data)
+    pool = _image_pool(images, cfg.scales, max(cfg.crop, cfg.patch * 8))
+    torch.manual_seed(cfg.seed)  # decoder init: the same whether or not the run was resumed
+    model = PatchVQ(patch=cfg.patch, codebook_size=cfg.codebook_size, decoder_channels=cfg.decoder_channels,
+                    decoder_blocks=cfg.decoder_blocks)
+    resumed = checkpoint.load(run.ckpt)
+    state, tensors = resumed if resumed else ({"stage": "kmeans", "iteration": 0}, {})
+    _say(progress, f"train-codec image: {len(images)} images ({len(pool)} scaled views) from {data}"
+         + (f"; resuming at {state['stage']} {state.get('iteration', state.get('step'))}" if resumed else ""))
+
+    # Stage 1: k-means codebook on random image blocks.
+    if state["stage"] == "kmeans":
+        rng = np.random.default_rng(cfg.seed)
+        samples = _image_block_samples(pool, cfg.kmeans_samples, cfg.patch, rng)
+        bar = Progress("k-means", cfg.kmeans_iterations, progress)
+
+        def on_iteration(i: int, centroids: torch.Tensor, stats: dict) -> None:
+            run.log({"stage": "kmeans", "iteration": i + 1, **stats})
+            bar.update(i + 1, f"mse {stats['mse']:.5f} dead {stats['dead']}")
+            checkpoint.save(run.ckpt, {"stage": "kmeans", "iteration": i + 1}, {"codebook": centroids})
+
+        codebook = kmeans(samples, cfg.codebook_size, cfg.kmeans_iterations, seed=cfg.seed,
+                          centroids=tensors.get("codebook"), start=state["iteration"], on_iteration=on_iteration)
+        # Stored in float16: the codebook the codec will search is the rounded one.
+        codebook = codebook.to(torch.float16).float()
+        checkpoint.save(run.ckpt, {"stage": "decoder", "step": 0, "opt_groups": None}, {"codebook": codebook})
+        state, tensors = {"stage": "decoder", "step": 0, "opt_groups": None}, {"codebook": codebook}
+        del samples
+
+    model.codebook.copy_(tensors["codebook"])
+    model.to(device)
+    if state["stage"] == "decoder" and model.decoder is not None and state["step"] < cfg.decoder_steps:
+        if state["step"] > 0:
+            model.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+        opt_state = (tensors, state["opt_groups"]) if state.get("opt_groups") else None
+
+        def loss_fn(step: int) -> torch.Tensor:
+            rng = np.random.default_rng([cfg.seed, step])
+            x = _random_crops(pool, cfg.batch_size, cfg.crop, rng).to(device)
+            with torch.no_grad():
+                blocks = model.lookup(model.encode(x))
+            return F.mse_loss(model.decode_blocks(blocks), x)
+
+        _adam_stage(run, model, cfg.decoder_steps, cfg.lr, cfg.save_every, progress, loss_fn,
+                    {"codebook": model.codebook}, "decoder", state["step"], opt_state)
+    model.eval().cpu()
+    codec_dir = run.out / "codec"
+    codec_dir.mkdir(exist_ok=True)
+    save_model(model, codec_dir, name=name, extra={"trained_on": str(data), "train_config": run.config})
+    report = evaluate_image_codec(codec_dir, eval_data, size=cfg.eval_size) if eval_data else {}
+    report = {"codec": str(codec_dir), "kind": "lumo-vq", **report}
+    atomic_write_text(run.out / "eval.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+@torch.inference_mode()
+def evaluate_image_codec(codec_dir: str | Path, eval_data: str | Path, *, size: int = 256) -> dict[str, Any]:
+    """PSNR/SSIM at ``size`` x ``size`` (shorter side resized, centre crop) per image and on average,
+    and codebook usage over all evaluation images (photos = files named ``photo_*``)."""
+    from lumo_uti.codecs.image_io import fit_square, images_to_tensor
+    from lumo_uti.codecs.lumo_vq import LumoVQCodec
+    from lumo_uti.metrics import codebook_usage, psnr, ssim
+
+    codec = LumoVQCodec(codec_dir)
+    paths = files(eval_data, IMAGE_SUFFIXES)
+    per_image, all_codes, photo_codes = {}, [], []
+    from PIL import Image
+
+    from lumo_uti.codecs.image_io import to_rgb
+
+    for path in paths:
+        with Image.open(path) as im:
+            rgb = to_rgb(im, str(path)).copy()
+        x = images_to_tensor([fit_square(rgb, size)], codec.mean, codec.std)
+        codes = codec.encode_tensor(x)
+        y = codec.decode_tensor(codes).clamp(-1, 1)
+        ref, rec = (x + 1) / 2, (y + 1) / 2
+        rec = (rec * 255).round() / 255  # what a PNG of the decode holds
+        per_image[path.name] = {"psnr_db": psnr(ref, rec), "ssim": ssim(ref, rec)}
+        all_codes.append(codes.flatten())
+        if path.name.startswith("photo_"):
+            photo_codes.append(codes.flatten())
+    photos = {k: v for k, v in per_image.items() if k.startswith("photo_")}
+
+    def mean(d: dict, key: str) -> float:
+        return float(np.mean([v[key] for v in d.values()])) if d else float("nan")
+
+    usage = codebook_usage(torch.cat(all_codes), codec.codebook_size)
+    usage.pop("histogram")
+    out = {
+        "size": size,
+        "images": len(per_image),
+        "psnr_db": mean(per_image, "psnr_db"),
+        "ssim": mean(per_image, "ssim"),
+        "photos_psnr_db": mean(photos, "psnr_db"),
+        "photos_ssim": mean(photos, "ssim"),
+        "codebook_usage": usage,
+        "per_image": per_image,
+    }
+    if photo_codes:
+        photo_usage = codebook_usage(torch.cat(photo_codes), codec.codebook_size)
+        photo_usage.pop("histogram")
+        out["photos_codebook_usage"] = photo_usage
+    return out
+
+
+# -- audio -----------------------------------------------------------------------------
+def _load_waves(folder: str | Path, sample_rate: int) -> list[tuple[str, torch.Tensor]]:
+    from lumo_uti.codecs.audio_io import prepare
+    from lumo_uti.media import Audio
+
+    waves = []
+    for path in files(folder, AUDIO_SUFFIXES):
+        try:
+            audio = Audio.load(path)
+        except ValueError as e:
+            raise ValueError(f"cannot read audio {path}: {e}") from None
+        waves.append((path.name, prepare(audio, sample_rate, 1, str(path))[0]))
+    return waves
+
+
+def train_audio_codec(data: str | Path, out: str | Path, *, eval_data: str | Path | None = None,
+                      config: AudioTrainConfig | None = None, device: str = "cpu", progress: bool = True,
+                      name: str = "lumo-rvq") -> dict[str, Any]:
+    """Train a ``lumo-rvq`` codec on the audio files in ``data``; returns the evaluation (see module doc)."""
+    from lumo_uti.codecs.lumo_rvq import MdctRVQ, save_model
+    from lumo_uti.ops import rvq_decode, rvq_encode
+
+    cfg = config or AudioTrainConfig()
+    run = _Run(out, cfg, "audio")
+    waves = [w for _, w in _load_waves(data, cfg.sample_rate)]
+    torch.manual_seed(cfg.seed)  # post-filter init: the same whether or not the run was resumed
+    model = MdctRVQ(sample_rate=cfg.sample_rate, hop=cfg.hop, num_codebooks=cfg.num_codebooks,
+                    codebook_size=cfg.codebook_size, postfilter_channels=cfg.postfilter_channels,
+                    postfilter_blocks=cfg.postfilter_blocks)
+    frames = torch.cat([model.analyse(w[None])[0] for w in waves])  # [N, hop]
+    resumed = checkpoint.load(run.ckpt)
+    state, tensors = resumed if resumed else ({"stage": "kmeans", "codebook": 0, "iteration": 0}, {})
+    _say(progress, f"train-codec audio: {len(waves)} files, {frames.shape[0]} frames "
+         f"({frames.shape[0] * cfg.hop / cfg.sample_rate / 60:.1f} min) from {data}"
+         + (f"; resuming at {state['stage']}" if resumed else ""))
+
+    # Stage 1: residual k-means, one codebook after another.
+    if state["stage"] == "kmeans":
+        codebooks = tensors.get("codebooks", torch.zeros(cfg.num_codebooks, cfg.codebook_size, cfg.hop))
+        done = state["codebook"]
+        bar = Progress("residual k-means", cfg.num_codebooks * cfg.kmeans_iterations, progress)
+        residual = frames - rvq_decode(rvq_encode(frames, codebooks[:done]), codebooks[:done]) if done else frames.clone()
+        for q in range(done, cfg.num_codebooks):
+            start = state["iteration"] if q == done else 0
+
+            def on_iteration(i: int, centroids: torch.Tensor, stats: dict, q: int = q) -> None:
+                run.log({"stage": "kmeans", "codebook": q, "iteration": i + 1, **stats})
+                bar.update(q * cfg.kmeans_iterations + i + 1, f"codebook {q + 1} mse {stats['mse']:.2e}")
+                codebooks[q] = centroids
+                checkpoint.save(run.ckpt, {"stage": "kmeans", "codebook": q, "iteration": i + 1},
+                                {"codebooks": codebooks})
+
+            centroids = kmeans(residual, cfg.codebook_size, cfg.kmeans_iterations, seed=cfg.seed + q,
+                               centroids=codebooks[q].clone() if start else None, start=start,
+                               on_iteration=on_iteration)
+            codebooks[q] = centroids.to(torch.float16).float()  # stored in float16
+            residual -= rvq_decode(rvq_encode(residual, codebooks[q:q + 1]), codebooks[q:q + 1])
+            checkpoint.save(run.ckpt, {"stage": "kmeans", "codebook": q + 1, "iteration": 0}, {"codebooks": codebooks})
+        state, tensors = {"stage": "postfilter", "step": 0, "opt_groups": None}, {"codebooks": codebooks}
+        checkpoint.save(run.ckpt, state, tensors)
+
+    model.codebooks.copy_(tensors["codebooks"])
+    model.to(device)
+    if model.postfilter is not None and state["stage"] == "postfilter" and state["step"] < cfg.postfilter_steps:
+        if state["step"] > 0:
+            model.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+        opt_state = (tensors, state["opt_groups"]) if state.get("opt_groups") else None
+        # Fixed codes: quantise every frame once, then train on random segments of whole files.
+        coefs = [model.analyse(w[None])[0] for w in waves]
+        quantised = [rvq_decode(rvq_encode(c, model.codebooks), model.codebooks) for c in coefs]
+        usable = [i for i, c in enumerate(coefs) if c.shape[0] >= cfg.segment_frames]
+        if not usable:
+            raise ValueError(f"no training file is at least {cfg.segment_frames} frames long")
+
+        def loss_fn(step: int) -> torch.Tensor:
+            rng = np.random.default_rng([cfg.seed, step])
+            xs, qs = [], []
+            for _ in range(cfg.batch_size):
+                i = usable[rng.integers(len(usable))]
+                s = rng.integers(0, coefs[i].shape[0] - cfg.segment_frames + 1)
+                xs.append(coefs[i][s:s + cfg.segment_frames])
+                qs.append(quantised[i][s:s + cfg.segment_frames])
+            x, q = torch.stack(xs).to(device), torch.stack(qs).to(device)
+            return F.mse_loss(model.refine(q), x)
+
+        _adam_stage(run, model, cfg.postfilter_steps, cfg.lr, cfg.save_every, progress, loss_fn,
+                    {"codebooks": model.codebooks}, "postfilter", state["step"], opt_state)
+    model.eval().cpu()
+    codec_dir = run.out / "codec"
+    codec_dir.mkdir(exist_ok=True)
+    save_model(model, codec_dir, name=name, extra={"trained_on": str(data), "train_config": run.config})
+    report = evaluate_audio_codec(codec_dir, eval_data) if eval_data else {}
+    report = {"codec": str(codec_dir), "kind": "lumo-rvq", **report}
+    atomic_write_text(run.out / "eval.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+@torch.inference_mode()
+def evaluate_audio_codec(codec_dir: str | Path, eval_data: str | Path) -> dict[str, Any]:
+    """SI-SNR, mel and MR-STFT distances per file and by group (speech/music/noise: the file name's
+    first word), and per-codebook usage over all files."""
+    from lumo_uti.codecs.lumo_rvq import LumoRVQCodec
+    from lumo_uti.metrics import codebook_usage, mel_distance, multi_resolution_stft_distance, si_snr
+
+    codec = LumoRVQCodec(codec_dir)
+    sr = codec.sample_rate
+    per_file, codes_all = {}, []
+    for name, wave in _load_waves(eval_data, sr):
+        codes = codec.encode_tensor(wave[None, None])
+        rec = codec.decode_tensor(codes)[0, 0, : wave.shape[0]]
+        per_file[name] = {
+            "si_snr_db": si_snr(wave, rec),
+            "mel_distance": mel_distance(wave, rec, sr),
+            "stft_distance": multi_resolution_stft_distance(wave, rec, sr),
+        }
+        codes_all.append(codes[0])
+    groups: dict[str, dict[str, float]] = {}
+    for group in sorted({n.split("_")[0] for n in per_file}):
+        members = [v for n, v in per_file.items() if n.split("_")[0] == group]
+        groups[group] = {k: float(np.mean([m[k] for m in members])) for k in members[0]} | {"files": len(members)}
+    codes = torch.cat(codes_all)
+    usage = []
+    for q in range(codes.shape[1]):
+        u = codebook_usage(codes[:, q], codec.codebook_size)
+        u.pop("histogram")
+        usage.append(u)
+    return {
+        "sample_rate": sr,
+        "frame_rate": codec.frame_rate,
+        "kbps": codec.frame_rate * codec.num_codebooks * math.log2(codec.codebook_size) / 1000,
+        "files": len(per_file),
+        "groups": groups,
+        "codebook_usage": usage,
+        "per_file": per_file,
+    }
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        print(message, file=sys.stderr, flush=True)

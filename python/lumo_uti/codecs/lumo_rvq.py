@@ -1,0 +1,233 @@
+"""``lumo-rvq``: the project's own audio codec (MDCT + residual VQ + a learned post-filter).
+
+Encoding: the mono waveform is cut into MDCT frames (sine window of ``2 * hop``
+samples, hop ``hop``; the MDCT is an orthogonal lapped transform, so squared
+error on coefficients equals squared error on samples) and each frame's ``hop``
+coefficients are quantised by ``Q`` residual codebooks in one
+``lumo_uti.ops.rvq_encode`` call. The codebooks are trained stage by stage with
+k-means on the residuals (``lumo train-codec audio``).
+
+Decoding: the sum of the looked-up vectors (``rvq_decode``), plus a residual
+from a small 1-D convolutional post-filter over neighbouring frames (optional;
+``postfilter_blocks == 0`` disables it), then the inverse MDCT with
+overlap-add.
+
+Timing: an input of ``T`` samples gives ``ceil(T / hop) + 1`` frames (the
+first frame is centred on sample 0, which is what makes the reconstruction
+exact at the edges) and a code sequence of ``F`` frames decodes to
+``(F - 1) * hop`` samples starting at input sample 0: no delay. ``Audio``
+decodes are trimmed by the caller only if it knows the original length.
+
+Files: ``config.json`` (format ``lumo-rvq``) and ``model.safetensors``
+(``codebooks`` [Q, K, hop] and ``postfilter.*``; stored in float16, run in
+float32).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import rvq_decode, rvq_encode
+from .base import AudioCodec
+from .hf_common import CodecError, directory_identity
+
+FORMAT = "lumo-rvq"
+
+
+def mdct_basis(hop: int) -> torch.Tensor:
+    """``[2 * hop, hop]`` windowed MDCT basis (sine window; orthonormal TDAC)."""
+    n = torch.arange(2 * hop, dtype=torch.float64)
+    k = torch.arange(hop, dtype=torch.float64)
+    window = torch.sin(math.pi * (n + 0.5) / (2 * hop))
+    cos = torch.cos(math.pi / hop * (n[:, None] + 0.5 + hop / 2) * (k[None] + 0.5))
+    return (math.sqrt(2.0 / hop) * cos * window[:, None]).float()
+
+
+def num_frames(num_samples: int, hop: int) -> int:
+    return math.ceil(num_samples / hop) + 1
+
+
+def mdct(wave: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` -> coefficients ``[B, F, hop]`` with ``F = ceil(T / hop) + 1``."""
+    hop = basis.shape[1]
+    frames = num_frames(wave.shape[-1], hop)
+    padded = F.pad(wave, (hop, (frames + 1) * hop - wave.shape[-1] - hop))
+    return padded.unfold(-1, 2 * hop, hop)[:, :frames] @ basis
+
+
+def imdct(coefficients: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``[B, F, hop]`` -> ``[B, (F - 1) * hop]`` (overlap-add, first ``hop`` samples dropped)."""
+    hop = basis.shape[1]
+    batch, frames = coefficients.shape[:2]
+    pieces = (coefficients @ basis.T).transpose(1, 2)  # [B, 2 * hop, F]
+    out = F.fold(pieces, output_size=(1, (frames + 1) * hop), kernel_size=(1, 2 * hop), stride=(1, hop))
+    return out.reshape(batch, -1)[:, hop: frames * hop]
+
+
+class PostFilter(nn.Module):
+    """Decoded coefficients ``[B, hop, F]`` -> a residual of the same shape (zero at init)."""
+
+    def __init__(self, hop: int, channels: int, blocks: int):
+        super().__init__()
+        self.inp = nn.Conv1d(hop, channels, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.GELU(), nn.Conv1d(channels, channels, 3, padding=1), nn.GELU(),
+                          nn.Conv1d(channels, channels, 3, padding=1))
+            for _ in range(blocks)
+        )
+        self.out = nn.Conv1d(channels, hop, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
+        h = self.inp(coefficients)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(F.gelu(h))
+
+
+class MdctRVQ(nn.Module):
+    """The model: MDCT basis, Q residual codebooks, optional post-filter."""
+
+    def __init__(self, *, sample_rate: int = 16000, hop: int = 256, num_codebooks: int = 8,
+                 codebook_size: int = 1024, postfilter_channels: int = 256, postfilter_blocks: int = 2):
+        super().__init__()
+        self.sample_rate, self.hop = sample_rate, hop
+        self.register_buffer("basis", mdct_basis(hop), persistent=False)
+        self.register_buffer("codebooks", torch.zeros(num_codebooks, codebook_size, hop))
+        self.postfilter = PostFilter(hop, postfilter_channels, postfilter_blocks) if postfilter_blocks > 0 else None
+
+    def config(self) -> dict[str, Any]:
+        pf = self.postfilter
+        q, k, _ = self.codebooks.shape
+        return {
+            "format": FORMAT,
+            "sample_rate": self.sample_rate,
+            "hop": self.hop,
+            "num_codebooks": int(q),
+            "codebook_size": int(k),
+            "postfilter_channels": pf.inp.out_channels if pf is not None else 0,
+            "postfilter_blocks": len(pf.blocks) if pf is not None else 0,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "MdctRVQ":
+        keys = ("sample_rate", "hop", "num_codebooks", "codebook_size", "postfilter_channels", "postfilter_blocks")
+        return cls(**{k: config[k] for k in keys})
+
+    def analyse(self, wave: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` -> MDCT coefficients ``[B, F, hop]``."""
+        return mdct(wave, self.basis)
+
+    def encode(self, wave: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+        """``[B, T]`` -> int64 codes ``[B, F, n_q]``."""
+        return rvq_encode(self.analyse(wave), self.codebooks, n_q=n_q)
+
+    def refine(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Decoded coefficients ``[B, F, hop]`` -> post-filtered coefficients."""
+        if self.postfilter is None:
+            return coefficients
+        return coefficients + self.postfilter(coefficients.transpose(1, 2)).transpose(1, 2)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes ``[B, F, q]`` -> ``[B, (F - 1) * hop]``."""
+        return imdct(self.refine(rvq_decode(codes, self.codebooks)), self.basis)
+
+
+def save_model(model: MdctRVQ, directory: str | Path, *, name: str, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (float16) into ``directory`` (atomically per file)."""
+    from .._io import atomic_write_bytes, atomic_write_text
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    state = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(directory / "model.safetensors", save(state, metadata={"format": FORMAT}))
+    config = dict(model.config(), name=name, **(extra or {}))
+    atomic_write_text(directory / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def load_model(directory: str | Path) -> tuple[MdctRVQ, dict[str, Any]]:
+    """Read a ``lumo-rvq`` directory -> (float32 model in eval mode, config)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_file, weights = directory / "config.json", directory / "model.safetensors"
+    for f in (config_file, weights):
+        if not f.is_file():
+            raise CodecError(f"lumo-rvq: missing {f}")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CodecError(f"lumo-rvq: {config_file} is not valid JSON: {e}") from None
+    if config.get("format") != FORMAT:
+        raise CodecError(f"lumo-rvq: {config_file} has format {config.get('format')!r}, expected {FORMAT!r}")
+    model = MdctRVQ.from_config(config)
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types
+        raise CodecError(f"lumo-rvq: cannot read {weights}: {e}") from None
+    expected = model.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+        bad = sorted(k for k in set(state) | set(expected)
+                     if k not in state or k not in expected or state[k].shape != expected[k].shape)
+        raise CodecError(f"lumo-rvq: {weights} does not match {config_file} (tensors {bad[:5]})")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval(), config
+
+
+class LumoRVQCodec(AudioCodec):
+    """``lumo-rvq``: see the module docstring. Option ``num_quantizers`` (default all)."""
+
+    kind = "lumo-rvq"
+    channels = 1
+
+    def __init__(self, directory: str | Path, *, device: str | torch.device = "cpu", **options: Any):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise CodecError(f"codec directory not found: {self.directory}")
+        self.model, self.config = load_model(self.directory)
+        self.model.to(device)
+        q, k, _ = self.model.codebooks.shape
+        n = int(options.pop("num_quantizers", q))
+        if options:
+            raise CodecError(f"lumo-rvq: unknown options {sorted(options)} (known: num_quantizers)")
+        if not 1 <= n <= q:
+            raise CodecError(f"lumo-rvq: num_quantizers must be in [1, {q}], got {n}")
+        self.num_codebooks, self.codebook_size = n, int(k)
+        self.sample_rate = self.model.sample_rate
+        self.frame_rate = self.sample_rate / self.model.hop
+        self._identity = directory_identity(self.directory, self.kind, {"num_quantizers": n})
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.codebooks.device
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    @torch.inference_mode()
+    def encode_tensor(self, waveforms: torch.Tensor) -> torch.Tensor:
+        if waveforms.dim() != 3 or waveforms.shape[1] != 1:
+            raise ValueError(f"lumo-rvq: expected mono waveforms [B, 1, T], got {tuple(waveforms.shape)}")
+        if waveforms.shape[-1] == 0:
+            raise ValueError("lumo-rvq: zero-length waveform")
+        return self.model.encode(waveforms[:, 0].float(), n_q=self.num_codebooks)
+
+    @torch.inference_mode()
+    def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
+        if codes.dim() != 3 or codes.shape[-1] != self.num_codebooks:
+            raise ValueError(f"lumo-rvq: expected codes [B, T', {self.num_codebooks}], got {tuple(codes.shape)}")
+        return self.model.decode(codes.long())[:, None]
