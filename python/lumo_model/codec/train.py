@@ -391,14 +391,15 @@ def train_audio_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
         checkpoint.save(run.ckpt, state, tensors)
 
     model.codebooks.copy_(tensors["codebooks"])
-    model.to(device)
     if model.postfilter is not None and state["stage"] == "postfilter" and state["step"] < cfg.postfilter_steps:
         if state["step"] > 0:
             model.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
         opt_state = (tensors, state["opt_groups"]) if state.get("opt_groups") else None
-        # Fixed codes: quantise every frame once, then train on random segments of whole files.
+        # Fixed codes: quantise every frame once (on the CPU, where the data is), then train on
+        # random segments of whole files on `device`.
         coefs = [model.analyse(w[None])[0] for w in waves]
         quantised = [rvq_decode(rvq_encode(c, model.codebooks), model.codebooks) for c in coefs]
+        model.to(device)
         usable = [i for i, c in enumerate(coefs) if c.shape[0] >= cfg.segment_frames]
         if not usable:
             raise ValueError(f"no training file is at least {cfg.segment_frames} frames long")
