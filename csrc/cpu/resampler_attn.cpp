@@ -7,6 +7,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "common/checks.h"
 #include "cpu/resampler_attn_math.h"
 
@@ -16,109 +20,201 @@ namespace {
 
 using resampler::Partial;
 
-// Hot loops are compiled three times (AVX-512F, AVX2, baseline x86-64) and picked at load
-// time. Every loop below is element-wise over its innermost index with a fixed
-// order over the reduced index (sums over fixed, explicit lanes; no FMA contraction under
-// ISO C++), so all clones give bit-identical results.
+// Only the micro-kernels fuse multiply-adds, explicitly (vfma; IEEE fma has one
+// rounding on every ISA). Elsewhere no contraction, so that the element-wise
+// loops give the same bits in every clone. GCC contracts by default in C++,
+// Clang within one expression: switch it off here.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+// Element-wise loops (softmax, probabilities) are compiled three times
+// (AVX-512F, AVX2, baseline x86-64) and picked at load time; each lane does
+// the same scalar arithmetic, and the sums use fixed lanes, so all clones agree.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 #define LUMO_RA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define LUMO_RA_CLONES
 #endif
 
-// Rows of queries processed together: each key row loaded once serves kRows queries.
-constexpr int64_t kRows = 4;
+// ---------------------------------------------------------------------------
+// Micro-kernels, one per instruction set (see resampler_attn_body.h).
+// ---------------------------------------------------------------------------
 
-// s[r][j] = scale * sum_d q[r][d] * kt[d][j] for r < R, j < M.
-// q: [R, D]; kt: [D, M] (keys transposed); s: [R, M].
-LUMO_RA_CLONES void scores(const float* q, int64_t R, const float* kt, int64_t M, int64_t D, float scale,
-                           float* s) {
-  std::fill(s, s + R * M, 0.f);
-  for (int64_t d = 0; d < D; ++d) {
-    const float* k = kt + d * M;
-    for (int64_t r = 0; r < R; ++r) {
-      const float a = q[r * D + d];
-      float* sr = s + r * M;
-      for (int64_t j = 0; j < M; ++j) sr[j] += a * k[j];
-    }
-  }
-  for (int64_t i = 0; i < R * M; ++i) s[i] *= scale;
+namespace scalar {
+constexpr int W = 1, SV = 4, CV = 4;
+using V = float;
+inline V vzero() { return 0.0f; }
+inline V vload(const float* p) { return *p; }
+inline void vstore(float* p, V v) { *p = v; }
+inline V vbcast(float f) { return f; }
+inline V vmul(V a, V b) { return a * b; }
+inline V vfma(V a, V b, V c) { return std::fma(a, b, c); }
+#include "cpu/resampler_attn_body.h"
+}  // namespace scalar
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define LUMO_RA_X86 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+namespace avx2 {
+// 16 registers: 4 x 2 score accumulators, or 4 x 3 gemm accumulators + 3 loads + 1 broadcast.
+constexpr int W = 8, SV = 2, CV = 3;
+using V = __m256;
+inline V vzero() { return _mm256_setzero_ps(); }
+inline V vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
+inline V vbcast(float f) { return _mm256_set1_ps(f); }
+inline V vmul(V a, V b) { return _mm256_mul_ps(a, b); }
+inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+#include "cpu/resampler_attn_body.h"
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#endif
+namespace avx512 {
+// 32 registers: 4 x 4 accumulators + 4 loads + 1 broadcast.
+constexpr int W = 16, SV = 4, CV = 4;
+using V = __m512;
+inline V vzero() { return _mm512_setzero_ps(); }
+inline V vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
+inline V vbcast(float f) { return _mm512_set1_ps(f); }
+inline V vmul(V a, V b) { return _mm512_mul_ps(a, b); }
+inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+#include "cpu/resampler_attn_body.h"
+}  // namespace avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // x86
+
+enum Isa : int { kIsaAuto = 0, kIsaScalar = 1, kIsaAvx2 = 2, kIsaAvx512 = 3 };
+
+using ScoreFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float, float*,
+                         int64_t);
+using GemmFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
+                        float*, int64_t, int64_t);
+
+struct Kernels {
+  ScoreFn score;
+  GemmFn gemm;
+};
+
+int isa_mask_impl() {
+  int mask = 1 << kIsaScalar;
+#ifdef LUMO_RA_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) mask |= 1 << kIsaAvx2;
+  if (__builtin_cpu_supports("avx512f")) mask |= 1 << kIsaAvx512;
+#endif
+  return mask;
 }
 
-// acc[r][:] += sum_j p[r][j] * v[j][:] in order of j. p: [R, M]; v: [M, D]; acc: [R, D].
-LUMO_RA_CLONES void weighted_sum(const float* p, int64_t R, const float* v, int64_t M, int64_t D, float* acc) {
-  for (int64_t j = 0; j < M; ++j) {
-    const float* vj = v + j * D;
-    for (int64_t r = 0; r < R; ++r) {
-      const float a = p[r * M + j];
-      if (a == 0.f) continue;  // masked key
-      float* ar = acc + r * D;
-      for (int64_t d = 0; d < D; ++d) ar[d] += a * vj[d];
-    }
-  }
+Kernels pick_kernels(int64_t isa, const char* op) {
+  const int mask = isa_mask_impl();
+  if (isa == kIsaAuto) isa = (mask >> kIsaAvx512 & 1) ? kIsaAvx512 : (mask >> kIsaAvx2 & 1) ? kIsaAvx2 : kIsaScalar;
+  LUMO_CHECK(isa >= kIsaScalar && isa <= kIsaAvx512 && (mask >> isa & 1), op,
+             "an instruction set this CPU runs (isa bit in resampler_attn_isa_mask())", isa);
+#ifdef LUMO_RA_X86
+  if (isa == kIsaAvx512) return {&avx512::score_tile, &avx512::gemm_acc};
+  if (isa == kIsaAvx2) return {&avx2::score_tile, &avx2::gemm_acc};
+#endif
+  return {&scalar::score_tile, &scalar::gemm_acc};
 }
 
-// Softmax partial of each of R score rows over M keys (masked keys: p = 0),
-// turning s into exp(s - m) in place. Sums use 16 fixed lanes, so the order
-// is a function of M only.
-LUMO_RA_CLONES void partial_softmax(float* s, int64_t R, int64_t M, const uint8_t* mask, Partial* out) {
+// Keys per packed panel (a [D x JT] key panel stays in L1 while a row block
+// sweeps it) and query rows per block (a block's scores [RB x N] stay in L2).
+constexpr int64_t JT = 64;
+constexpr int64_t RB = 64;
+constexpr int64_t kR = 4;  // rows of a register tile (R in the body)
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Softmax partial of one score row over M keys (masked keys: p = 0), turning
+// s into exp(s - m) in place. Sums use 16 fixed lanes, so the order is a
+// function of M only.
+LUMO_RA_CLONES void partial_softmax(float* s, int64_t M, const uint8_t* mask, Partial* out) {
   constexpr int64_t kLanes = 16;
-  for (int64_t r = 0; r < R; ++r) {
-    float* sr = s + r * M;
-    if (mask) {
-      for (int64_t j = 0; j < M; ++j) sr[j] = mask[j] ? sr[j] : -INFINITY;
+  if (mask) {
+    for (int64_t j = 0; j < M; ++j) s[j] = mask[j] ? s[j] : -INFINITY;
+  }
+  float m = -INFINITY;
+  for (int64_t j = 0; j < M; ++j) m = s[j] > m ? s[j] : m;
+  if (m == -INFINITY) {  // empty or fully masked block
+    std::fill(s, s + M, 0.f);
+    *out = Partial{-INFINITY, 0.f};
+    return;
+  }
+  for (int64_t j = 0; j < M; ++j) s[j] = resampler::exp_nonpos(s[j] - m);
+  float lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= M; j += kLanes)
+    for (int64_t u = 0; u < kLanes; ++u) lanes[u] += s[j + u];
+  for (int64_t u = 0; j < M; ++j, ++u) lanes[u] += s[j];
+  float l = 0.f;
+  for (int64_t u = 0; u < kLanes; ++u) l += lanes[u];
+  *out = Partial{m, l};
+}
+
+// One score row of the backward pass: s <- p = exp(s - lse) (0 for masked
+// keys), dp <- p * (dp - delta), for M keys; columns [M, Mp) are zeroed.
+LUMO_RA_CLONES void backward_probs(float* s, float* dp, int64_t M, int64_t Mp, const uint8_t* mask,
+                                   float lse, float delta) {
+  if (lse == -INFINITY) {
+    std::fill(s, s + Mp, 0.f);
+    std::fill(dp, dp + Mp, 0.f);
+    return;
+  }
+  if (mask) {
+    for (int64_t j = 0; j < M; ++j) {
+      const float p = mask[j] ? resampler::exp_nonpos(s[j] - lse) : 0.f;
+      s[j] = p;
+      dp[j] = p * (dp[j] - delta);
     }
-    float m = -INFINITY;
-    for (int64_t j = 0; j < M; ++j) m = sr[j] > m ? sr[j] : m;
-    if (m == -INFINITY) {  // empty or fully masked block
-      std::fill(sr, sr + M, 0.f);
-      out[r] = Partial{-INFINITY, 0.f};
-      continue;
+  } else {
+    for (int64_t j = 0; j < M; ++j) {
+      const float p = resampler::exp_nonpos(s[j] - lse);
+      s[j] = p;
+      dp[j] = p * (dp[j] - delta);
     }
-    for (int64_t j = 0; j < M; ++j) sr[j] = resampler::exp_nonpos(sr[j] - m);
-    float lanes[kLanes] = {};
-    int64_t j = 0;
-    for (; j + kLanes <= M; j += kLanes)
-      for (int64_t u = 0; u < kLanes; ++u) lanes[u] += sr[j + u];
-    for (int64_t u = 0; j < M; ++j, ++u) lanes[u] += sr[j];
-    float l = 0.f;
-    for (int64_t u = 0; u < kLanes; ++u) l += lanes[u];
-    out[r] = Partial{m, l};
   }
+  std::fill(s + M, s + Mp, 0.f);
+  std::fill(dp + M, dp + Mp, 0.f);
 }
 
-// One query row's contribution to dq, dk and dv. sp: [T] scaled scores, dp:
-// [T] dout . v_j (both overwritten); keys j in order, masked ones skipped.
-LUMO_RA_CLONES void backward_row(float* sp, float* dp, float lse, float delta, const uint8_t* mask, int64_t N,
-                                 int64_t T, int64_t D, float scale, const float* k, const float* qi,
-                                 const float* doi, float* dqi, float* dk, float* dv) {
-  for (int64_t j = 0; j < T; ++j) {
-    const float p = resampler::exp_nonpos(sp[j] - lse);
-    sp[j] = p;
-    dp[j] = p * (dp[j] - delta);
-  }
-  for (int64_t j = 0; j < T; ++j) {
-    if (j < N && mask && !mask[j]) continue;
-    const float p = sp[j], ds = dp[j], dss = dp[j] * scale;
-    const float* kj = k + j * D;
-    float* dkj = dk + j * D;
-    float* dvj = dv + j * D;
-    for (int64_t d = 0; d < D; ++d) dqi[d] += ds * kj[d];
-    for (int64_t d = 0; d < D; ++d) dkj[d] += dss * qi[d];
-    for (int64_t d = 0; d < D; ++d) dvj[d] += p * doi[d];
-  }
-}
-
+// [n, D] rows at src + off -> fp32 key panels [ceil(n / JT)][D][JT] (keys
+// transposed, zero past n).
 template <int DT>
-void to_float(const void* src, int64_t offset, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = resampler::load<DT>(src, offset + i);
+void pack_panels(const void* src, int64_t off, int64_t n, int64_t D, float* dst) {
+  const int64_t np = round_up(n, JT);
+  std::fill(dst, dst + np * D, 0.f);
+  for (int64_t j = 0; j < n; ++j) {
+    float* col = dst + (j / JT) * D * JT + j % JT;
+    for (int64_t d = 0; d < D; ++d) col[d * JT] = resampler::load<DT>(src, off + j * D + d);
+  }
 }
 
-// [rows, D] at src + offset -> fp32 [D, rows] (transposed).
+// [n, D] rows at src + off -> fp32 [rows_pad, Dp] (zero past column D and past row n).
 template <int DT>
-void to_float_t(const void* src, int64_t offset, int64_t rows, int64_t D, float* dst) {
-  for (int64_t j = 0; j < rows; ++j)
-    for (int64_t d = 0; d < D; ++d) dst[d * rows + j] = resampler::load<DT>(src, offset + j * D + d);
+void pack_rows(const void* src, int64_t off, int64_t n, int64_t D, int64_t Dp, int64_t rows_pad,
+               float* dst) {
+  std::fill(dst, dst + rows_pad * Dp, 0.f);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < D; ++d) dst[j * Dp + d] = resampler::load<DT>(src, off + (j * D + d));
 }
 
 template <int DT>
@@ -130,124 +226,190 @@ struct Dims {
   int64_t B, Hq, Hkv, L, N, D;
   float scale;
   int64_t group() const { return Hq / Hkv; }
+  int64_t rows() const { return group() * L; }  // query rows of one (batch, kv head)
+  int64_t row_blocks() const { return (rows() + RB - 1) / RB; }
+  int64_t Dp() const { return round_up(D, 16); }
+  int64_t Np() const { return round_up(N, JT); }
+  int64_t Lp() const { return round_up(L, JT); }
 };
 
-// One (batch, kv head) forward work item. Queries of the group's heads are
-// taken kRows at a time; each block of keys (context, latents) gets its own
-// softmax partial, merged by log-sum-exp.
+// Scores of rows [0, nr4) of qb (ld ldq) against packed panels kp of n keys
+// (np = round_up(n, JT) columns): s [nr4, np].
+void score_block(const Kernels& ker, const float* qb, int64_t ldq, int64_t nr4, const float* kp,
+                 int64_t np, int64_t D, float scale, float* s) {
+  for (int64_t c0 = 0; c0 < np; c0 += JT)
+    for (int64_t r = 0; r < nr4; r += kR)
+      ker.score(qb + r * ldq, ldq, kp + c0 * D, JT, D, scale, s + r * np + c0, np);
+}
+
+// acc [nr4, Dp] += a [nr4, lda] (columns < n) . b [n, Dp], over keys in order,
+// one L1-sized key panel at a time.
+void rows_times(const Kernels& ker, const float* a, int64_t lda, int64_t nr4, const float* b,
+                int64_t n, int64_t Dp, float* acc) {
+  for (int64_t k0 = 0; k0 < n; k0 += JT) {
+    const int64_t k1 = std::min(n, k0 + JT);
+    for (int64_t r = 0; r < nr4; r += kR)
+      ker.gemm(a + r * lda, lda, 1, b, Dp, k0, k1, acc + r * Dp, Dp, Dp);
+  }
+}
+
+// acc [n4, Dp] += a^T . b: acc[j] += sum_{r < nr, in order} a[r * lda + j] * b[r * Dp].
+void cols_times(const Kernels& ker, const float* a, int64_t lda, int64_t n, const float* b,
+                int64_t nr, int64_t Dp, float* acc) {
+  for (int64_t j = 0; j < n; j += kR) ker.gemm(a + j, 1, lda, b, Dp, 0, nr, acc + j * Dp, Dp, Dp);
+}
+
+// Query row blocks [rb0, rb1) of one (batch, kv head): each block's scores
+// against the context keys and against the latent keys get their own softmax
+// partial, merged by log-sum-exp.
 template <int DT>
-void forward_item(int64_t item, const Dims& s, const void* q, const void* k_ctx,
-                  const void* v_ctx, const void* k_lat, const void* v_lat,
-                  const uint8_t* ctx_mask, void* out, float* lse, std::vector<float>& scratch) {
-  const int64_t b = item / s.Hkv, g = item % s.Hkv, N = s.N, L = s.L, D = s.D, R = kRows;
-  scratch.resize(static_cast<size_t>(2 * N * D + 2 * L * D + R * (N + L) + 3 * R * D));
-  float* kct = scratch.data();  // [D, N]
-  float* vc = kct + N * D;      // [N, D]
-  float* klt = vc + N * D;      // [D, L]
-  float* vl = klt + L * D;      // [L, D]
-  float* sc = vl + L * D;       // [R, N]
-  float* sl = sc + R * N;       // [R, L]
-  float* qb = sl + R * L;       // [R, D]
-  float* acc1 = qb + R * D;
-  float* acc2 = acc1 + R * D;
-  const int64_t kv_ctx_off = (b * s.Hkv + g) * N * D, kv_lat_off = (b * s.Hkv + g) * L * D;
-  to_float_t<DT>(k_ctx, kv_ctx_off, N, D, kct);
-  to_float<DT>(v_ctx, kv_ctx_off, N * D, vc);
-  to_float_t<DT>(k_lat, kv_lat_off, L, D, klt);
-  to_float<DT>(v_lat, kv_lat_off, L * D, vl);
+void forward_item(const Kernels& ker, int64_t bg, int64_t rb0, int64_t rb1, const Dims& s,
+                  const void* q, const void* k_ctx, const void* v_ctx, const void* k_lat,
+                  const void* v_lat, const uint8_t* ctx_mask, void* out, float* lse,
+                  std::vector<float>& scratch) {
+  const int64_t b = bg / s.Hkv, N = s.N, L = s.L, D = s.D, Dp = s.Dp(), Np = s.Np(), Lp = s.Lp();
+  scratch.resize(static_cast<size_t>(Np * D + N * Dp + Lp * D + L * Dp + RB * D + RB * (Np + Lp) +
+                                     2 * RB * Dp));
+  float* kc = scratch.data();  // [Np / JT][D][JT]
+  float* vc = kc + Np * D;     // [N, Dp]
+  float* kl = vc + N * Dp;     // [Lp / JT][D][JT]
+  float* vl = kl + Lp * D;     // [L, Dp]
+  float* qb = vl + L * Dp;     // [RB, D]
+  float* sc = qb + RB * D;     // [RB, Np]
+  float* sl = sc + RB * Np;    // [RB, Lp]
+  float* acc1 = sl + RB * Lp;  // [RB, Dp]
+  float* acc2 = acc1 + RB * Dp;
+  const int64_t kv_ctx_off = bg * N * D, kv_lat_off = bg * L * D;
+  pack_panels<DT>(k_ctx, kv_ctx_off, N, D, kc);
+  pack_rows<DT>(v_ctx, kv_ctx_off, N, D, Dp, N, vc);
+  pack_panels<DT>(k_lat, kv_lat_off, L, D, kl);
+  pack_rows<DT>(v_lat, kv_lat_off, L, D, Dp, L, vl);
   const uint8_t* mask = ctx_mask ? ctx_mask + b * N : nullptr;
   // The group's query rows are contiguous: heads g*group .. (g+1)*group - 1.
-  const int64_t first_row = (b * s.Hq + g * s.group()) * L, rows = s.group() * L;
-  Partial p1[kRows], p2[kRows];
-  for (int64_t r0 = 0; r0 < rows; r0 += R) {
-    const int64_t nr = std::min(R, rows - r0);
-    to_float<DT>(q, (first_row + r0) * D, nr * D, qb);
-    scores(qb, nr, kct, N, D, s.scale, sc);
-    partial_softmax(sc, nr, N, mask, p1);
-    std::fill(acc1, acc1 + nr * D, 0.f);
-    weighted_sum(sc, nr, vc, N, D, acc1);
-    scores(qb, nr, klt, L, D, s.scale, sl);
-    partial_softmax(sl, nr, L, nullptr, p2);
-    std::fill(acc2, acc2 + nr * D, 0.f);
-    weighted_sum(sl, nr, vl, L, D, acc2);
+  const int64_t first_row = bg * s.rows();
+  Partial p1[RB], p2[RB];
+  for (int64_t rb = rb0; rb < rb1; ++rb) {
+    const int64_t r0 = rb * RB, nr = std::min(RB, s.rows() - r0), nr4 = round_up(nr, kR);
+    pack_rows<DT>(q, (first_row + r0) * D, nr, D, D, nr4, qb);
+    score_block(ker, qb, D, nr4, kc, Np, D, s.scale, sc);
+    score_block(ker, qb, D, nr4, kl, Lp, D, s.scale, sl);
+    for (int64_t r = 0; r < nr; ++r) {
+      partial_softmax(sc + r * Np, N, mask, &p1[r]);
+      partial_softmax(sl + r * Lp, L, nullptr, &p2[r]);
+    }
+    std::fill(acc1, acc1 + 2 * RB * Dp, 0.f);
+    rows_times(ker, sc, Np, nr4, vc, N, Dp, acc1);
+    rows_times(ker, sl, Lp, nr4, vl, L, Dp, acc2);
     for (int64_t r = 0; r < nr; ++r) {
       float a1, a2;
       const Partial m = resampler::merge_weights(p1[r], p2[r], &a1, &a2);
       const float inv = m.l > 0.f ? 1.0f / m.l : 0.f;
-      float* o = acc1 + r * D;
-      const float* o2 = acc2 + r * D;
+      float* o = acc1 + r * Dp;
+      const float* o2 = acc2 + r * Dp;
       for (int64_t d = 0; d < D; ++d) o[d] = (a1 * o[d] + a2 * o2[d]) * inv;
       lse[first_row + r0 + r] = resampler::partial_lse(m);
+      from_float<DT>(o, out, (first_row + r0 + r) * D, D);
     }
-    from_float<DT>(acc1, out, (first_row + r0) * D, nr * D);
   }
 }
 
-// One (batch, kv head) backward work item: dq rows of the group's query heads
-// and the dk/dv rows of this kv head, accumulated over query rows in order.
+// One (batch, kv head) backward work item (flash-attention-2 style: P is
+// recomputed per row block from the saved log-sum-exp). It owns the dq rows
+// of the group's query heads and the dk/dv rows of its kv head; dk/dv sum the
+// query rows in order (heads of the group, then rows), dq the keys in order.
 template <int DT>
-void backward_item(int64_t item, const Dims& s, const void* dout, const void* q,
+void backward_item(const Kernels& ker, int64_t bg, const Dims& s, const void* dout, const void* q,
                    const void* k_ctx, const void* v_ctx, const void* k_lat, const void* v_lat,
                    const uint8_t* ctx_mask, const void* out, const float* lse, void* dq,
                    void* dk_ctx, void* dv_ctx, void* dk_lat, void* dv_lat,
                    std::vector<float>& scratch) {
-  const int64_t b = item / s.Hkv, g = item % s.Hkv, N = s.N, L = s.L, D = s.D;
-  const int64_t T = N + L;  // keys of both blocks, as one fp32 work copy per item
-  scratch.resize(static_cast<size_t>(5 * T * D + 2 * T + 4 * D));
-  float* k = scratch.data();  // [T, D]
-  float* kt = k + T * D;      // [D, T]
-  float* vt = kt + T * D;     // [D, T]
-  float* dk = vt + T * D;     // [T, D]
-  float* dv = dk + T * D;     // [T, D]
-  float* sp = dv + T * D;     // [T] scores, then probabilities
-  float* dp = sp + T;         // [T]
-  float* qi = dp + T;
-  float* doi = qi + D;
-  float* oi = doi + D;
-  float* dqi = oi + D;
-  const int64_t kv_ctx_off = (b * s.Hkv + g) * N * D, kv_lat_off = (b * s.Hkv + g) * L * D;
-  to_float<DT>(k_ctx, kv_ctx_off, N * D, k);
-  to_float<DT>(k_lat, kv_lat_off, L * D, k + N * D);
-  for (int64_t j = 0; j < T; ++j)
-    for (int64_t d = 0; d < D; ++d) kt[d * T + j] = k[j * D + d];
-  for (int64_t j = 0; j < T; ++j) {
-    const void* src = j < N ? v_ctx : v_lat;
-    const int64_t off = j < N ? kv_ctx_off + j * D : kv_lat_off + (j - N) * D;
-    for (int64_t d = 0; d < D; ++d) vt[d * T + j] = resampler::load<DT>(src, off + d);
-  }
-  std::fill(dk, dk + 2 * T * D, 0.f);
+  const int64_t b = bg / s.Hkv, N = s.N, L = s.L, D = s.D, Dp = s.Dp(), Np = s.Np(), Lp = s.Lp();
+  const int64_t Tp = Np + Lp;  // context then latent keys, each padded to panels
+  scratch.resize(static_cast<size_t>(5 * Tp * Dp + 2 * Tp * D + 4 * RB * Dp + 2 * RB * Tp + RB));
+  float* kt = scratch.data();     // panels: [Np / JT][D][JT] then [Lp / JT][D][JT]
+  float* vt = kt + Tp * D;        // same, values
+  float* k = vt + Tp * D;         // [Tp, Dp] rows (ctx rows at 0, latent rows at Np)
+  float* dk = k + Tp * Dp;        // [Tp, Dp]
+  float* dv = dk + Tp * Dp;       // [Tp, Dp]
+  float* qb = dv + Tp * Dp;       // [RB, Dp]
+  float* dob = qb + RB * Dp;      // [RB, Dp]
+  float* ob = dob + RB * Dp;      // [RB, Dp]
+  float* dqb = ob + RB * Dp;      // [RB, Dp]
+  float* ps = dqb + RB * Dp;      // [RB, Tp] scores, then probabilities
+  float* dps = ps + RB * Tp;      // [RB, Tp] dout . v, then ds
+  float* delta = dps + RB * Tp;   // [RB]
+  const int64_t kv_ctx_off = bg * N * D, kv_lat_off = bg * L * D;
+  pack_panels<DT>(k_ctx, kv_ctx_off, N, D, kt);
+  pack_panels<DT>(k_lat, kv_lat_off, L, D, kt + Np * D);
+  pack_panels<DT>(v_ctx, kv_ctx_off, N, D, vt);
+  pack_panels<DT>(v_lat, kv_lat_off, L, D, vt + Np * D);
+  pack_rows<DT>(k_ctx, kv_ctx_off, N, D, Dp, Np, k);
+  pack_rows<DT>(k_lat, kv_lat_off, L, D, Dp, Lp, k + Np * Dp);
+  std::fill(dk, dk + 2 * Tp * Dp, 0.f);
   const uint8_t* mask = ctx_mask ? ctx_mask + b * N : nullptr;
-  const int64_t first_row = (b * s.Hq + g * s.group()) * L, rows = s.group() * L;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t row = first_row + r;
-    to_float<DT>(q, row * D, D, qi);
-    to_float<DT>(dout, row * D, D, doi);
-    to_float<DT>(out, row * D, D, oi);
-    std::fill(dqi, dqi + D, 0.f);
-    const float lse_i = lse[row];
-    float delta = 0.f;
-    for (int64_t d = 0; d < D; ++d) delta += doi[d] * oi[d];
-    if (lse_i != -INFINITY) {
-      scores(qi, 1, kt, T, D, s.scale, sp);
-      scores(doi, 1, vt, T, D, 1.0f, dp);
-      backward_row(sp, dp, lse_i, delta, mask, N, T, D, s.scale, k, qi, doi, dqi, dk, dv);
+  const int64_t first_row = bg * s.rows();
+  for (int64_t rb = 0; rb < s.row_blocks(); ++rb) {
+    const int64_t r0 = rb * RB, nr = std::min(RB, s.rows() - r0), nr4 = round_up(nr, kR);
+    const int64_t row0 = first_row + r0;
+    pack_rows<DT>(q, row0 * D, nr, D, Dp, nr4, qb);
+    pack_rows<DT>(dout, row0 * D, nr, D, Dp, nr4, dob);
+    pack_rows<DT>(out, row0 * D, nr, D, Dp, nr4, ob);
+    for (int64_t r = 0; r < nr; ++r) {
+      float acc = 0.f;
+      for (int64_t d = 0; d < D; ++d) acc += dob[r * Dp + d] * ob[r * Dp + d];
+      delta[r] = acc;
     }
-    for (int64_t d = 0; d < D; ++d) dqi[d] *= s.scale;
-    from_float<DT>(dqi, dq, row * D, D);
+    // Scores and dout . v for both key blocks: [nr4, Tp], context columns first.
+    for (int64_t c0 = 0; c0 < Tp; c0 += JT)
+      for (int64_t r = 0; r < nr4; r += kR) {
+        ker.score(qb + r * Dp, Dp, kt + c0 * D, JT, D, s.scale, ps + r * Tp + c0, Tp);
+        ker.score(dob + r * Dp, Dp, vt + c0 * D, JT, D, 1.0f, dps + r * Tp + c0, Tp);
+      }
+    for (int64_t r = 0; r < nr; ++r) {
+      const float l = lse[row0 + r];
+      backward_probs(ps + r * Tp, dps + r * Tp, N, Np, mask, l, delta[r]);
+      backward_probs(ps + r * Tp + Np, dps + r * Tp + Np, L, Lp, nullptr, l, delta[r]);
+    }
+    // dq = scale * ds . k over the context keys, then the latent keys.
+    std::fill(dqb, dqb + nr4 * Dp, 0.f);
+    rows_times(ker, dps, Tp, nr4, k, N, Dp, dqb);
+    rows_times(ker, dps + Np, Tp, nr4, k + Np * Dp, L, Dp, dqb);
+    for (int64_t r = 0; r < nr; ++r) {
+      float* g = dqb + r * Dp;
+      for (int64_t d = 0; d < D; ++d) g[d] *= s.scale;
+      from_float<DT>(g, dq, (row0 + r) * D, D);
+    }
+    // dv += p^T . dout, dk += ds^T . q (scaled at the end), rows in order.
+    cols_times(ker, ps, Tp, round_up(N, kR), dob, nr, Dp, dv);
+    cols_times(ker, ps + Np, Tp, round_up(L, kR), dob, nr, Dp, dv + Np * Dp);
+    cols_times(ker, dps, Tp, round_up(N, kR), qb, nr, Dp, dk);
+    cols_times(ker, dps + Np, Tp, round_up(L, kR), qb, nr, Dp, dk + Np * Dp);
   }
-  from_float<DT>(dk, dk_ctx, kv_ctx_off, N * D);
-  from_float<DT>(dk + N * D, dk_lat, kv_lat_off, L * D);
-  from_float<DT>(dv, dv_ctx, kv_ctx_off, N * D);
-  from_float<DT>(dv + N * D, dv_lat, kv_lat_off, L * D);
+  auto store_rows = [&](const float* src, int64_t n, void* dst, int64_t off, float mul) {
+    for (int64_t j = 0; j < n; ++j) {
+      float* row = const_cast<float*>(src) + j * Dp;
+      if (mul != 1.0f)
+        for (int64_t d = 0; d < D; ++d) row[d] *= mul;
+      from_float<DT>(row, dst, off + j * D, D);
+    }
+  };
+  store_rows(dk, N, dk_ctx, kv_ctx_off, s.scale);
+  store_rows(dk + Np * Dp, L, dk_lat, kv_lat_off, s.scale);
+  store_rows(dv, N, dv_ctx, kv_ctx_off, 1.0f);
+  store_rows(dv + Np * Dp, L, dv_lat, kv_lat_off, 1.0f);
 }
 
 // Runs fn(item, scratch) for item in [0, items) on up to num_threads threads,
 // in contiguous chunks; each item writes only its own outputs.
-template <typename Fn>
-void parallel_items(int64_t items, int64_t num_threads, const Fn& fn) {
+int64_t resolve_threads(int64_t num_threads) {
   if (num_threads == 0) {
     num_threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
   }
+  return num_threads;
+}
+
+template <typename Fn>
+void parallel_items(int64_t items, int64_t num_threads, const Fn& fn) {
   const int64_t chunks = std::max<int64_t>(1, std::min(num_threads, items));
   auto begin = [items, chunks](int64_t c) { return items / chunks * c + std::min(c, items % chunks); };
   auto run = [&](int64_t c) {
@@ -280,20 +442,31 @@ Dims check_dims(const char* op, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, i
 
 }  // namespace
 
+int resampler_attn_isa_mask() { return isa_mask_impl(); }
+
 void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
                             const void* k_lat, const void* v_lat, const uint8_t* ctx_mask,
                             void* out, float* lse, int64_t B, int64_t Hq, int64_t Hkv,
                             int64_t L, int64_t N, int64_t D, double scale, int64_t dtype,
-                            int64_t num_threads) {
+                            int64_t num_threads, int64_t isa) {
   constexpr const char* op = "resampler_attention (cpu)";
   const Dims s = check_dims(op, B, Hq, Hkv, L, N, D, scale, dtype, num_threads);
   if (B == 0 || L == 0) return;
   LUMO_CHECK(q && k_lat && v_lat && out && lse, op, "non-null q/k_lat/v_lat/out/lse", "null");
   LUMO_CHECK(N == 0 || (k_ctx && v_ctx), op, "non-null k_ctx/v_ctx for N > 0", "null");
+  const Kernels ker = pick_kernels(isa, op);
+  // Work items: (batch, kv head, chunk of row blocks). Few (batch, kv head)
+  // pairs are split into row chunks so that every thread gets work; rows are
+  // independent, so the split never changes a result.
+  const int64_t threads = resolve_threads(num_threads), pairs = B * Hkv, nrb = s.row_blocks();
+  const int64_t chunks = std::min(nrb, std::max<int64_t>(1, (threads + pairs - 1) / pairs));
   auto run = [&](auto dt) {
     constexpr int DT = decltype(dt)::value;
-    parallel_items(B * Hkv, num_threads, [&](int64_t item, std::vector<float>& scratch) {
-      forward_item<DT>(item, s, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scratch);
+    parallel_items(pairs * chunks, threads, [&](int64_t item, std::vector<float>& scratch) {
+      const int64_t bg = item / chunks, c = item % chunks;
+      const int64_t rb0 = nrb * c / chunks, rb1 = nrb * (c + 1) / chunks;
+      forward_item<DT>(ker, bg, rb0, rb1, s, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse,
+                       scratch);
     });
   };
   if (dtype == resampler::kF32) run(std::integral_constant<int, resampler::kF32>{});
@@ -306,7 +479,7 @@ void resampler_attn_backward(const void* dout, const void* q, const void* k_ctx,
                              const uint8_t* ctx_mask, const void* out, const float* lse,
                              void* dq, void* dk_ctx, void* dv_ctx, void* dk_lat, void* dv_lat,
                              int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N, int64_t D,
-                             double scale, int64_t dtype, int64_t num_threads) {
+                             double scale, int64_t dtype, int64_t num_threads, int64_t isa) {
   constexpr const char* op = "resampler_attention_backward (cpu)";
   const Dims s = check_dims(op, B, Hq, Hkv, L, N, D, scale, dtype, num_threads);
   if (B == 0 || L == 0) {
@@ -317,10 +490,11 @@ void resampler_attn_backward(const void* dout, const void* q, const void* k_ctx,
              "non-null pointers", "null");
   LUMO_CHECK(N == 0 || (k_ctx && v_ctx && dk_ctx && dv_ctx), op,
              "non-null context pointers for N > 0", "null");
+  const Kernels ker = pick_kernels(isa, op);
   auto run = [&](auto dt) {
     constexpr int DT = decltype(dt)::value;
-    parallel_items(B * Hkv, num_threads, [&](int64_t item, std::vector<float>& scratch) {
-      backward_item<DT>(item, s, dout, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, dq,
+    parallel_items(B * Hkv, resolve_threads(num_threads), [&](int64_t item, std::vector<float>& scratch) {
+      backward_item<DT>(ker, item, s, dout, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, dq,
                         dk_ctx, dv_ctx, dk_lat, dv_lat, scratch);
     });
   };

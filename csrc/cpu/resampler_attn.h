@@ -19,12 +19,14 @@ namespace cpu {
 // out: [B, Hq, L, D] in `dtype`; lse: [B, Hq, L] fp32 log-sum-exp of the
 // scaled scores (saved for the backward pass).
 // num_threads: 0 = hardware concurrency. Work is split by (batch, kv head)
-// into contiguous chunks; the result does not depend on the split.
+// and, when there are fewer pairs than threads, by blocks of query rows; the
+// result does not depend on the split. isa: 0 auto, 1 scalar, 2 AVX2,
+// 3 AVX-512 (every one gives the same bits; see resampler_attn_body.h).
 void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
                             const void* k_lat, const void* v_lat, const uint8_t* ctx_mask,
                             void* out, float* lse, int64_t B, int64_t Hq, int64_t Hkv,
                             int64_t L, int64_t N, int64_t D, double scale, int64_t dtype,
-                            int64_t num_threads);
+                            int64_t num_threads, int64_t isa = 0);
 
 // Backward: gradients of sum(out * dout) with respect to q, k_ctx, v_ctx,
 // k_lat and v_lat (shapes and dtypes as their inputs). Deterministic: every
@@ -36,7 +38,11 @@ void resampler_attn_backward(const void* dout, const void* q, const void* k_ctx,
                              const uint8_t* ctx_mask, const void* out, const float* lse,
                              void* dq, void* dk_ctx, void* dv_ctx, void* dk_lat, void* dv_lat,
                              int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N, int64_t D,
-                             double scale, int64_t dtype, int64_t num_threads);
+                             double scale, int64_t dtype, int64_t num_threads,
+                             int64_t isa = 0);
+
+// Bit mask (1 << isa) of the instruction sets this CPU runs: 1 scalar, 2 AVX2, 3 AVX-512.
+int resampler_attn_isa_mask();
 
 }  // namespace cpu
 }  // namespace lumo

@@ -18,6 +18,7 @@ returns ``(out, lse)``; its autograd formula calls the backward op
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -34,6 +35,15 @@ _OP = "resampler_attention"
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 # The CUDA kernel keeps a head's row in registers, 8 values per lane.
 _CUDA_MAX_HEAD_DIM = 256
+# CPU instruction sets (every one gives the same bits); LUMO_RESAMPLER_ISA forces one.
+_ISA = {"": 0, "auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
+
+
+def _isa() -> int:
+    value = os.environ.get("LUMO_RESAMPLER_ISA", "").strip().lower()
+    if value not in _ISA:
+        raise ValueError(f"LUMO_RESAMPLER_ISA: expected one of auto, scalar, avx2, avx512, got {value!r}")
+    return _ISA[value]
 
 
 # ---------------------------------------------------------------------------
@@ -227,7 +237,7 @@ def _fwd_impl(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale):
     # call returns (CPU) or is used on its device's current stream (CUDA), and
     # has the sizes given.
     if q.device.type == "cpu":
-        module.resampler_attn_forward(*args, torch.get_num_threads())
+        module.resampler_attn_forward(*args, torch.get_num_threads(), _isa())
     else:
         stream = torch.cuda.current_stream(q.device).cuda_stream
         module.resampler_attn_forward(*args, stream, q.device.index)
@@ -252,7 +262,7 @@ def _bwd_impl(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale
             B, Hq, Hkv, L, N, D, scale, _DTYPE_CODE[q.dtype]]
     # SAFETY: as in _fwd_impl; the gradients are fresh contiguous tensors.
     if q.device.type == "cpu":
-        module.resampler_attn_backward(*args, torch.get_num_threads())
+        module.resampler_attn_backward(*args, torch.get_num_threads(), _isa())
     else:
         delta = torch.empty((B, Hq, L), dtype=torch.float32, device=q.device)  # workspace
         stream = torch.cuda.current_stream(q.device).cuda_stream
