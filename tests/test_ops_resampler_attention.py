@@ -239,3 +239,87 @@ def test_cuda_deterministic(cuda_device, dtype):
     for _ in range(2):
         for a, b in zip(first, grads(resampler_attention, inputs, go)):
             assert torch.equal(a, b)
+
+
+# -- CPU instruction sets, odd shapes, thread splits ----------------------------------------
+
+ISA_NAMES = {1: "scalar", 2: "avx2", 3: "avx512"}
+
+
+def cpu_isas() -> list[str]:
+    module = _native.cpu()
+    if module is None:
+        return []
+    mask = module.resampler_attn_isa_mask()
+    return [name for bit, name in ISA_NAMES.items() if mask >> bit & 1]
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("isa", list(ISA_NAMES.values()))
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 4, 2, 5, 9, 24), (1, 16, 4, 64, 729, 96), (2, 6, 3, 7, 0, 33), (2, 4, 1, 3, 130, 100), (1, 3, 1, 69, 65, 17)],
+    ids=lambda s: "B{}_Hq{}_Hkv{}_L{}_N{}_D{}".format(*s),
+)
+def test_every_isa_matches_reference_and_auto_bits(monkeypatch, isa, shape):
+    if isa not in cpu_isas():
+        pytest.skip(f"this CPU has no {isa}")
+    B, Hq, Hkv, L, N, D = shape
+    for dtype, mask_kind in ((torch.float32, "pad"), (torch.bfloat16, "random")):
+        inputs = make_inputs(B, Hq, Hkv, L, N, D, dtype, mask_kind=mask_kind, seed=7)
+        go = torch.randn(B, Hq, L, D, generator=torch.Generator().manual_seed(8)).to(dtype)
+        auto = grads(resampler_attention, inputs, go)
+        monkeypatch.setenv("LUMO_RESAMPLER_ISA", isa)
+        got = grads(resampler_attention, inputs, go)
+        monkeypatch.delenv("LUMO_RESAMPLER_ISA")
+        want = grads(lambda *a: resampler_attention_reference(*a)[0], inputs, go)
+        for name, g, a, w in zip(("out", "dq", "dk_ctx", "dv_ctx", "dk_lat", "dv_lat"), got, auto, want):
+            assert torch.equal(g, a), f"{isa} {name}: every ISA gives the same bits"
+            scale = max(1.0, float(w.detach().float().abs().amax())) if w.numel() else 1.0
+            torch.testing.assert_close(g.float(), w.float(), atol=TOL[dtype]["atol"] * scale, rtol=TOL[dtype]["rtol"],
+                                       msg=lambda m: f"{isa} {name}: {m}")
+
+
+def test_bad_isa_env(monkeypatch):
+    monkeypatch.setenv("LUMO_RESAMPLER_ISA", "sse9")
+    inputs = make_inputs(1, 2, 1, 3, 4, 8, torch.float32)
+    if _native.cpu() is None:
+        pytest.skip("CPU kernels not built")
+    with pytest.raises(ValueError, match="LUMO_RESAMPLER_ISA: expected one of auto, scalar, avx2, avx512"):
+        resampler_attention(*inputs)
+
+
+@needs_cpu_kernel
+def test_fully_masked_rows_and_padding_gradients():
+    # Sample 0 fully masked, sample 1 masked in the middle; N and L not multiples of the tiles.
+    q, kc, vc, kl, vl, _ = make_inputs(2, 6, 2, 67, 130, 40, torch.float32, seed=11)
+    mask = torch.ones(2, 130, dtype=torch.bool)
+    mask[0] = False
+    mask[1, 50:90] = False
+    go = torch.randn(2, 6, 67, 40, generator=torch.Generator().manual_seed(12))
+    got = grads(resampler_attention, (q, kc, vc, kl, vl, mask), go)
+    want = grads(lambda *a: resampler_attention_reference(*a)[0], (q, kc, vc, kl, vl, mask), go)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+    assert torch.all(got[2][0] == 0) and torch.all(got[3][0] == 0)  # dk_ctx, dv_ctx of masked sample
+    assert torch.all(got[2][1, :, 50:90] == 0) and torch.all(got[3][1, :, 50:90] == 0)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_row_block_split_is_thread_invariant(dtype):
+    # One (batch, kv head) pair with several 64-row blocks: the forward splits
+    # its row blocks over the threads; the bits must not change.
+    inputs = make_inputs(1, 8, 1, 40, 200, 48, dtype, mask_kind="pad", seed=13)
+    go = torch.randn(1, 8, 40, 48, generator=torch.Generator().manual_seed(14)).to(dtype)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3, 5):
+            torch.set_num_threads(threads)
+            results.append(grads(resampler_attention, inputs, go))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
