@@ -12,7 +12,9 @@ from lumo_uti import AudioCodes, ImageCodes, ImagePlaceholder, UTIDecodeError
 from lumo_uti.grammar import RULES
 from uti_strategies import documents, grammar_for, normalize, small_space, token_spaces
 
-UTI = lumo_uti.load()
+# The grammar over the default token space, without the default bundle's codecs:
+# decode returns ImageCodes / AudioCodes here, never media.
+UTI = lumo_uti.UTI(lumo_uti.load().token_space, lumo_uti.load().text_tokenizer)
 TS = UTI.token_space
 IMG_START, IMG_END = TS.id_of("<|image_start|>"), TS.id_of("<|image_end|>")
 AUD_START, AUD_END = TS.id_of("<|audio_start|>"), TS.id_of("<|audio_end|>")
