@@ -1,10 +1,12 @@
 #include "cpu/resampler_attn.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
-#include <system_error>
+#include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -13,6 +15,7 @@
 
 #include "common/checks.h"
 #include "cpu/resampler_attn_math.h"
+#include "cpu/thread_pool.h"
 
 namespace lumo {
 namespace cpu {
@@ -259,18 +262,47 @@ void cols_times(const Kernels& ker, const float* a, int64_t lda, int64_t n, cons
   for (int64_t j = 0; j < n; j += kR) ker.gemm(a + j, 1, lda, b, Dp, 0, nr, acc + j * Dp, Dp, Dp);
 }
 
-// Query row blocks [rb0, rb1) of one (batch, kv head): each block's scores
-// against the context keys and against the latent keys get their own softmax
-// partial, merged by log-sum-exp.
+// Per-thread scratch, kept across calls (no allocation or page faults per
+// call). `call`/`pair` name the (batch, kv head) whose packed keys and values
+// it holds, so a thread that takes several items of one pair packs it once.
+struct Scratch {
+  uint64_t call = 0;
+  int64_t pair = -1;
+  std::vector<float> buf;
+  // Grows buf to n floats; true when the packed pair must be (re)built.
+  bool claim(uint64_t c, int64_t bg, size_t n) {
+    if (buf.size() < n) buf.resize(n);
+    const bool stale = call != c || pair != bg;
+    call = c;
+    pair = bg;
+    return stale;
+  }
+};
+Scratch& forward_scratch() {
+  thread_local Scratch t;
+  return t;
+}
+Scratch& backward_scratch() {
+  thread_local Scratch t;
+  return t;
+}
+uint64_t next_call_id() {
+  static std::atomic<uint64_t> id{0};
+  return id.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
+// Query row block rb of one (batch, kv head): the block's scores against the
+// context keys and against the latent keys get their own softmax partial,
+// merged by log-sum-exp. Rows are independent: any split gives the same bits.
 template <int DT>
-void forward_item(const Kernels& ker, int64_t bg, int64_t rb0, int64_t rb1, const Dims& s,
+void forward_item(const Kernels& ker, uint64_t call, int64_t bg, int64_t rb, const Dims& s,
                   const void* q, const void* k_ctx, const void* v_ctx, const void* k_lat,
-                  const void* v_lat, const uint8_t* ctx_mask, void* out, float* lse,
-                  std::vector<float>& scratch) {
+                  const void* v_lat, const uint8_t* ctx_mask, void* out, float* lse) {
   const int64_t b = bg / s.Hkv, N = s.N, L = s.L, D = s.D, Dp = s.Dp(), Np = s.Np(), Lp = s.Lp();
-  scratch.resize(static_cast<size_t>(Np * D + N * Dp + Lp * D + L * Dp + RB * D + RB * (Np + Lp) +
-                                     2 * RB * Dp));
-  float* kc = scratch.data();  // [Np / JT][D][JT]
+  Scratch& t = forward_scratch();
+  const bool pack = t.claim(call, bg, static_cast<size_t>(Np * D + N * Dp + Lp * D + L * Dp +
+                                                          RB * D + RB * (Np + Lp) + 2 * RB * Dp));
+  float* kc = t.buf.data();    // [Np / JT][D][JT]
   float* vc = kc + Np * D;     // [N, Dp]
   float* kl = vc + N * Dp;     // [Lp / JT][D][JT]
   float* vl = kl + Lp * D;     // [L, Dp]
@@ -280,15 +312,17 @@ void forward_item(const Kernels& ker, int64_t bg, int64_t rb0, int64_t rb1, cons
   float* acc1 = sl + RB * Lp;  // [RB, Dp]
   float* acc2 = acc1 + RB * Dp;
   const int64_t kv_ctx_off = bg * N * D, kv_lat_off = bg * L * D;
-  pack_panels<DT>(k_ctx, kv_ctx_off, N, D, kc);
-  pack_rows<DT>(v_ctx, kv_ctx_off, N, D, Dp, N, vc);
-  pack_panels<DT>(k_lat, kv_lat_off, L, D, kl);
-  pack_rows<DT>(v_lat, kv_lat_off, L, D, Dp, L, vl);
+  if (pack) {
+    pack_panels<DT>(k_ctx, kv_ctx_off, N, D, kc);
+    pack_rows<DT>(v_ctx, kv_ctx_off, N, D, Dp, N, vc);
+    pack_panels<DT>(k_lat, kv_lat_off, L, D, kl);
+    pack_rows<DT>(v_lat, kv_lat_off, L, D, Dp, L, vl);
+  }
   const uint8_t* mask = ctx_mask ? ctx_mask + b * N : nullptr;
   // The group's query rows are contiguous: heads g*group .. (g+1)*group - 1.
   const int64_t first_row = bg * s.rows();
   Partial p1[RB], p2[RB];
-  for (int64_t rb = rb0; rb < rb1; ++rb) {
+  {
     const int64_t r0 = rb * RB, nr = std::min(RB, s.rows() - r0), nr4 = round_up(nr, kR);
     pack_rows<DT>(q, (first_row + r0) * D, nr, D, D, nr4, qb);
     score_block(ker, qb, D, nr4, kc, Np, D, s.scale, sc);
@@ -313,20 +347,98 @@ void forward_item(const Kernels& ker, int64_t bg, int64_t rb0, int64_t rb1, cons
   }
 }
 
-// One (batch, kv head) backward work item (flash-attention-2 style: P is
-// recomputed per row block from the saved log-sum-exp). It owns the dq rows
-// of the group's query heads and the dk/dv rows of its kv head; dk/dv sum the
-// query rows in order (heads of the group, then rows), dq the keys in order.
+// dK/dV of a (batch, kv head) are summed over its query rows in two halves
+// (the split depends on the shape only, never on the thread count), each
+// half in row order into its own fp32 partial. The half that finishes first
+// parks its partial here; the second adds it to its own. IEEE addition is
+// commutative, so the sum has the same bits whichever half finishes first.
+LUMO_RA_CLONES void add_into(float* dst, const float* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = dst[i] + src[i];
+}
+
+class HalfPartials {
+ public:
+  explicit HalfPartials(int64_t pairs) : parked_(static_cast<size_t>(pairs)) {}
+  ~HalfPartials() {
+    for (auto& v : parked_)
+      if (!v.empty()) give(std::move(v));
+  }
+  // Either parks part[0, n) (returns false: the other half will finish the
+  // pair) or adds the other half's partial into part (returns true).
+  bool park_or_add(int64_t bg, float* part, size_t n) {
+    std::vector<float> other = take_parked(bg);
+    if (other.empty()) {
+      std::vector<float> mine = take(n);
+      std::copy(part, part + n, mine.data());
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (parked_[bg].empty()) {
+          parked_[bg] = std::move(mine);
+          return false;
+        }
+        other = std::move(parked_[bg]);
+      }
+      give(std::move(mine));
+    }
+    add_into(part, other.data(), static_cast<int64_t>(n));
+    give(std::move(other));
+    return true;
+  }
+
+ private:
+  std::vector<float> take_parked(int64_t bg) {
+    std::lock_guard<std::mutex> lk(mu_);
+    return std::move(parked_[bg]);
+  }
+  // Buffers are recycled across calls (a fresh one page-faults on first use).
+  static std::mutex& cache_mu() {
+    static std::mutex mu;
+    return mu;
+  }
+  static std::vector<std::vector<float>>& cache() {
+    static auto* c = new std::vector<std::vector<float>>();
+    return *c;
+  }
+  static std::vector<float> take(size_t n) {
+    std::vector<float> v;
+    {
+      std::lock_guard<std::mutex> lk(cache_mu());
+      if (!cache().empty()) {
+        v = std::move(cache().back());
+        cache().pop_back();
+      }
+    }
+    v.resize(n);
+    return v;
+  }
+  static void give(std::vector<float>&& v) {
+    std::lock_guard<std::mutex> lk(cache_mu());
+    if (cache().size() < 8) cache().push_back(std::move(v));
+  }
+  std::mutex mu_;
+  std::vector<std::vector<float>> parked_;  // [pairs], empty = nothing parked
+};
+
+// Row halves of the backward pass: 2 when a pair has at least 2 row blocks.
+inline int64_t backward_halves(const Dims& s) { return std::min<int64_t>(2, s.row_blocks()); }
+
+// Backward work item: half h of the query rows of one (batch, kv head)
+// (flash-attention-2 style: P is recomputed per row block from the saved
+// log-sum-exp). It owns the dq rows of its row blocks; its dk/dv partial sums
+// its rows in order (heads of the group, then rows) and is combined with the
+// other half's (HalfPartials) before the pair's dk/dv rows are stored.
 template <int DT>
-void backward_item(const Kernels& ker, int64_t bg, const Dims& s, const void* dout, const void* q,
-                   const void* k_ctx, const void* v_ctx, const void* k_lat, const void* v_lat,
-                   const uint8_t* ctx_mask, const void* out, const float* lse, void* dq,
-                   void* dk_ctx, void* dv_ctx, void* dk_lat, void* dv_lat,
-                   std::vector<float>& scratch) {
+void backward_item(const Kernels& ker, uint64_t call, int64_t bg, int64_t h, const Dims& s,
+                   const void* dout, const void* q, const void* k_ctx, const void* v_ctx,
+                   const void* k_lat, const void* v_lat, const uint8_t* ctx_mask, const void* out,
+                   const float* lse, void* dq, void* dk_ctx, void* dv_ctx, void* dk_lat,
+                   void* dv_lat, HalfPartials& halves) {
   const int64_t b = bg / s.Hkv, N = s.N, L = s.L, D = s.D, Dp = s.Dp(), Np = s.Np(), Lp = s.Lp();
   const int64_t Tp = Np + Lp;  // context then latent keys, each padded to panels
-  scratch.resize(static_cast<size_t>(5 * Tp * Dp + 2 * Tp * D + 4 * RB * Dp + 2 * RB * Tp + RB));
-  float* kt = scratch.data();     // panels: [Np / JT][D][JT] then [Lp / JT][D][JT]
+  Scratch& t = backward_scratch();
+  const bool pack = t.claim(call, bg, static_cast<size_t>(5 * Tp * Dp + 2 * Tp * D + 4 * RB * Dp +
+                                                          2 * RB * Tp + RB));
+  float* kt = t.buf.data();       // panels: [Np / JT][D][JT] then [Lp / JT][D][JT]
   float* vt = kt + Tp * D;        // same, values
   float* k = vt + Tp * D;         // [Tp, Dp] rows (ctx rows at 0, latent rows at Np)
   float* dk = k + Tp * Dp;        // [Tp, Dp]
@@ -339,16 +451,18 @@ void backward_item(const Kernels& ker, int64_t bg, const Dims& s, const void* do
   float* dps = ps + RB * Tp;      // [RB, Tp] dout . v, then ds
   float* delta = dps + RB * Tp;   // [RB]
   const int64_t kv_ctx_off = bg * N * D, kv_lat_off = bg * L * D;
-  pack_panels<DT>(k_ctx, kv_ctx_off, N, D, kt);
-  pack_panels<DT>(k_lat, kv_lat_off, L, D, kt + Np * D);
-  pack_panels<DT>(v_ctx, kv_ctx_off, N, D, vt);
-  pack_panels<DT>(v_lat, kv_lat_off, L, D, vt + Np * D);
-  pack_rows<DT>(k_ctx, kv_ctx_off, N, D, Dp, Np, k);
-  pack_rows<DT>(k_lat, kv_lat_off, L, D, Dp, Lp, k + Np * Dp);
+  if (pack) {
+    pack_panels<DT>(k_ctx, kv_ctx_off, N, D, kt);
+    pack_panels<DT>(k_lat, kv_lat_off, L, D, kt + Np * D);
+    pack_panels<DT>(v_ctx, kv_ctx_off, N, D, vt);
+    pack_panels<DT>(v_lat, kv_lat_off, L, D, vt + Np * D);
+    pack_rows<DT>(k_ctx, kv_ctx_off, N, D, Dp, Np, k);
+    pack_rows<DT>(k_lat, kv_lat_off, L, D, Dp, Lp, k + Np * Dp);
+  }
   std::fill(dk, dk + 2 * Tp * Dp, 0.f);
   const uint8_t* mask = ctx_mask ? ctx_mask + b * N : nullptr;
-  const int64_t first_row = bg * s.rows();
-  for (int64_t rb = 0; rb < s.row_blocks(); ++rb) {
+  const int64_t first_row = bg * s.rows(), nrb = s.row_blocks(), H = backward_halves(s);
+  for (int64_t rb = nrb * h / H; rb < nrb * (h + 1) / H; ++rb) {
     const int64_t r0 = rb * RB, nr = std::min(RB, s.rows() - r0), nr4 = round_up(nr, kR);
     const int64_t row0 = first_row + r0;
     pack_rows<DT>(q, row0 * D, nr, D, Dp, nr4, qb);
@@ -385,9 +499,10 @@ void backward_item(const Kernels& ker, int64_t bg, const Dims& s, const void* do
     cols_times(ker, dps, Tp, round_up(N, kR), qb, nr, Dp, dk);
     cols_times(ker, dps + Np, Tp, round_up(L, kR), qb, nr, Dp, dk + Np * Dp);
   }
-  auto store_rows = [&](const float* src, int64_t n, void* dst, int64_t off, float mul) {
+  if (H > 1 && !halves.park_or_add(bg, dk, static_cast<size_t>(2 * Tp * Dp))) return;
+  auto store_rows = [&](float* src, int64_t n, void* dst, int64_t off, float mul) {
     for (int64_t j = 0; j < n; ++j) {
-      float* row = const_cast<float*>(src) + j * Dp;
+      float* row = src + j * Dp;
       if (mul != 1.0f)
         for (int64_t d = 0; d < D; ++d) row[d] *= mul;
       from_float<DT>(row, dst, off + j * D, D);
@@ -399,33 +514,11 @@ void backward_item(const Kernels& ker, int64_t bg, const Dims& s, const void* do
   store_rows(dv + Np * Dp, L, dv_lat, kv_lat_off, 1.0f);
 }
 
-// Runs fn(item, scratch) for item in [0, items) on up to num_threads threads,
-// in contiguous chunks; each item writes only its own outputs.
 int64_t resolve_threads(int64_t num_threads) {
   if (num_threads == 0) {
     num_threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
   }
   return num_threads;
-}
-
-template <typename Fn>
-void parallel_items(int64_t items, int64_t num_threads, const Fn& fn) {
-  const int64_t chunks = std::max<int64_t>(1, std::min(num_threads, items));
-  auto begin = [items, chunks](int64_t c) { return items / chunks * c + std::min(c, items % chunks); };
-  auto run = [&](int64_t c) {
-    std::vector<float> scratch;
-    for (int64_t it = begin(c); it < begin(c + 1); ++it) fn(it, scratch);
-  };
-  std::vector<std::thread> workers;
-  int64_t next = 1;
-  try {
-    for (; next < chunks; ++next) workers.emplace_back(run, next);
-  } catch (const std::system_error&) {
-    // Could not start another thread: the calling thread does the rest.
-  }
-  run(0);
-  for (int64_t c = next; c < chunks; ++c) run(c);
-  for (auto& w : workers) w.join();
 }
 
 Dims check_dims(const char* op, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N,
@@ -455,18 +548,15 @@ void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
   LUMO_CHECK(q && k_lat && v_lat && out && lse, op, "non-null q/k_lat/v_lat/out/lse", "null");
   LUMO_CHECK(N == 0 || (k_ctx && v_ctx), op, "non-null k_ctx/v_ctx for N > 0", "null");
   const Kernels ker = pick_kernels(isa, op);
-  // Work items: (batch, kv head, chunk of row blocks). Few (batch, kv head)
-  // pairs are split into row chunks so that every thread gets work; rows are
-  // independent, so the split never changes a result.
-  const int64_t threads = resolve_threads(num_threads), pairs = B * Hkv, nrb = s.row_blocks();
-  const int64_t chunks = std::min(nrb, std::max<int64_t>(1, (threads + pairs - 1) / pairs));
+  // Work items: (batch, kv head, row block), claimed one at a time by the
+  // pool's threads; rows are independent, so the split never changes a result.
+  const int64_t threads = resolve_threads(num_threads), nrb = s.row_blocks();
+  const uint64_t call = next_call_id();
   auto run = [&](auto dt) {
     constexpr int DT = decltype(dt)::value;
-    parallel_items(pairs * chunks, threads, [&](int64_t item, std::vector<float>& scratch) {
-      const int64_t bg = item / chunks, c = item % chunks;
-      const int64_t rb0 = nrb * c / chunks, rb1 = nrb * (c + 1) / chunks;
-      forward_item<DT>(ker, bg, rb0, rb1, s, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse,
-                       scratch);
+    parallel_for_items(B * Hkv * nrb, threads, [&](int64_t item) {
+      forward_item<DT>(ker, call, item / nrb, item % nrb, s, q, k_ctx, v_ctx, k_lat, v_lat,
+                       ctx_mask, out, lse);
     });
   };
   if (dtype == resampler::kF32) run(std::integral_constant<int, resampler::kF32>{});
@@ -491,11 +581,15 @@ void resampler_attn_backward(const void* dout, const void* q, const void* k_ctx,
   LUMO_CHECK(N == 0 || (k_ctx && v_ctx && dk_ctx && dv_ctx), op,
              "non-null context pointers for N > 0", "null");
   const Kernels ker = pick_kernels(isa, op);
+  // Work items: (batch, kv head, half of the query rows); see HalfPartials.
+  const int64_t H = backward_halves(s);
+  const uint64_t call = next_call_id();
+  HalfPartials halves(B * Hkv);
   auto run = [&](auto dt) {
     constexpr int DT = decltype(dt)::value;
-    parallel_items(B * Hkv, resolve_threads(num_threads), [&](int64_t item, std::vector<float>& scratch) {
-      backward_item<DT>(ker, item, s, dout, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, dq,
-                        dk_ctx, dv_ctx, dk_lat, dv_lat, scratch);
+    parallel_for_items(B * Hkv * H, resolve_threads(num_threads), [&](int64_t item) {
+      backward_item<DT>(ker, call, item / H, item % H, s, dout, q, k_ctx, v_ctx, k_lat, v_lat,
+                        ctx_mask, out, lse, dq, dk_ctx, dv_ctx, dk_lat, dv_lat, halves);
     });
   };
   if (dtype == resampler::kF32) run(std::integral_constant<int, resampler::kF32>{});
