@@ -323,3 +323,112 @@ def test_row_block_split_is_thread_invariant(dtype):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+# -- worker pool: dynamic items, backward row halves, concurrent callers, fork ---------------
+
+
+def _half_split_case(dtype=torch.float32):
+    # 3 pairs of 5 row blocks each (rows = 8 x 40): the backward splits each
+    # pair's rows into two halves (2 + 3 blocks) whose dK/dV partials are added.
+    inputs = make_inputs(3, 8, 1, 40, 200, 48, dtype, mask_kind="pad", seed=21)
+    go = torch.randn(3, 8, 40, 48, generator=torch.Generator().manual_seed(22)).to(dtype)
+    return inputs, go
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_backward_halves_same_bits_whichever_half_finishes_first(dtype):
+    inputs, go = _half_split_case(dtype)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = grads(resampler_attention, inputs, go)
+        got = []
+        for threads in (2, 3, 4):
+            torch.set_num_threads(threads)
+            got += [grads(resampler_attention, inputs, go) for _ in range(8)]
+    finally:
+        torch.set_num_threads(before)
+    for other in got:
+        for a, b in zip(want, other):
+            assert torch.equal(a, b)
+    # Sample 2 alone (its halves on an idle pool) gives the same bits as in the batch.
+    alone = grads(resampler_attention, [x[2:3] for x in inputs], go[2:3])
+    for a, b in zip(want, alone):
+        assert torch.equal(a[2:3], b)
+
+
+@needs_cpu_kernel
+def test_concurrent_callers_get_the_same_bits():
+    # A caller that finds the pool busy runs its items on its own thread.
+    import threading
+
+    inputs, go = _half_split_case()
+    want = grads(resampler_attention, inputs, go)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(4):
+                results.append(grads(resampler_attention, inputs, go))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        torch.set_num_threads(before)
+    assert not errors and len(results) == 12
+    for other in results:
+        for a, b in zip(want, other):
+            assert torch.equal(a, b)
+
+
+def _native_forward(inputs, threads):
+    # The CPU kernel called directly with an explicit thread count (torch's own
+    # OpenMP pool is not usable in a forked child, so torch stays off the path).
+    q, kc, vc, kl, vl, mask = inputs
+    B, Hq, L, D = q.shape
+    out = torch.empty_like(q)
+    lse = torch.empty((B, Hq, L), dtype=torch.float32)
+    _native.cpu().resampler_attn_forward(
+        q.data_ptr(), kc.data_ptr(), vc.data_ptr(), kl.data_ptr(), vl.data_ptr(), mask.data_ptr(),
+        out.data_ptr(), lse.data_ptr(), B, Hq, kc.shape[1], L, kc.shape[2], D, D**-0.5, 0, threads, 0)
+    return out, lse
+
+
+def _child_forward(conn, inputs):
+    out, lse = _native_forward(inputs, threads=3)
+    conn.send((out.numpy().tobytes(), lse.numpy().tobytes()))
+    conn.close()
+
+
+@needs_cpu_kernel
+def test_forked_child_runs_the_kernel():
+    # The parent's pool threads do not exist in a forked child: it starts its own.
+    import multiprocessing as mp
+    import sys
+
+    if sys.platform != "linux":
+        pytest.skip("fork start method is Linux-only here")
+    inputs, _ = _half_split_case()
+    out, lse = _native_forward(inputs, threads=3)  # the parent's pool is running
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child_forward, args=(child, inputs))
+    proc.start()
+    try:
+        assert parent.poll(120), "forked child hung in the kernel"
+        got_out, got_lse = parent.recv()
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+    assert got_out == out.numpy().tobytes() and got_lse == lse.numpy().tobytes()
