@@ -325,7 +325,7 @@ def test_row_block_split_is_thread_invariant(dtype):
             assert torch.equal(a, b)
 
 
-# -- worker pool: dynamic items, backward row halves, concurrent callers, fork ---------------
+# -- thread split: dynamic items, backward row halves, concurrent callers --------------------
 
 
 def _half_split_case(dtype=torch.float32):
@@ -389,46 +389,3 @@ def test_concurrent_callers_get_the_same_bits():
     for other in results:
         for a, b in zip(want, other):
             assert torch.equal(a, b)
-
-
-def _native_forward(inputs, threads):
-    # The CPU kernel called directly with an explicit thread count (torch's own
-    # OpenMP pool is not usable in a forked child, so torch stays off the path).
-    q, kc, vc, kl, vl, mask = inputs
-    B, Hq, L, D = q.shape
-    out = torch.empty_like(q)
-    lse = torch.empty((B, Hq, L), dtype=torch.float32)
-    _native.cpu().resampler_attn_forward(
-        q.data_ptr(), kc.data_ptr(), vc.data_ptr(), kl.data_ptr(), vl.data_ptr(), mask.data_ptr(),
-        out.data_ptr(), lse.data_ptr(), B, Hq, kc.shape[1], L, kc.shape[2], D, D**-0.5, 0, threads, 0)
-    return out, lse
-
-
-def _child_forward(conn, inputs):
-    out, lse = _native_forward(inputs, threads=3)
-    conn.send((out.numpy().tobytes(), lse.numpy().tobytes()))
-    conn.close()
-
-
-@needs_cpu_kernel
-def test_forked_child_runs_the_kernel():
-    # The parent's pool threads do not exist in a forked child: it starts its own.
-    import multiprocessing as mp
-    import sys
-
-    if sys.platform != "linux":
-        pytest.skip("fork start method is Linux-only here")
-    inputs, _ = _half_split_case()
-    out, lse = _native_forward(inputs, threads=3)  # the parent's pool is running
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_child_forward, args=(child, inputs))
-    proc.start()
-    try:
-        assert parent.poll(120), "forked child hung in the kernel"
-        got_out, got_lse = parent.recv()
-    finally:
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
-    assert got_out == out.numpy().tobytes() and got_lse == lse.numpy().tobytes()

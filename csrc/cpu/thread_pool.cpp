@@ -2,6 +2,10 @@
 
 #include <unistd.h>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -15,6 +19,7 @@ namespace lumo {
 namespace cpu {
 namespace {
 
+#if !defined(_OPENMP)
 class Pool {
  public:
   // One job at a time; a caller that finds the pool busy returns false.
@@ -112,14 +117,48 @@ Pool& pool() {
   }
   return *p;
 }
+#endif  // !_OPENMP
+
+#if defined(_OPENMP)
+// The OpenMP team (torch's, when torch loaded libgomp first) claims items
+// from a shared counter, as the pool does.
+void run_openmp(int64_t items, int64_t threads, const std::function<void(int64_t)>& fn) {
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex mu;
+#pragma omp parallel num_threads(static_cast<int>(std::min(threads, items)))
+  {
+    for (;;) {
+      const int64_t it = next.fetch_add(1, std::memory_order_relaxed);
+      if (it >= items) break;
+      try {
+        fn(it);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu);
+        if (!error) error = std::current_exception();
+        next.store(items, std::memory_order_relaxed);
+      }
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+#endif
 
 }  // namespace
 
 void parallel_for_items(int64_t items, int64_t threads, const std::function<void(int64_t)>& fn) {
   if (items <= 0) return;
-  if (threads <= 1 || items == 1 || !pool().run(items, threads, fn)) {
+  if (threads <= 1 || items == 1) {
+    for (int64_t it = 0; it < items; ++it) fn(it);
+    return;
+  }
+#if defined(_OPENMP)
+  run_openmp(items, threads, fn);
+#else
+  if (!pool().run(items, threads, fn)) {
     for (int64_t it = 0; it < items; ++it) fn(it);
   }
+#endif
 }
 
 }  // namespace cpu

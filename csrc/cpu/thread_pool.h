@@ -1,13 +1,17 @@
-// A persistent worker pool with dynamic item claiming, for the CPU kernels.
+// Persistent threads with dynamic item claiming, for the CPU kernels.
 //
 // Starting threads on every call (tens of microseconds each, plus fresh
 // per-thread scratch that page-faults) dominated millisecond-sized kernels.
-// The pool's workers sleep between calls; the calling thread always takes
-// part. Items are claimed one at a time from a shared counter, so a worker
-// that the OS has not scheduled yet (a busy shared machine) only means the
-// others take more items: the caller never waits for a worker that has not
-// started an item. Results must therefore not depend on which thread runs an
-// item (each item writes only its own outputs, or combines in a fixed order).
+// With OpenMP (the usual build) the items run on the OpenMP team, which is
+// torch's own when torch loaded libgomp first: its threads are warm and spin
+// for a while after each torch op, so separate threads of ours would compete
+// with them for the cores (measured: fwd+bwd interleaved with SDPA 1.5x
+// slower). Without OpenMP, a pool of our own whose workers sleep between
+// calls. The calling thread always takes part, and items are claimed one at
+// a time from a shared counter, so a thread the OS has not scheduled yet
+// only means the others take more items. Results must therefore not depend
+// on which thread runs an item (each item writes only its own outputs, or
+// combines them in an order-independent way).
 #pragma once
 
 #include <cstdint>
