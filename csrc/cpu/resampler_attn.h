@@ -18,10 +18,11 @@ namespace cpu {
 // ctx_mask: [B, N] bytes (nonzero = real position) or null (all real).
 // out: [B, Hq, L, D] in `dtype`; lse: [B, Hq, L] fp32 log-sum-exp of the
 // scaled scores (saved for the backward pass).
-// num_threads: 0 = hardware concurrency. Work is split by (batch, kv head)
-// and, when there are fewer pairs than threads, by blocks of query rows; the
-// result does not depend on the split. isa: 0 auto, 1 scalar, 2 AVX2,
-// 3 AVX-512 (every one gives the same bits; see resampler_attn_body.h).
+// num_threads: 0 = hardware concurrency. Work items are (batch, kv head,
+// 64-row block of query rows), run on the OpenMP team (cpu/thread_pool.h);
+// rows are independent, so the result does not depend on the split.
+// isa: 0 auto, 1 scalar, 2 AVX2, 3 AVX-512 (every one gives the same bits;
+// see resampler_attn_body.h).
 void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
                             const void* k_lat, const void* v_lat, const uint8_t* ctx_mask,
                             void* out, float* lse, int64_t B, int64_t Hq, int64_t Hkv,
