@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import lumo_uti.ops as ops
 from lumo_uti.ops import _native
+from lumo_uti.ops.vq import PackedCodebook
 from lumo_uti.ops.vq_reference import rvq_decode_reference, rvq_encode_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -259,6 +260,87 @@ def test_opcheck_and_compile() -> None:
     x = torch.randn(2, 9, 6)
     compiled = torch.compile(roundtrip, backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(x, cbs), roundtrip(x, cbs))
+
+
+# ---------------------------------------------------------------------------
+# PackedCodebook [Q, K, D]: packed once, the results of rvq_encode.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 25, 50, 130, 700])
+def test_packed_codebooks_match_rvq_encode(n: int) -> None:
+    # few rows split the code tiles between threads (a barrier per stage);
+    # many rows split the rows
+    x, cbs = torch.randn(n, 48), torch.randn(6, 2048, 48) / torch.arange(1, 7)[:, None, None]
+    packed = PackedCodebook(cbs)
+    want = rvq_encode_reference(x, cbs, 6)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            assert torch.equal(packed.rvq_encode(x), want), threads
+            assert torch.equal(packed.rvq_encode(x, n_q=2), want[:, :2]), threads
+        finally:
+            torch.set_num_threads(2)
+    xb = torch.randn(2, 48, n).transpose(1, 2)  # [2, n, 48], non-contiguous
+    assert torch.equal(packed.rvq_encode(xb, n_q=3), ops.rvq_encode(xb, cbs, n_q=3))
+
+
+@settings(max_examples=20)
+@given(
+    shape=rvq_shape_st(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31), data=st.data()
+)
+def test_packed_codebooks_match_rvq_encode_any_shape(
+    shape: tuple[int, int, int, int], dtype: torch.dtype, seed: int, data: st.DataObject
+) -> None:
+    n, k, d, q = shape
+    g = torch.Generator().manual_seed(seed)
+    cbs = torch.randint(-2, 3, (q, k, d), generator=g).to(dtype)  # exact ties in every stage
+    x = torch.randint(-3, 4, (n, d), generator=g).to(dtype)
+    n_q = data.draw(st.integers(1, q))
+    assert torch.equal(PackedCodebook(cbs).rvq_encode(x, n_q=n_q), ops.rvq_encode(x, cbs, n_q=n_q))
+
+
+def test_packed_codebooks_follow_in_place_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, cbs = torch.randn(50, 32), torch.randn(4, 1024, 32)
+    packed = PackedCodebook(cbs)
+    assert torch.equal(packed.rvq_encode(x), ops.rvq_encode(x, cbs))
+    cbs[2].mul_(0.25)
+    assert torch.equal(packed.rvq_encode(x), ops.rvq_encode(x, cbs))
+    cbs[0, 5] = x[3]
+    assert packed.rvq_encode(x)[3, 0] == 5
+    cbs.data[1].zero_()  # not seen until refresh()
+    stale = packed.rvq_encode(x)
+    assert not torch.equal(stale, ops.rvq_encode(x, cbs))
+    packed.refresh()
+    assert torch.equal(packed.rvq_encode(x), ops.rvq_encode(x, cbs))
+    monkeypatch.setenv("LUMO_FORCE_REFERENCE", "1")
+    assert torch.equal(packed.rvq_encode(x), rvq_encode_reference(x, cbs, 4))
+
+
+def test_packed_codebooks_bad_input() -> None:
+    cbs = torch.randn(3, 20, 8)
+    cbs[2, 7, 1] = float("inf")
+    with pytest.raises(
+        ValueError, match="PackedCodebook: expected finite values, got inf/NaN in codebooks row 47"
+    ):
+        PackedCodebook(cbs)
+    cbs[2, 7, 1] = 0.0
+    packed = PackedCodebook(cbs)
+    with pytest.raises(ValueError, match="1 <= n_q <= 3"):
+        packed.rvq_encode(torch.randn(4, 8), n_q=4)
+    with pytest.raises(TypeError, match="n_q as an int"):
+        packed.rvq_encode(torch.randn(4, 8), n_q=2.0)
+    with pytest.raises(ValueError, match=r"expected x \[\.\.\., 8\]"):
+        packed.rvq_encode(torch.randn(4, 7))
+    with pytest.raises(TypeError, match="got float32"):
+        packed.rvq_encode(torch.randn(4, 8).bfloat16())
+    x = torch.randn(5, 8)
+    x[4, 2] = float("nan")
+    with pytest.raises(
+        ValueError, match="rvq_encode: expected finite values, got inf/NaN in x row 4"
+    ):
+        packed.rvq_encode(x)
+    assert packed.rvq_encode(torch.empty(0, 8), n_q=2).shape == (0, 2)
 
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +13,7 @@ from hypothesis import strategies as st
 
 import lumo_uti.ops as ops
 from lumo_uti.ops import _native
+from lumo_uti.ops.vq import PackedCodebook
 from lumo_uti.ops.vq_reference import sqnorm_seq, vq_search_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -198,6 +202,30 @@ def test_deterministic_across_runs_threads_and_splits() -> None:
     torch.set_num_threads(2)
 
 
+def _search_in_child(x: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+    return ops.vq_search(x, cb)
+
+
+def test_concurrent_calls_and_fork() -> None:
+    # The CPU kernels share one worker pool: a call that finds it busy runs
+    # alone, and a forked child starts a pool of its own.
+    native_cpu()
+    x, cb = torch.randn(300, 8), torch.randn(5000, 8)
+    xs, cbs = torch.randn(40, 64), torch.randn(6, 2048, 64)
+    want = vq_search_reference(x, cb)[0]
+    want_rvq = ops.rvq_encode(xs, cbs)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(
+            pool.map(
+                lambda i: ops.vq_search(x, cb) if i % 2 else ops.rvq_encode(xs, cbs), range(12)
+            )
+        )
+    for i, g in enumerate(got):
+        assert torch.equal(g, want if i % 2 else want_rvq), i
+    with multiprocessing.get_context("fork").Pool(1) as child:
+        assert torch.equal(child.apply(_search_in_child, (x, cb)), want)
+
+
 def test_codebook_changes_are_always_seen() -> None:
     # No state survives a call: writes that bypass the version counter too.
     x = torch.randn(64, 8)
@@ -371,6 +399,223 @@ def test_dac_style_stage_matches_plain_pytorch() -> None:
     sim = F.normalize(z, dim=-1) @ F.normalize(codebook, dim=-1).t()
     assert torch.equal(codes, sim.argmax(-1))
     assert out.shape == h.shape
+
+
+# ---------------------------------------------------------------------------
+# PackedCodebook: packed once, the results of vq_search.
+# ---------------------------------------------------------------------------
+
+
+def assert_same_search(
+    packed: PackedCodebook, x: torch.Tensor, cb: torch.Tensor, **kw: object
+) -> None:
+    got = packed.search(x, return_distance=True)
+    want = ops.vq_search(x, cb, return_distance=True, **kw)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert torch.equal(packed.search(x), want[0])
+
+
+@settings(max_examples=40)
+@given(
+    shape=shape_st(),
+    dtype=st.sampled_from(DTYPES),
+    style=st.sampled_from(["randn", "ints", "dups"]),
+    options=st.sampled_from(["l2", "cosine", "norms", "normalized"]),
+    seed=st.integers(0, 2**31),
+)
+def test_packed_codebook_matches_vq_search(
+    shape: tuple[int, int, int], dtype: torch.dtype, style: str, options: str, seed: int
+) -> None:
+    n, k, d = shape
+    x, cb = make_inputs(n, k, d, dtype, style, seed)
+    kw: dict = {
+        "l2": {},
+        "cosine": {"metric": "cosine"},
+        "norms": {"codebook_norms": sqnorm_seq(cb) + 1.5},
+        "normalized": {"metric": "cosine", "normalized": True},
+    }[options]
+    assert_same_search(PackedCodebook(cb, **kw), x, cb, **kw)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 8, 33, 64, 65, 300])
+def test_packed_codebook_small_batches(isa: str, n: int) -> None:
+    # N = 1..64 is what the packed codebook is for: every ISA, 1 and 2 threads.
+    x, cb = make_inputs(n, 5000, 8, torch.float32, "ints", seed=n)
+    packed = PackedCodebook(cb)
+    want = vq_search_reference(x, cb)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            got = packed.search(x, return_distance=True)
+            assert torch.equal(got[0], want[0]), threads
+            assert torch.equal(got[1], ops.vq_search(x, cb, return_distance=True)[1]), threads
+        finally:
+            torch.set_num_threads(2)
+    xb = torch.randn(3, 8, n).transpose(1, 2)  # batched, non-contiguous
+    assert torch.equal(packed.search(xb), ops.vq_search(xb, cb))
+
+
+def test_packed_codebook_follows_in_place_changes() -> None:
+    x = torch.randn(64, 8)
+    cb = torch.randn(3000, 8)
+    packed = PackedCodebook(cb)
+    assert_same_search(packed, x, cb)
+    cb.mul_(-1)  # in place: the version counter moves, the next call packs again
+    assert_same_search(packed, x, cb)
+    cb[7] = x[0]
+    assert packed.search(x)[0] == 7
+    cb.set_(torch.randn(3000, 8))  # new storage
+    assert_same_search(packed, x, cb)
+    # writes PyTorch never sees: the packed copy is stale until refresh()
+    before = packed.search(x)
+    cb.data[9] = x[1]
+    cb.numpy()[11] = x[2].numpy()
+    assert torch.equal(packed.search(x), before)
+    packed.refresh()
+    assert packed.search(x)[1] == 9 and packed.search(x)[2] == 11
+    assert_same_search(packed, x, cb)
+    # a trained codebook: optimizer steps update it in place
+    emb = torch.nn.Embedding(500, 8)
+    packed = PackedCodebook(emb.weight, metric="cosine")
+    opt = torch.optim.SGD(emb.parameters(), lr=1.0)
+    for _ in range(2):
+        assert_same_search(packed, x, emb.weight, metric="cosine")
+        emb.weight.grad = torch.randn_like(emb.weight)
+        opt.step()
+    # given norms are tracked too
+    norms = sqnorm_seq(cb)
+    packed = PackedCodebook(cb, codebook_norms=norms)
+    assert_same_search(packed, x, cb, codebook_norms=norms)
+    norms.zero_()
+    assert_same_search(packed, x, cb, codebook_norms=norms)
+
+
+def test_packed_codebook_reference_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, cb = torch.randn(20, 6), torch.randn(300, 6)
+    packed = PackedCodebook(cb, metric="cosine")
+    monkeypatch.setenv("LUMO_FORCE_REFERENCE", "1")
+    assert_same_search(packed, x, cb, metric="cosine")
+    assert_same_search(PackedCodebook(cb), x, cb)
+
+
+def test_packed_codebook_on_each_device(device: str) -> None:
+    x, cb = torch.randn(40, 8, device=device), torch.randn(700, 8, device=device)
+    for kw in ({}, {"metric": "cosine"}):
+        assert_same_search(PackedCodebook(cb, **kw), x, cb, **kw)
+
+
+def test_packed_codebook_compiles() -> None:
+    cb = torch.randn(50, 8)
+    packed = PackedCodebook(cb)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return packed.search(x * 2) + 1
+
+    x = torch.randn(4, 6, 8)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x), f(x))
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "match"),
+    [
+        (
+            lambda: PackedCodebook([[1.0]]),
+            TypeError,
+            "PackedCodebook: expected codebook as a torch.Tensor",
+        ),
+        (lambda: PackedCodebook(torch.ones(5, 4, dtype=torch.int64)), TypeError, "got int64"),
+        (
+            lambda: PackedCodebook(torch.randn(5)),
+            ValueError,
+            r"shape \[K, D\] or \[Q, K, D\], got \(5,\)",
+        ),
+        (lambda: PackedCodebook(torch.randn(0, 4)), ValueError, "non-empty codebook"),
+        (
+            lambda: PackedCodebook(torch.randn(5, 4), metric="dot"),
+            ValueError,
+            "metric 'l2' or 'cosine'",
+        ),
+        (
+            lambda: PackedCodebook(
+                torch.randn(5, 4), metric="cosine", codebook_norms=torch.ones(5)
+            ),
+            ValueError,
+            "'l2' only",
+        ),
+        (
+            lambda: PackedCodebook(torch.randn(5, 4), codebook_norms=torch.ones(4)),
+            ValueError,
+            r"shape \[5\]",
+        ),
+        (
+            lambda: PackedCodebook(
+                torch.randn(5, 4), codebook_norms=torch.tensor([1.0, 2, float("nan"), 1, 1])
+            ),
+            ValueError,
+            "inf/NaN in codebook_norms row 2",
+        ),
+        (
+            lambda: PackedCodebook(torch.randn(2, 5, 4), metric="cosine"),
+            ValueError,
+            "are for rvq_encode",
+        ),
+        (lambda: PackedCodebook(torch.randn(2, 0, 4)), ValueError, "Q, K, D >= 1"),
+        (
+            lambda: PackedCodebook(torch.randn(5, 4)).search(torch.randn(3, 5)),
+            ValueError,
+            r"x \[\.\.\., 4\]",
+        ),
+        (
+            lambda: PackedCodebook(torch.randn(5, 4)).search(torch.randn(3, 4).half()),
+            TypeError,
+            "expected codebook of dtype float16 .the dtype of x., got float32",
+        ),
+        (
+            lambda: PackedCodebook(torch.randn(5, 4)).search(torch.randn(3, 4, device="meta")),
+            ValueError,
+            "expected codebook on meta",
+        ),
+        (lambda: PackedCodebook(torch.randn(5, 4)).search("x"), TypeError, "x as a torch.Tensor"),
+        (
+            lambda: PackedCodebook(torch.randn(2, 5, 4)).search(torch.randn(3, 4)),
+            ValueError,
+            "use rvq_encode",
+        ),
+        (
+            lambda: PackedCodebook(torch.randn(5, 4)).rvq_encode(torch.randn(3, 4)),
+            ValueError,
+            "use search",
+        ),
+    ],
+)
+def test_packed_codebook_bad_input(make: object, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        make()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_packed_codebook_non_finite_and_overflow(bad: float) -> None:
+    cb = torch.randn(40, 4)
+    cb[33, 2] = bad
+    with pytest.raises(
+        ValueError, match="PackedCodebook: expected finite values, got inf/NaN in codebook row 33"
+    ):
+        PackedCodebook(cb)
+    cb[33, 2] = 0.0
+    packed = PackedCodebook(cb)
+    x = torch.randn(2, 3, 4)
+    x[1, 0, 3] = bad
+    with pytest.raises(
+        ValueError, match="vq_search: expected finite values, got inf/NaN in x row 3"
+    ):
+        packed.search(x)
+    cb[21, 0] = bad  # seen at the next call, which packs again
+    with pytest.raises(ValueError, match="codebook row 21"):
+        packed.search(x[0])
+    big = PackedCodebook(torch.full((3, 4), -1e20))
+    with pytest.raises(ValueError, match="overflow fp32 for row 0"):
+        big.search(torch.full((2, 4), 1e20))
 
 
 # ---------------------------------------------------------------------------

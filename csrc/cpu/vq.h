@@ -34,12 +34,15 @@ struct VqPacked {
   int64_t nbytes() const { return static_cast<int64_t>((tiles.size() + cn.size()) * sizeof(float)); }
 };
 
-// Packs cb ([k, d] of cb_dtype; norms and cn_given as in vq_search) for `isa`.
+// Packs cb ([k, d] of cb_dtype; norms and cn_given as in vq_search) for `isa`,
+// on up to num_threads threads (0 = hardware concurrency).
 std::shared_ptr<const VqPacked> vq_pack(const void* cb, int cb_dtype, int64_t k, int64_t d,
-                                        int norms, const float* cn_given, int isa);
+                                        int norms, const float* cn_given, int isa,
+                                        int64_t num_threads = 1);
 
-// vq_search against a packed codebook; returns -1 or r >= 0 (x row r holds
-// inf/NaN). The codebook's own check is p.bad_row.
+// vq_search against a packed codebook; returns -1, r >= 0 (x row r holds
+// inf/NaN) or -2 - r (the best score of row r is not finite: it overflowed
+// fp32). The codebook's own check is p.bad_row.
 int64_t vq_search_packed(const VqPacked& p, const void* x, int x_dtype, int64_t n, int64_t d,
                          int64_t* codes, float* best, int64_t num_threads);
 
@@ -51,7 +54,8 @@ int64_t vq_search_packed(const VqPacked& p, const void* x, int x_dtype, int64_t 
 // A row whose every score is +inf or NaN gets code 0 and best +inf.
 // Returns -1, or r >= 0 when x row r holds inf/NaN (the lowest such row), or
 // -2 - c when codebook row c does (x rows are reported first); the outputs
-// are then unspecified.
+// are then unspecified. Else -2 - k - r when the best score of row r is not
+// finite (it overflowed fp32; the lowest such row).
 int64_t vq_search(const void* x, int x_dtype, int64_t n, int64_t d, const void* cb, int cb_dtype,
                   int64_t k, int norms, const float* cn_given, int64_t* codes, float* best,
                   int64_t num_threads, int isa);
@@ -60,6 +64,31 @@ int64_t vq_search(const void* x, int x_dtype, int64_t n, int64_t d, const void* 
 // Returns as vq_search, with codebook rows numbered q * k + c.
 int64_t rvq_encode(const void* x, int dtype, int64_t n, int64_t d, const void* cbs, int64_t num_q,
                    int64_t k, int64_t n_q, int64_t* codes, int64_t num_threads, int isa);
+
+// The stages of an RVQ codebook stack, each packed as for vq_search with
+// computed norms. Immutable once built.
+struct RvqPacked {
+  int64_t k = 0, d = 0;
+  int isa = 0;
+  int64_t bad_row = -1;  // first flat row q * k + c holding inf/NaN, or -1
+  std::vector<VqPacked> stages;
+
+  int64_t nbytes() const {
+    int64_t total = 0;
+    for (const VqPacked& s : stages) total += s.nbytes();
+    return total;
+  }
+};
+
+// Packs cbs ([num_q, k, d] of dtype) for `isa` on up to num_threads threads.
+std::shared_ptr<const RvqPacked> rvq_pack(const void* cbs, int dtype, int64_t num_q, int64_t k, int64_t d,
+                                          int isa, int64_t num_threads);
+
+// rvq_encode of x ([n, d] of x_dtype) against the first n_q packed stages;
+// returns -1 or r >= 0 (x row r holds inf/NaN). The codebooks' own check is
+// p.bad_row.
+int64_t rvq_encode_packed(const RvqPacked& p, const void* x, int x_dtype, int64_t n, int64_t d,
+                          int64_t n_q, int64_t* codes, int64_t num_threads);
 
 // out[i] = sum_q cbs[q, codes[i, q]] for q < n_q, accumulated in fp32 in stage
 // order. codes: [n, n_q] int32/int64 (codes_itemsize 4/8), cbs: [num_q, k, d]

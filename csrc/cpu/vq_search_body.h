@@ -5,7 +5,8 @@
 //
 //   constexpr int W;            lanes per vector (codes per vector)
 //   V, I                        float and int32 vector types
-//   vzero, vload, vstore, vbcast, vadd, vmul, vsub, iload, istore, iramp, vupdate
+//   vzero, vload, vstore, vbcast, vadd, vmul, vsub, iload, istore, iramp, vupdate,
+//   vopaque (makes the compiler forget a vector's value)
 //
 // Packed codebook layout (PackedCodebook in vq_search.cpp): tiles of T = 2*W
 // codes, tile t holds c[t*T + l][j] at tiles[(t*d + j)*T + l], so one code
@@ -34,14 +35,22 @@ inline void search_rows(const float* xs, int64_t d, const float* tiles, const fl
     best[r] = vload(bv + r * W);
     bidx[r] = iload(bi + r * W);
   }
+  V two = vbcast(2.0f);
+  // Hide the constant: the compiler would turn x * 2 back into x + x.
+  vopaque(two);
   for (int64_t t = t0; t < t1; ++t) {
     const float* ct = tiles + t * d * T;
     V a0[R], a1[R];
-    for (int r = 0; r < R; ++r) {
-      a0[r] = vzero();
-      a1[r] = vzero();
+    {  // j = 0: the first product is the sum (0 + p == p, up to the sign of a zero)
+      const V c0 = vload(ct);
+      const V c1 = vload(ct + W);
+      for (int r = 0; r < R; ++r) {
+        const V xv = vbcast(xs[r * d]);
+        a0[r] = vmul(xv, c0);
+        a1[r] = vmul(xv, c1);
+      }
     }
-    for (int64_t j = 0; j < d; ++j) {
+    for (int64_t j = 1; j < d; ++j) {
       const V c0 = vload(ct + j * T);
       const V c1 = vload(ct + j * T + W);
       for (int r = 0; r < R; ++r) {
@@ -54,9 +63,11 @@ inline void search_rows(const float* xs, int64_t d, const float* tiles, const fl
     const V cn1 = vload(cn + t * T + W);
     const I i0 = iramp(static_cast<int32_t>(t * T));
     const I i1 = iramp(static_cast<int32_t>(t * T + W));
+    // dot * 2 == dot + dot exactly (overflow included); a multiply keeps the
+    // adder pipes, the busier ones, free.
     for (int r = 0; r < R; ++r) {
-      vupdate(best[r], bidx[r], vsub(cn0, vadd(a0[r], a0[r])), i0);
-      vupdate(best[r], bidx[r], vsub(cn1, vadd(a1[r], a1[r])), i1);
+      vupdate(best[r], bidx[r], vsub(cn0, vmul(a0[r], two)), i0);
+      vupdate(best[r], bidx[r], vsub(cn1, vmul(a1[r], two)), i1);
     }
   }
   for (int r = 0; r < R; ++r) {

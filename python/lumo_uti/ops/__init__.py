@@ -1,6 +1,7 @@
 """Kernel front of lumo_uti: validated entry points over the native modules.
 
-Public: ``classify_ids`` and ``backends()``. Each op has a pure-PyTorch
+Public: the ops below, ``PackedCodebook`` (a codebook packed once for many
+searches) and ``backends()``. Each op has a pure-PyTorch
 reference (``lumo_uti.ops.reference``), a CPU kernel (``lumo_uti._C``) and a
 CUDA kernel (``lumo_uti._C_cuda``); the native modules load lazily, and a
 missing one makes the op fall back to the reference (``backends()`` says why).
@@ -15,9 +16,10 @@ from . import _native
 from .resampler_attention import resampler_attention
 from .rowmask import rowmask_embedding_backward
 from .token_range import classify_ids
-from .vq import rvq_decode, rvq_encode, vq_search
+from .vq import PackedCodebook, rvq_decode, rvq_encode, vq_search
 
 __all__ = [
+    "PackedCodebook",
     "backends",
     "resampler_attention",
     "classify_ids",

@@ -13,6 +13,10 @@ Each op is a ``torch.library`` custom op (``lumo_uti::vq_search``,
 ``lumo_uti::rvq_encode``, ``lumo_uti::rvq_decode``) with a fake
 implementation, so ``torch.compile`` traces through it; value checks (finite
 inputs, code ranges) run inside the ops.
+
+The ops keep no state between calls: the CPU kernel converts and packs the
+codebook in every call. ``PackedCodebook`` holds a packed copy for callers
+that search one codebook many times (same results, no per-call packing).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from .vq_reference import (
     vq_search_reference,
 )
 
-__all__ = ["rvq_decode", "rvq_encode", "vq_search"]
+__all__ = ["PackedCodebook", "rvq_decode", "rvq_encode", "vq_search"]
 
 _DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _CODE_DTYPES = frozenset({torch.int32, torch.int64})
@@ -84,55 +88,12 @@ def vq_search(
     _check_float(op, "x", x)
     _check_float(op, "codebook", codebook)
     _check_same(op, "codebook", codebook, x)
-    if metric not in _METRICS:
-        raise ValueError(f"{op}: expected metric 'l2' or 'cosine', got {metric!r}")
-    if x.dim() < 1:
-        raise ValueError(f"{op}: expected x of shape [..., D], got a 0-d tensor")
-    if codebook.dim() != 2:
-        raise ValueError(f"{op}: expected codebook of shape [K, D], got {tuple(codebook.shape)}")
-    k, d = codebook.shape
-    if k == 0:
-        raise ValueError(f"{op}: expected a non-empty codebook (K >= 1), got K=0")
-    if x.shape[-1] != d:
-        raise ValueError(
-            f"{op}: expected x [..., {d}] (D of the codebook [{k}, {d}]), got {tuple(x.shape)}"
-        )
-    if d == 0:
-        raise ValueError(f"{op}: expected D >= 1, got D=0")
-    if codebook_norms is not None:
-        if metric != "l2":
-            raise ValueError(
-                f"{op}: codebook_norms apply to metric 'l2' only, got metric {metric!r}"
-            )
-        _check_float(op, "codebook_norms", codebook_norms)
-        if codebook_norms.shape != (k,):
-            raise ValueError(
-                f"{op}: expected codebook_norms of shape [{k}], got {tuple(codebook_norms.shape)}"
-            )
-        if codebook_norms.device != x.device:
-            raise ValueError(
-                f"{op}: expected codebook_norms on {x.device} (the device of x), "
-                f"got {codebook_norms.device}"
-            )
-    if normalized and metric != "cosine":
-        raise ValueError(f"{op}: normalized=True applies to metric 'cosine' only")
-
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, d)
-    cb = codebook
-    if metric == "cosine" and not normalized:
-        # Normalised in fp32 so that bf16/fp16 inputs lose nothing more.
-        x2 = F.normalize(x2.to(torch.float32), dim=-1)
-        cb = F.normalize(cb.to(torch.float32), dim=-1)
+    _check_search_options(op, codebook, metric, codebook_norms, normalized, x.device)
+    _check_rows(op, x, codebook)
+    x2 = _search_rows(x, codebook.shape[1], metric, normalized)
+    cb = _search_codebook(codebook, metric, normalized)
     codes, best = _vq_search_op(x2, cb, codebook_norms, metric == "cosine")
-    codes = codes.reshape(lead)
-    if not return_distance:
-        return codes
-    if metric == "cosine":
-        value = best * -0.5  # best = -2 dot exactly
-    else:
-        value = torch.clamp_min(sqnorm_seq(x2) + best, 0.0)
-    return codes, value.reshape(lead)
+    return _search_result(codes, best, x2, x.shape[:-1], metric, return_distance)
 
 
 def rvq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, n_q: int | None = None) -> torch.Tensor:
@@ -154,7 +115,16 @@ def rvq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, n_q: int | None = No
     _check_float(op, "x", x)
     _check_float(op, "codebooks", codebooks)
     _check_same(op, "codebooks", codebooks, x)
-    q_total, k, d = _check_codebooks(op, codebooks)
+    _check_codebooks(op, codebooks)
+    n_q = _check_rvq_rows(op, x, codebooks, n_q)
+    lead = x.shape[:-1]
+    codes = _rvq_encode_op(x.reshape(-1, codebooks.shape[2]), codebooks, n_q)
+    return codes.reshape(*lead, n_q)
+
+
+def _check_rvq_rows(op: str, x: torch.Tensor, codebooks: torch.Tensor, n_q: object) -> int:
+    """x is [..., D] with the D of codebooks [Q, K, D]; returns n_q (default Q), checked."""
+    q_total, _, d = codebooks.shape
     if x.dim() < 1 or x.shape[-1] != d:
         raise ValueError(
             f"{op}: expected x [..., {d}] (D of the codebooks {tuple(codebooks.shape)}), "
@@ -166,9 +136,7 @@ def rvq_encode(x: torch.Tensor, codebooks: torch.Tensor, *, n_q: int | None = No
         raise TypeError(f"{op}: expected n_q as an int, got {type(n_q).__name__}")
     if not 1 <= n_q <= q_total:
         raise ValueError(f"{op}: expected 1 <= n_q <= {q_total} (Q), got n_q={n_q}")
-    lead = x.shape[:-1]
-    codes = _rvq_encode_op(x.reshape(-1, d), codebooks, n_q)
-    return codes.reshape(*lead, n_q)
+    return n_q
 
 
 def rvq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
@@ -204,6 +172,262 @@ def rvq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     lead = codes.shape[:-1]
     out = _rvq_decode_op(codes.reshape(math.prod(lead), codes.shape[-1]), codebooks)
     return out.reshape(*lead, d)
+
+
+class PackedCodebook:
+    """A codebook packed once for many ``vq_search`` / ``rvq_encode`` calls.
+
+    ``vq_search`` keeps no state, so the CPU kernel converts and packs the
+    codebook in every call; for small batches (N = 1..64 rows) that is most of
+    the time. A ``PackedCodebook`` holds the packed copy and gives exactly the
+    results of the functions it stands for::
+
+        packed = PackedCodebook(codebook, metric="l2")   # codebook [K, D]
+        packed.search(x)                                 # == vq_search(x, codebook)
+        packed = PackedCodebook(codebooks)               # codebooks [Q, K, D]
+        packed.rvq_encode(x, n_q=4)                      # == rvq_encode(x, codebooks, n_q=4)
+
+    It keeps a reference to ``codebook`` (and ``codebook_norms``) and packs
+    again before the next call when PyTorch saw them change: an in-place op
+    (their version counter) or new storage. Writes that bypass the version
+    counter (``.data``, numpy views, DLPack) and any change to an inference
+    tensor (which has no version counter) are not seen: call ``refresh()``
+    after them. On CUDA, or where the native CPU module is not used, it
+    caches the prepared (normalised) codebook and calls the ops.
+
+    Args:
+        codebook: ``[K, D]`` for ``search``, or ``[Q, K, D]`` for
+            ``rvq_encode`` (metric l2 only); fp32/fp16/bf16, K, D >= 1.
+        metric, codebook_norms, normalized: as in ``vq_search``.
+
+    Raises:
+        TypeError / ValueError: as ``vq_search`` / ``rvq_encode`` for the
+            codebook and options (inf/NaN in the codebook names its row).
+    """
+
+    def __init__(
+        self,
+        codebook: torch.Tensor,
+        *,
+        metric: str = "l2",
+        codebook_norms: torch.Tensor | None = None,
+        normalized: bool = False,
+    ) -> None:
+        op = "PackedCodebook"
+        _check_float(op, "codebook", codebook)
+        if codebook.dim() == 3:
+            _check_codebooks(op, codebook)
+            if metric != "l2" or codebook_norms is not None or normalized:
+                raise ValueError(
+                    f"{op}: codebooks [Q, K, D] are for rvq_encode (metric 'l2', computed norms); "
+                    f"got metric {metric!r}, codebook_norms "
+                    f"{'given' if codebook_norms is not None else 'None'}, normalized={normalized}"
+                )
+        elif codebook.dim() == 2:
+            _check_search_options(op, codebook, metric, codebook_norms, normalized, codebook.device)
+        else:
+            raise ValueError(
+                f"{op}: expected codebook of shape [K, D] or [Q, K, D], got {tuple(codebook.shape)}"
+            )
+        self._codebook = codebook
+        self._norms = codebook_norms
+        self.metric = metric
+        self.normalized = normalized
+        self._key: tuple | None = None
+        self.refresh()
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The codebook tensor this object packs (not a copy)."""
+        return self._codebook
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._codebook.shape
+
+    def __repr__(self) -> str:
+        packed = "packed" if self._packed is not None else "not packed"
+        return (
+            f"PackedCodebook(shape={tuple(self.shape)}, dtype={_name(self._codebook.dtype)}, "
+            f"device={self._codebook.device}, metric={self.metric!r}, {packed})"
+        )
+
+    def refresh(self) -> None:
+        """Packs the codebook again now (after writes PyTorch does not see)."""
+        cb = self._codebook
+        op = "PackedCodebook"
+        if cb.dim() == 2:
+            self._cb = _search_codebook(cb, self.metric, self.normalized)
+        else:
+            self._cb = cb
+        self._cn = None
+        if self._norms is not None:
+            self._cn = self._norms.to(torch.float32).contiguous()
+            _check_finite(op, "codebook_norms", self._cn[:, None])
+        self._packed = None
+        module = _module(cb.device)
+        isa = _isa()
+        if module is not None and cb.device.type == "cpu":
+            cbc = self._cb.contiguous()
+            # SAFETY: cbc and self._cn are contiguous CPU tensors alive for the
+            # synchronous call; the packed object is a copy.
+            if cb.dim() == 2:
+                if self.metric == "cosine":
+                    mode = _NORMS_ZERO
+                elif self._cn is None:
+                    mode = _NORMS_COMPUTE
+                else:
+                    mode = _NORMS_GIVEN
+                k, d = cbc.shape
+                packed = module.vq_pack(
+                    cbc.data_ptr(),
+                    _DTYPE_CODE[cbc.dtype],
+                    k,
+                    d,
+                    mode,
+                    self._cn.data_ptr() if self._cn is not None else 0,
+                    isa,
+                    torch.get_num_threads(),
+                )
+                bad, what = packed.bad_row, "codebook"
+            else:
+                q_total, k, d = cbc.shape
+                packed = module.rvq_pack(
+                    cbc.data_ptr(),
+                    _DTYPE_CODE[cbc.dtype],
+                    q_total,
+                    k,
+                    d,
+                    isa,
+                    torch.get_num_threads(),
+                )
+                bad, what = packed.bad_row, "codebooks"
+            if bad >= 0:
+                raise ValueError(f"{op}: expected finite values, got inf/NaN in {what} row {bad}")
+            self._packed = packed
+        else:
+            what = "codebook" if cb.dim() == 2 else "codebooks"
+            _check_finite(op, what, self._cb.reshape(-1, self._cb.shape[-1]))
+        self._key = self._state(isa)
+
+    def _state(self, isa: int) -> tuple:
+        """What a change of makes the packed copy stale."""
+        key: tuple = (_tensor_state(self._codebook), isa, _native.reference_forced())
+        if self._norms is not None:
+            key += (_tensor_state(self._norms),)
+        return key
+
+    def _fresh(self) -> None:
+        if self._state(_isa()) != self._key:
+            self.refresh()
+
+    def search(
+        self, x: torch.Tensor, *, return_distance: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``vq_search(x, codebook, metric=..., ...)`` against the packed codebook.
+
+        Args:
+            x: ``[..., D]`` of the codebook's dtype and device.
+            return_distance: as in ``vq_search``.
+
+        Returns / Raises: as ``vq_search``.
+        """
+        op = "vq_search"
+        cb = self._codebook
+        if cb.dim() != 2:
+            raise ValueError(
+                f"{op}: this PackedCodebook holds codebooks {tuple(cb.shape)} [Q, K, D]; "
+                "use rvq_encode, or pack a [K, D] codebook"
+            )
+        if torch.compiler.is_compiling():
+            return vq_search(
+                x,
+                cb,
+                metric=self.metric,
+                codebook_norms=self._norms,
+                normalized=self.normalized,
+                return_distance=return_distance,
+            )
+        _check_float(op, "x", x)
+        _check_same(op, "codebook", cb, x)
+        _check_rows(op, x, cb)
+        self._fresh()
+        x2 = _search_rows(x, cb.shape[1], self.metric, self.normalized)
+        module = _module(x.device) if self._packed is not None else None
+        if module is None:
+            codes, best = _vq_search_op(x2, self._cb, self._cn, self.metric == "cosine")
+        else:
+            n, d = x2.shape
+            codes = torch.empty(n, dtype=torch.int64)
+            best = torch.empty(n, dtype=torch.float32)
+            if n:
+                xc = x2.contiguous()
+                # SAFETY: xc, codes and best are contiguous CPU tensors alive
+                # for the synchronous call; self._packed is immutable.
+                status = module.vq_search_packed(
+                    self._packed,
+                    xc.data_ptr(),
+                    _DTYPE_CODE[xc.dtype],
+                    n,
+                    d,
+                    codes.data_ptr(),
+                    best.data_ptr(),
+                    torch.get_num_threads(),
+                )
+                if status >= 0:
+                    raise ValueError(f"{op}: expected finite values, got inf/NaN in x row {status}")
+                if status <= -2:
+                    raise _overflow_error(op, -2 - status)
+        return _search_result(codes, best, x2, x.shape[:-1], self.metric, return_distance)
+
+    def rvq_encode(self, x: torch.Tensor, *, n_q: int | None = None) -> torch.Tensor:
+        """``rvq_encode(x, codebooks, n_q=n_q)`` against the packed ``[Q, K, D]`` codebooks.
+
+        Returns / Raises: as ``rvq_encode``.
+        """
+        op = "rvq_encode"
+        cbs = self._codebook
+        if cbs.dim() != 3:
+            raise ValueError(
+                f"{op}: this PackedCodebook holds a codebook {tuple(cbs.shape)} [K, D]; "
+                "use search, or pack codebooks [Q, K, D]"
+            )
+        if torch.compiler.is_compiling():
+            return rvq_encode(x, cbs, n_q=n_q)
+        _check_float(op, "x", x)
+        _check_same(op, "codebooks", cbs, x)
+        n_q = _check_rvq_rows(op, x, cbs, n_q)
+        self._fresh()
+        d = cbs.shape[2]
+        x2 = x.reshape(-1, d)
+        module = _module(x.device) if self._packed is not None else None
+        if module is None:
+            codes = _rvq_encode_op(x2, cbs, n_q)
+        else:
+            n = x2.shape[0]
+            codes = torch.empty(n, n_q, dtype=torch.int64)
+            if n:
+                xc = x2.contiguous()
+                # SAFETY: xc and codes are contiguous CPU tensors alive for the
+                # synchronous call; self._packed is immutable.
+                status = module.rvq_encode_packed(
+                    self._packed,
+                    xc.data_ptr(),
+                    _DTYPE_CODE[xc.dtype],
+                    n,
+                    d,
+                    n_q,
+                    codes.data_ptr(),
+                    torch.get_num_threads(),
+                )
+                _raise_status(op, "codebooks", status)
+        return codes.reshape(*x.shape[:-1], n_q)
+
+
+def _tensor_state(t: torch.Tensor) -> tuple:
+    """Identity of a tensor's contents as PyTorch tracks them (no version for inference tensors)."""
+    version = None if t.is_inference() else t._version
+    return (t.data_ptr(), version, t.shape, t.stride(), t.dtype, t.device)
 
 
 # ---------------------------------------------------------------------------
@@ -244,6 +468,89 @@ def _check_codebooks(op: str, codebooks: torch.Tensor) -> tuple[int, int, int]:
     return q_total, k, d
 
 
+def _check_search_options(
+    op: str,
+    codebook: torch.Tensor,
+    metric: str,
+    codebook_norms: torch.Tensor | None,
+    normalized: bool,
+    device: torch.device,
+) -> None:
+    """Metric, codebook shape ([K, D], K, D >= 1) and the norms/normalized options."""
+    if metric not in _METRICS:
+        raise ValueError(f"{op}: expected metric 'l2' or 'cosine', got {metric!r}")
+    if codebook.dim() != 2:
+        raise ValueError(f"{op}: expected codebook of shape [K, D], got {tuple(codebook.shape)}")
+    k, d = codebook.shape
+    if k == 0:
+        raise ValueError(f"{op}: expected a non-empty codebook (K >= 1), got K=0")
+    if d == 0:
+        raise ValueError(f"{op}: expected D >= 1, got D=0")
+    if codebook_norms is not None:
+        if metric != "l2":
+            raise ValueError(
+                f"{op}: codebook_norms apply to metric 'l2' only, got metric {metric!r}"
+            )
+        _check_float(op, "codebook_norms", codebook_norms)
+        if codebook_norms.shape != (k,):
+            raise ValueError(
+                f"{op}: expected codebook_norms of shape [{k}], got {tuple(codebook_norms.shape)}"
+            )
+        if codebook_norms.device != device:
+            raise ValueError(
+                f"{op}: expected codebook_norms on {device} (the device of x), "
+                f"got {codebook_norms.device}"
+            )
+    if normalized and metric != "cosine":
+        raise ValueError(f"{op}: normalized=True applies to metric 'cosine' only")
+
+
+def _check_rows(op: str, x: torch.Tensor, codebook: torch.Tensor) -> None:
+    """x is [..., D] with the D of codebook [K, D]."""
+    if x.dim() < 1:
+        raise ValueError(f"{op}: expected x of shape [..., D], got a 0-d tensor")
+    k, d = codebook.shape
+    if x.shape[-1] != d:
+        raise ValueError(
+            f"{op}: expected x [..., {d}] (D of the codebook [{k}, {d}]), got {tuple(x.shape)}"
+        )
+
+
+def _search_rows(x: torch.Tensor, d: int, metric: str, normalized: bool) -> torch.Tensor:
+    """The [N, D] rows the op searches (l2-normalised in fp32 for cosine)."""
+    x2 = x.reshape(-1, d)
+    if metric == "cosine" and not normalized:
+        # Normalised in fp32 so that bf16/fp16 inputs lose nothing more.
+        x2 = F.normalize(x2.to(torch.float32), dim=-1)
+    return x2
+
+
+def _search_codebook(codebook: torch.Tensor, metric: str, normalized: bool) -> torch.Tensor:
+    """The [K, D] codebook the op searches (l2-normalised in fp32 for cosine)."""
+    if metric == "cosine" and not normalized:
+        codebook = F.normalize(codebook.to(torch.float32), dim=-1)
+    return codebook
+
+
+def _search_result(
+    codes: torch.Tensor,
+    best: torch.Tensor,
+    x2: torch.Tensor,
+    lead: torch.Size,
+    metric: str,
+    return_distance: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """vq_search's return value from the op's (codes, best score) of the rows x2."""
+    codes = codes.reshape(lead)
+    if not return_distance:
+        return codes
+    if metric == "cosine":
+        value = best * -0.5  # best = -2 dot exactly
+    else:
+        value = torch.clamp_min(sqnorm_seq(x2) + best, 0.0)
+    return codes, value.reshape(lead)
+
+
 def _check_finite(op: str, what: str, t: torch.Tensor) -> None:
     """Raise naming the first row of ``t`` ([M, D]) that holds inf or NaN."""
     bad = ~torch.isfinite(t).all(dim=-1)
@@ -255,10 +562,13 @@ def _check_finite(op: str, what: str, t: torch.Tensor) -> None:
 def _check_overflow(op: str, best: torch.Tensor) -> None:
     bad = ~torch.isfinite(best)
     if bool(bad.any()):
-        row = int(torch.nonzero(bad)[0])
-        raise ValueError(
-            f"{op}: distances overflow fp32 for row {row} (values too large for squared norms)"
-        )
+        raise _overflow_error(op, int(torch.nonzero(bad)[0]))
+
+
+def _overflow_error(op: str, row: int) -> ValueError:
+    return ValueError(
+        f"{op}: distances overflow fp32 for row {row} (values too large for squared norms)"
+    )
 
 
 def _isa() -> int:
@@ -316,7 +626,8 @@ def _vq_search_impl(
         # SAFETY: xc, cbc, norms, codes and best are contiguous CPU tensors
         # referenced here until the synchronous call returns. The codebook is
         # packed again in every call: a cache keyed on the tensor could miss
-        # writes that bypass its version counter (``.data``, numpy views).
+        # writes that bypass its version counter (``.data``, numpy views);
+        # PackedCodebook is the explicit cache.
         status = module.vq_search(
             xc.data_ptr(),
             _DTYPE_CODE[xc.dtype],
@@ -332,17 +643,19 @@ def _vq_search_impl(
             torch.get_num_threads(),
             _isa(),
         )
+        if status <= -2 - k:  # the kernel scanned best for overflow too
+            raise _overflow_error(op, -2 - k - status)
         _raise_status(op, "codebook", status)
+        return codes, best
+    _check_finite(op, "x", x)
+    _check_finite(op, "codebook", codebook)
+    if module is None:
+        codes, best = vq_search_reference(x, codebook, norms, inner_product=inner_product)
     else:
-        _check_finite(op, "x", x)
-        _check_finite(op, "codebook", codebook)
-        if module is None:
-            codes, best = vq_search_reference(x, codebook, norms, inner_product=inner_product)
-        else:
-            xc, cbc = x.contiguous(), codebook.contiguous()
-            codes = torch.empty(n, dtype=torch.int64, device=x.device)
-            best = torch.empty(n, dtype=torch.float32, device=x.device)
-            codes, best = vq_search_cuda(module, xc, cbc, norms, mode, codes, best)
+        xc, cbc = x.contiguous(), codebook.contiguous()
+        codes = torch.empty(n, dtype=torch.int64, device=x.device)
+        best = torch.empty(n, dtype=torch.float32, device=x.device)
+        codes, best = vq_search_cuda(module, xc, cbc, norms, mode, codes, best)
     _check_overflow(op, best)
     return codes, best
 

@@ -1,0 +1,169 @@
+// Internals shared by the CPU VQ kernels (vq.cpp: packing and search;
+// vq_rvq.cpp: residual VQ). Not part of the kernel API (cpu/vq.h).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "common/vq.h"
+#include "cpu/vq.h"
+
+namespace lumo {
+namespace cpu {
+namespace vqi {
+
+enum Isa : int { kIsaAuto = 0, kIsaScalar = 1, kIsaAvx2 = 2, kIsaAvx512 = 3 };
+
+constexpr int kRows = 4;                          // rows per micro-kernel call
+constexpr int64_t kRowBlock = 64;                 // rows converted and searched together
+constexpr int64_t kCodeBlockBytes = 128 * 1024;   // packed code data swept per row block
+// Packing one codebook element costs about this many multiply-adds of search
+// (thread decisions only).
+constexpr double kPackCost = 4.0;
+// Packed storage a calling thread keeps between calls (larger buffers are
+// freed after the call): fresh pages cost about as much as packing them.
+constexpr size_t kKeepBytes = size_t{32} << 20;
+
+// Micro-kernel: running (value, index) minimum of kRows fp32 rows xs [kRows][d]
+// against tiles [t0, t1); bv/bi [kRows][W] lane states.
+using SearchFn = void (*)(const float* xs, int64_t d, const float* tiles, const float* cn, int64_t t0,
+                          int64_t t1, float* bv, int32_t* bi);
+// Packs one full tile of 2W fp32 codes (rows src[l * d .. l * d + d)) into
+// tile [d][2W]; writes each code's sqnorm to norms [2W] and returns a bit mask
+// of the codes holding inf/NaN. `next` (or null): the next tile's rows, to
+// prefetch. Null where the instruction set has none.
+using PackTileFn = uint32_t (*)(const float* src, const float* next, int64_t d, float* tile, float* norms);
+
+struct Kernel {
+  int W;
+  SearchFn fn;
+  int isa;
+  PackTileFn pack_f32;
+};
+
+Kernel pick_kernel(int isa, const char* op);
+int isa_mask();
+
+// Where tiles come from when they are packed during a search.
+struct PackSource {
+  const void* cb;        // [k, d] of dtype
+  int dtype;
+  int norms;             // VqNorms
+  const float* cn_given;  // [k] for kNormsGiven
+};
+
+// Sizes p for a k x d codebook packed for W lanes, reusing its storage (the
+// contents are unset until pack_tiles writes them).
+void pack_layout(int64_t k, int64_t d, int W, VqPacked& p);
+// Packs tiles [t0, t1) of a laid-out p, padding lanes included; returns the
+// first code row holding inf/NaN in them, or -1. Tiles are independent, so
+// any split gives the same p.
+int64_t pack_tiles(const Kernel& ker, const PackSource& src, VqPacked& p, int64_t t0, int64_t t1);
+
+// Per-thread buffers for one row block.
+struct Scratch {
+  std::vector<float> x;   // [kRowBlock][d] fp32 rows (zero past the last row)
+  std::vector<float> bv;  // [kRowBlock][W] lane minima
+  std::vector<int32_t> bi;
+  Scratch(int64_t d, int W)
+      : x(static_cast<size_t>(kRowBlock * d)), bv(static_cast<size_t>(kRowBlock * W)),
+        bi(static_cast<size_t>(kRowBlock * W)) {}
+};
+
+// Searches the `rows` fp32 rows in s.x against tiles [t0, t1) of p and writes
+// each row's (value, index) minimum; index INT32_MAX when no lane ever won.
+void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows, int64_t t0, int64_t t1,
+                  float* val, int32_t* idx);
+
+// Converts rows [r0, r0 + rows) of x into s.x (zero-padded to a multiple of
+// kRows); returns the first one holding inf/NaN, or -1.
+int64_t load_rows(const void* x, int dtype, int64_t d, int64_t r0, int64_t rows, Scratch& s);
+
+inline int64_t padded_rows(int64_t rows) { return (rows + kRows - 1) / kRows * kRows; }
+
+// Lowest bad row over threads: each thread reports its own first one.
+inline void note_bad(std::vector<int64_t>& first_bad, int64_t c, int64_t row) {
+  if (row >= 0 && (first_bad[c] < 0 || row < first_bad[c])) first_bad[c] = row;
+}
+
+inline int64_t lowest_bad(const std::vector<int64_t>& first_bad) {
+  int64_t bad = -1;
+  for (int64_t b : first_bad) {
+    if (b >= 0 && (bad < 0 || b < bad)) bad = b;
+  }
+  return bad;
+}
+
+// Status of the searches: -1 ok, r >= 0 x row r is not finite, -2 - c
+// codebook row c is not finite (x rows are reported first).
+inline int64_t status(int64_t bad_x, int64_t bad_cb) {
+  if (bad_x >= 0) return bad_x;
+  if (bad_cb >= 0) return -2 - bad_cb;
+  return -1;
+}
+
+// Row r's (value, index) minimum over the per-chunk minima pv/pi [chunks][n]
+// of a search split over code chunks. Chunks hold increasing codes and the
+// order is strict, so equal values keep the lowest code, as in one sweep.
+inline void merge_chunk_minima(const float* pv, const int32_t* pi, int64_t n, int64_t chunks, int64_t r,
+                               float& bv, int32_t& bi) {
+  bv = pv[r];
+  bi = pi[r];
+  for (int64_t u = 1; u < chunks; ++u) {
+    if (vq::pair_less(pv[u * n + r], pi[u * n + r], bv, bi)) {
+      bv = pv[u * n + r];
+      bi = pi[u * n + r];
+    }
+  }
+}
+
+inline int64_t split_begin(int64_t n, int64_t chunks, int64_t c) {
+  return n / chunks * c + std::min(c, n % chunks);
+}
+
+// Runs body(c) on the calling thread (c = 0) and on up to `helpers` threads
+// of a persistent pool (c = 1, 2, ... in the order they join), and returns
+// once every thread that joined has returned from body. Bodies take their
+// work from shared atomic counters and return when none is left, so the
+// caller never waits for a helper that has not started: on a busy machine
+// (another process, or PyTorch's OpenMP workers still spinning after the
+// previous op) the caller simply does more of the work itself. Bodies must
+// not throw. When another call is using the pool, body(0) runs alone.
+void run_parallel(int64_t helpers, const std::function<void(int64_t)>& body);
+
+// A dynamic work counter: next() hands out 0, 1, ... until `total`, then -1.
+class WorkCounter {
+ public:
+  explicit WorkCounter(int64_t total) : total_(total) {}
+  int64_t next() {
+    const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
+    return i < total_ ? i : -1;
+  }
+
+ private:
+  const int64_t total_;
+  std::atomic<int64_t> next_{0};
+};
+
+inline int64_t resolve_threads(int64_t num_threads) {
+  if (num_threads == 0) {
+    num_threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+  }
+  return num_threads;
+}
+
+// Threads worth starting for `work` multiply-adds (a start costs ~30 us).
+inline int64_t useful_threads(int64_t num_threads, double work) {
+  return std::max<int64_t>(1, std::min<int64_t>(num_threads, static_cast<int64_t>(work / 2.0e6)));
+}
+
+void check_common(const char* op, int64_t n, int64_t d, int64_t k, int dtype, int64_t num_threads);
+
+}  // namespace vqi
+}  // namespace cpu
+}  // namespace lumo
