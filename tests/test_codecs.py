@@ -13,7 +13,7 @@ from PIL import Image
 import lumo_uti
 from lumo_uti import Audio, AudioCodes, BundleError, ImageCodes, codecs
 from lumo_uti.codecs import CodecError, audio_io
-from codec_models import TINY, make, reference_codes
+from codec_models import TINY, hf_model, make, model_codes, reference_codes
 
 IMAGE = ["janus", "chameleon", "emu3"]
 AUDIO = ["encodec", "dac", "mimi"]
@@ -56,6 +56,41 @@ def test_the_codec_does_not_touch_other_model_instances(models):
     _codec(models, "encodec")
     fresh = reference_codes("encodec", models["encodec"], torch.randn(1, 1, 400))
     assert fresh.shape[-1] == 2  # the untouched model still runs its own quantiser
+
+
+def _quantizer_codebooks(name, model):
+    """The codebook tensors the quantiser of ``model`` searches (one per stage)."""
+    if name in IMAGE:
+        return [model.quantize.embedding.weight]
+    if name == "encodec":
+        return [layer.codebook.embed for layer in model.quantizer.layers]
+    if name == "dac":
+        return [stage.codebook.weight for stage in model.quantizer.quantizers]
+    split = model.quantizer  # mimi: embed is derived from embed_sum and cached (see below)
+    layers = [*split.semantic_residual_vector_quantizer.layers, *split.acoustic_residual_vector_quantizer.layers]
+    return [layer.codebook for layer in layers]
+
+
+@pytest.mark.parametrize("name", IMAGE + AUDIO)
+def test_codes_follow_a_codebook_written_after_the_first_encode(models, name):
+    # The codecs keep their codebooks packed between calls; an in-place write
+    # must reach the search, as it reaches the model's own quantiser.
+    codec, plain = _codec(models, name), hf_model(name, models[name])
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 8, 8) if name in IMAGE else torch.randn(2, 1, 800) * 0.3
+    before = codec.encode_tensor(x)
+    assert torch.equal(before, model_codes(name, plain, x))
+    with torch.no_grad():
+        for model in (codec.model, plain):
+            for codebook in _quantizer_codebooks(name, model):
+                if name == "mimi":  # a new embed_sum, and the cached embed dropped: a new tensor
+                    codebook.embed_sum.copy_(codebook.embed_sum.roll(1, dims=0))
+                    codebook._embed = None
+                else:
+                    codebook.copy_(codebook.roll(1, dims=0))
+    after = codec.encode_tensor(x)
+    assert torch.equal(after, model_codes(name, plain, x))
+    assert not torch.equal(after, before)
 
 
 # -- media --------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from ..ops import rvq_encode, vq_search
 from .base import AudioCodec
+from .codebook_cache import CodebookCache, StackedCodebookCache
 from .hf_common import CodecError, directory_identity, load_model
 
 
@@ -54,17 +54,13 @@ class _HFAudioCodec(AudioCodec):
 def _rvq_encode_module(rvq, project_in=None):
     """A replacement for an HF RVQ module's ``encode(embeddings [B, D, T], n) -> [n, B, T]``."""
 
-    cache: dict[str, torch.Tensor] = {}
+    packed = StackedCodebookCache()  # the [Q, K, D] stack, packed once per codebook state and device
 
     def encode(embeddings: torch.Tensor, num_quantizers: int | None = None) -> torch.Tensor:
         if project_in is not None:
             embeddings = project_in(embeddings)
-        key = str(embeddings.device)  # the stacked [Q, K, D] codebooks, built once per device
-        if key not in cache:
-            cache.clear()
-            cache[key] = torch.stack([layer.codebook.embed for layer in rvq.layers]).to(embeddings.device)
-        codebooks = cache[key]
-        codes = rvq_encode(embeddings.transpose(1, 2), codebooks, n_q=num_quantizers)  # [B, T, n]
+        codebooks = packed([layer.codebook.embed for layer in rvq.layers], embeddings.device)
+        codes = codebooks.rvq_encode(embeddings.transpose(1, 2), n_q=num_quantizers)  # [B, T, n]
         return codes.permute(2, 0, 1)
 
     return encode
@@ -157,15 +153,18 @@ class DacCodec(_HFAudioCodec):
         self.num_codebooks, self.codebook_size = n, config.codebook_size
         self.sample_rate, self.channels = config.sampling_rate, 1
         self.frame_rate = config.sampling_rate / config.hop_length
+        # DAC searches l2-normalised codes: each stage's normalised codebook, packed once.
+        self._stage_codebooks = [CodebookCache(metric="cosine") for _ in range(n)]
         return {"num_quantizers": n}
 
     @torch.inference_mode()
     def encode_tensor(self, waveforms: torch.Tensor) -> torch.Tensor:
         residual = self.model.encoder(waveforms.to(self.model.dtype))  # [B, H, T']
         codes = []
-        for stage in self.model.quantizer.quantizers[: self.num_codebooks]:
+        stages = self.model.quantizer.quantizers[: self.num_codebooks]
+        for stage, cache in zip(stages, self._stage_codebooks):
             projected = stage.in_proj(residual)  # [B, D, T']
-            index = vq_search(projected.transpose(1, 2), stage.codebook.weight, metric="cosine")  # [B, T']
+            index = cache(stage.codebook.weight).search(projected.transpose(1, 2))  # [B, T'], cosine
             raw = stage.codebook(index).transpose(1, 2)
             # The model's straight-through step, kept for bit-identical residuals.
             quantized = stage.out_proj(projected + (raw - projected))

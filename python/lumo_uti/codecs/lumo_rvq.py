@@ -34,8 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import rvq_decode, rvq_encode
+from ..ops import PackedCodebook, rvq_decode, rvq_encode
 from .base import AudioCodec
+from .codebook_cache import CodebookCache
 from .hf_common import CodecError, directory_identity
 
 FORMAT = "lumo-rvq"
@@ -126,9 +127,16 @@ class MdctRVQ(nn.Module):
         """``[B, T]`` -> MDCT coefficients ``[B, F, hop]``."""
         return mdct(wave, self.basis)
 
-    def encode(self, wave: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
-        """``[B, T]`` -> int64 codes ``[B, F, n_q]``."""
-        return rvq_encode(self.analyse(wave), self.codebooks, n_q=n_q)
+    def encode(self, wave: torch.Tensor, n_q: int | None = None,
+               packed: PackedCodebook | None = None) -> torch.Tensor:
+        """``[B, T]`` -> int64 codes ``[B, F, n_q]``.
+
+        ``packed``: this model's codebooks already packed (a codec's cache), else packed per call.
+        """
+        coefficients = self.analyse(wave)
+        if packed is None:
+            return rvq_encode(coefficients, self.codebooks, n_q=n_q)
+        return packed.rvq_encode(coefficients, n_q=n_q)
 
     def refine(self, coefficients: torch.Tensor) -> torch.Tensor:
         """Decoded coefficients ``[B, F, hop]`` -> post-filtered coefficients."""
@@ -202,6 +210,7 @@ class LumoRVQCodec(AudioCodec):
         if not 1 <= n <= q:
             raise CodecError(f"lumo-rvq: num_quantizers must be in [1, {q}], got {n}")
         self.num_codebooks, self.codebook_size = n, int(k)
+        self._codebooks = CodebookCache()  # packed once, not in every encode
         self.sample_rate = self.model.sample_rate
         self.frame_rate = self.sample_rate / self.model.hop
         self._identity = directory_identity(self.directory, self.kind, {"num_quantizers": n})
@@ -224,7 +233,8 @@ class LumoRVQCodec(AudioCodec):
             raise ValueError(f"lumo-rvq: expected mono waveforms [B, 1, T], got {tuple(waveforms.shape)}")
         if waveforms.shape[-1] == 0:
             raise ValueError("lumo-rvq: zero-length waveform")
-        return self.model.encode(waveforms[:, 0].float(), n_q=self.num_codebooks)
+        return self.model.encode(waveforms[:, 0].float(), n_q=self.num_codebooks,
+                                 packed=self._codebooks(self.model.codebooks))
 
     @torch.inference_mode()
     def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:

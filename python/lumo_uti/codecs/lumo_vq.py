@@ -33,8 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import vq_search
+from ..ops import PackedCodebook, vq_search
 from .base import ImageCodec
+from .codebook_cache import CodebookCache
 from .hf_common import CodecError, directory_identity
 
 FORMAT = "lumo-vq"
@@ -100,9 +101,13 @@ class PatchVQ(nn.Module):
         """``[B, 3, H, W]`` -> ``[B, D, H/p, W/p]`` (each column one flattened block)."""
         return F.pixel_unshuffle(pixels, self.patch)
 
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` in [-1, 1] -> int64 codes ``[B, H/p, W/p]``."""
-        return vq_search(self.blocks(pixels).permute(0, 2, 3, 1), self.codebook)
+    def encode(self, pixels: torch.Tensor, packed: PackedCodebook | None = None) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [-1, 1] -> int64 codes ``[B, H/p, W/p]``.
+
+        ``packed``: this model's codebook already packed (a codec's cache), else packed per call.
+        """
+        blocks = self.blocks(pixels).permute(0, 2, 3, 1)
+        return vq_search(blocks, self.codebook) if packed is None else packed.search(blocks)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """codes ``[B, h, w]`` -> looked-up blocks ``[B, D, h, w]``."""
@@ -181,6 +186,7 @@ class LumoVQCodec(ImageCodec):
             raise CodecError(f"lumo-vq: max_side must be >= {self.downsample}, got {max_side}")
         self.max_side = max_side
         self.codebook_size, self.num_codebooks = int(self.model.codebook.shape[0]), 1
+        self._codebook = CodebookCache()  # packed once, not in every encode
         self._identity = directory_identity(self.directory, self.kind, {"max_side": max_side})
 
     @property
@@ -210,7 +216,7 @@ class LumoVQCodec(ImageCodec):
         h, w = pixel_values.shape[-2:]
         if h % self.downsample or w % self.downsample or h == 0 or w == 0:
             raise ValueError(f"lumo-vq: height and width must be positive multiples of {self.downsample}, got {h}x{w}")
-        return self.model.encode(pixel_values.float())
+        return self.model.encode(pixel_values.float(), self._codebook(self.model.codebook))
 
     @torch.inference_mode()
     def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
