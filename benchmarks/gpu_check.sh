@@ -11,6 +11,9 @@ status=0
 echo "== build" | tee "$OUT/build.log"
 LUMO_CUDA=on pip install --no-build-isolation --no-deps . >>"$OUT/build.log" 2>&1 || { echo "build failed (see $OUT/build.log)"; exit 1; }
 python -c "import json, lumo_uti.ops as o; print(json.dumps(o.backends(), indent=1, default=str))" >"$OUT/backends.json" 2>&1
+# The CPU module links OpenMP expecting torch's libgomp; a CUDA torch that ships
+# a hashed copy would load two runtimes side by side. List what got mapped.
+python -c "import torch, lumo_uti._C; print(''.join(sorted({l.split()[-1] + chr(10) for l in open('/proc/self/maps') if 'omp' in l.split()[-1]})))" >"$OUT/openmp_libs.txt" 2>&1
 
 run() {  # run NAME CMD...: output to $OUT/NAME.log, remember failures
   local name="$1"; shift
