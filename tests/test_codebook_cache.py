@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from lumo_uti.codecs.codebook_cache import CodebookCache, StackedCodebookCache
@@ -46,3 +48,19 @@ def test_stacked_cache_follows_each_stage():
     assert torch.equal(repacked.rvq_encode(x), rvq_encode(x, torch.stack(stages)))
     stages[2] = torch.randn(32, 4)  # a new tensor for one stage
     assert torch.equal(cache(stages, torch.device("cpu")).rvq_encode(x), rvq_encode(x, torch.stack(stages)))
+
+
+def test_stacked_cache_keeps_the_tensors_its_key_names_alive():
+    # The key holds ids and storage addresses: a freed stage tensor could hand
+    # both to its replacement (with version 0 again), so the cache keeps the
+    # tensors it was built from until it is rebuilt.
+    torch.manual_seed(3)
+    stages = [torch.randn(32, 4) for _ in range(2)]
+    cache = StackedCodebookCache()
+    x = torch.randn(40, 4)
+    cache(stages, torch.device("cpu"))
+    old = weakref.ref(stages.pop())
+    assert old() is not None
+    stages.append(torch.randn(32, 4))
+    assert torch.equal(cache(stages, torch.device("cpu")).rvq_encode(x), rvq_encode(x, torch.stack(stages)))
+    assert old() is None  # rebuilt: the replaced tensor is released

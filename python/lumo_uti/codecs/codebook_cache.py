@@ -50,12 +50,16 @@ class StackedCodebookCache:
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._packed: PackedCodebook | None = None
+        # The tensors the key describes, kept alive so that no new tensor can
+        # take over their id and storage address while the key is in use.
+        self._sources: list[torch.Tensor] = []
 
     def __call__(self, codebooks: Sequence[torch.Tensor], device: torch.device) -> PackedCodebook:
         key = (torch.device(device),) + tuple(_state(t) for t in codebooks)
         if self._packed is None or key != self._key:
             self._packed = PackedCodebook(torch.stack(list(codebooks)).to(device))
             self._key = key
+            self._sources = list(codebooks)
         return self._packed
 
 
