@@ -53,7 +53,7 @@ import torch
 import transformers as hf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from codec_models import TINY, hf_model, make, model_codes  # noqa: E402
+from codec_models import TINY, hf_model, make, model_codes, randomize_codebooks  # noqa: E402
 
 from lumo_uti import codecs  # noqa: E402
 
@@ -73,18 +73,7 @@ def _real_model(name: str, root: Path) -> Path:
         config.num_patches = 24  # Janus-Pro: 384 px, 24 x 24 codes
     torch.manual_seed(0)
     model = getattr(hf, class_name)(config).eval()
-    with torch.no_grad():  # trained codebooks are not all-zero: give every code a distinct centroid
-        if name == "mimi":
-            for rvq in (
-                model.quantizer.semantic_residual_vector_quantizer,
-                model.quantizer.acoustic_residual_vector_quantizer,
-            ):
-                for layer in rvq.layers:
-                    layer.codebook.embed_sum.normal_()
-                    layer.codebook.cluster_usage.fill_(1.0)
-        if name == "encodec":
-            for layer in model.quantizer.layers:
-                layer.codebook.embed.normal_()
+    randomize_codebooks(name, model)  # trained codebooks are not all-zero
     path = root / name
     model.save_pretrained(path, safe_serialization=True)
     return path

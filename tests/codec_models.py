@@ -57,17 +57,25 @@ def make(name: str, root: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = getattr(hf, class_name.replace("Model", "") + "Config" if class_name.endswith("Model") else class_name + "Config")(**kwargs)
     model = getattr(hf, class_name)(config).eval()
-    if name == "mimi":  # random codebooks: give every code a distinct, non-degenerate centroid
-        for rvq in (model.quantizer.semantic_residual_vector_quantizer, model.quantizer.acoustic_residual_vector_quantizer):
-            for layer in rvq.layers:
-                layer.codebook.embed_sum.normal_()
-                layer.codebook.cluster_usage.fill_(1.0)
-    if name == "encodec":
-        for layer in model.quantizer.layers:
-            layer.codebook.embed.normal_()
+    randomize_codebooks(name, model)
     path = root / name
     model.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def randomize_codebooks(name: str, model) -> None:
+    """Random codebooks for EnCodec and Mimi, whose configs start all-zero (every search one big tie):
+    every code gets a distinct, non-degenerate centroid."""
+    with torch.no_grad():
+        if name == "mimi":
+            split = model.quantizer
+            for rvq in (split.semantic_residual_vector_quantizer, split.acoustic_residual_vector_quantizer):
+                for layer in rvq.layers:
+                    layer.codebook.embed_sum.normal_()
+                    layer.codebook.cluster_usage.fill_(1.0)
+        if name == "encodec":
+            for layer in model.quantizer.layers:
+                layer.codebook.embed.normal_()
 
 
 def hf_model(name: str, path: Path):

@@ -14,6 +14,7 @@
 #endif
 
 #include "common/checks.h"
+#include "cpu/isa.h"
 #include "cpu/resampler_attn_math.h"
 #include "cpu/thread_pool.h"
 
@@ -105,8 +106,6 @@ inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 #endif
 #endif  // x86
 
-enum Isa : int { kIsaAuto = 0, kIsaScalar = 1, kIsaAvx2 = 2, kIsaAvx512 = 3 };
-
 using ScoreFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float, float*,
                          int64_t);
 using GemmFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
@@ -118,18 +117,16 @@ struct Kernels {
 };
 
 int isa_mask_impl() {
-  int mask = 1 << kIsaScalar;
 #ifdef LUMO_RA_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) mask |= 1 << kIsaAvx2;
-  if (__builtin_cpu_supports("avx512f")) mask |= 1 << kIsaAvx512;
+  return isa_support_mask(/*avx2_needs_fma=*/true);
+#else
+  return 1 << kIsaScalar;  // no vector kernels compiled
 #endif
-  return mask;
 }
 
 Kernels pick_kernels(int64_t isa, const char* op) {
   const int mask = isa_mask_impl();
-  if (isa == kIsaAuto) isa = (mask >> kIsaAvx512 & 1) ? kIsaAvx512 : (mask >> kIsaAvx2 & 1) ? kIsaAvx2 : kIsaScalar;
+  isa = resolve_isa(isa, mask);
   LUMO_CHECK(isa >= kIsaScalar && isa <= kIsaAvx512 && (mask >> isa & 1), op,
              "an instruction set this CPU runs (isa bit in resampler_attn_isa_mask())", isa);
 #ifdef LUMO_RA_X86

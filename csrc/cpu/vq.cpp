@@ -248,18 +248,16 @@ inline uint32_t pack_tile_f32(const float* src, const float* next, int64_t d, fl
 namespace vqi {
 
 int isa_mask() {
-  int mask = 1 << kIsaScalar;
 #ifdef LUMO_VQ_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2")) mask |= 1 << kIsaAvx2;
-  if (__builtin_cpu_supports("avx512f")) mask |= 1 << kIsaAvx512;
+  return isa_support_mask(/*avx2_needs_fma=*/false);
+#else
+  return 1 << kIsaScalar;  // no vector kernels compiled
 #endif
-  return mask;
 }
 
 Kernel pick_kernel(int isa, const char* op) {
   const int mask = isa_mask();
-  if (isa == kIsaAuto) isa = (mask >> kIsaAvx512 & 1) ? kIsaAvx512 : (mask >> kIsaAvx2 & 1) ? kIsaAvx2 : kIsaScalar;
+  isa = static_cast<int>(resolve_isa(isa, mask));
   LUMO_CHECK(isa >= kIsaScalar && isa <= kIsaAvx512 && (mask >> isa & 1), op,
              "an instruction set this CPU runs (isa bit in vq_isa_mask())", isa);
 #ifdef LUMO_VQ_X86

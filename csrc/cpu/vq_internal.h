@@ -11,13 +11,12 @@
 #include <vector>
 
 #include "common/vq.h"
+#include "cpu/isa.h"
 #include "cpu/vq.h"
 
 namespace lumo {
 namespace cpu {
 namespace vqi {
-
-enum Isa : int { kIsaAuto = 0, kIsaScalar = 1, kIsaAvx2 = 2, kIsaAvx512 = 3 };
 
 constexpr int kRows = 4;                          // rows per micro-kernel call
 constexpr int64_t kRowBlock = 64;                 // rows converted and searched together
