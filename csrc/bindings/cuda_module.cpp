@@ -11,7 +11,12 @@
 
 namespace py = pybind11;
 
-PYBIND11_MODULE(_C_cuda, m) {
+// The tests build the same sources as `_C_simt` over a CPU emulator (tests/simt).
+#ifndef LUMO_CUDA_MODULE_NAME
+#define LUMO_CUDA_MODULE_NAME _C_cuda
+#endif
+
+PYBIND11_MODULE(LUMO_CUDA_MODULE_NAME, m) {
   m.doc() = "LumoOmni CUDA kernels (torch-free). Private: use lumo_uti.ops.";
   lumo::bindings::bind_all(m);
   m.def("device_count", &lumo::cuda::device_count, py::call_guard<py::gil_scoped_release>(),

@@ -7,6 +7,16 @@
 #include <stdexcept>
 #include <string>
 
+// Kernel launches and dynamic shared memory are spelled through these macros so
+// that the SIMT emulator of the tests (tests/simt/simt.h, which defines them
+// first) can compile and run these files as plain C++ on a machine without a GPU.
+#ifndef LUMO_LAUNCH
+#define LUMO_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#endif
+#ifndef LUMO_DYNAMIC_SMEM
+#define LUMO_DYNAMIC_SMEM(T, name) extern __shared__ T name[]
+#endif
+
 namespace lumo {
 namespace cuda {
 

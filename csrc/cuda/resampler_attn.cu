@@ -60,7 +60,7 @@ __global__ void forward_kernel(const void* __restrict__ q, const void* __restric
                                const void* __restrict__ v_ctx, const void* __restrict__ k_lat,
                                const void* __restrict__ v_lat, const uint8_t* __restrict__ mask,
                                void* __restrict__ out, float* __restrict__ lse, Shape s) {
-  extern __shared__ float smem[];
+  LUMO_DYNAMIC_SMEM(float, smem);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t rows = s.B * s.Hq * s.L;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
@@ -125,7 +125,7 @@ __global__ void dq_kernel(const void* __restrict__ dout, const void* __restrict_
                           const uint8_t* __restrict__ mask, const void* __restrict__ out,
                           const float* __restrict__ lse, void* __restrict__ dq,
                           float* __restrict__ delta, Shape s) {
-  extern __shared__ float smem[];
+  LUMO_DYNAMIC_SMEM(float, smem);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t rows = s.B * s.Hq * s.L;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
@@ -292,7 +292,7 @@ void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
   const size_t shmem = sizeof(float) * kWarpsPerBlock * D;
   dispatch(dtype, [&](auto dt) {
     constexpr int DT = decltype(dt)::value;
-    forward_kernel<DT><<<blocks, kWarpsPerBlock * kWarp, shmem, st>>>(
+    LUMO_LAUNCH(forward_kernel<DT>, blocks, kWarpsPerBlock * kWarp, shmem, st)(
         q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, s);
   });
   throw_on_error(cudaGetLastError(), op, "kernel launch");
@@ -319,9 +319,9 @@ void resampler_attn_backward(const void* dout, const void* q, const void* k_ctx,
   const size_t shmem = sizeof(float) * kWarpsPerBlock * 2 * D;
   dispatch(dtype, [&](auto dt) {
     constexpr int DT = decltype(dt)::value;
-    dq_kernel<DT><<<q_blocks, kWarpsPerBlock * kWarp, shmem, st>>>(
+    LUMO_LAUNCH(dq_kernel<DT>, q_blocks, kWarpsPerBlock * kWarp, shmem, st)(
         dout, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, dq, delta, s);
-    dkv_kernel<DT><<<k_blocks, kWarpsPerBlock * kWarp, 0, st>>>(
+    LUMO_LAUNCH(dkv_kernel<DT>, k_blocks, kWarpsPerBlock * kWarp, 0, st)(
         dout, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, lse, delta, dk_ctx, dv_ctx, dk_lat,
         dv_lat, s);
   });

@@ -66,7 +66,7 @@ void rowmask_segment_reduce(const int64_t* positions, int64_t num_hits, const in
   const dim3 grid(static_cast<unsigned>(col_blocks),
                   static_cast<unsigned>(std::min<int64_t>(num_rows, kMaxRowBlocks)));
   const int64_t row_bytes = grad_row_stride * rowmask::dtype_size(static_cast<int>(dtype));
-  segment_reduce_kernel<<<grid, kThreads, 0, s>>>(positions, offsets,
+  LUMO_LAUNCH(segment_reduce_kernel, grid, kThreads, 0, s)(positions, offsets,
                                                   static_cast<const char*>(grad),
                                                   static_cast<int>(dtype), dim, row_bytes,
                                                   num_rows, out);

@@ -39,10 +39,10 @@ void classify_ids(const void* ids, int64_t ids_itemsize, int64_t n, const int64_
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
   if (ids_itemsize == 4) {
-    classify_kernel<int32_t><<<blocks, kThreads, 0, s>>>(static_cast<const int32_t*>(ids), n,
+    LUMO_LAUNCH(classify_kernel<int32_t>, blocks, kThreads, 0, s)(static_cast<const int32_t*>(ids), n,
                                                          bounds, num_bounds, out);
   } else {
-    classify_kernel<int64_t><<<blocks, kThreads, 0, s>>>(static_cast<const int64_t*>(ids), n,
+    LUMO_LAUNCH(classify_kernel<int64_t>, blocks, kThreads, 0, s)(static_cast<const int64_t*>(ids), n,
                                                          bounds, num_bounds, out);
   }
   throw_on_error(cudaGetLastError(), op, "kernel launch");

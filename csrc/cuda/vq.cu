@@ -201,14 +201,14 @@ void launch_search(const void* x, int x_dtype, int64_t n, int64_t d, const void*
   splits = ceil_div(tiles, per_split);  // no empty split
   const dim3 grid(static_cast<unsigned>(ceil_div(n, kTileRows)), static_cast<unsigned>(splits));
   if (d <= 4) {
-    search_kernel<4><<<grid, kThreads, 0, s>>>(x, x_dtype, n, d, cb, cb_dtype, k, cn, per_split, part_val, part_idx);
+    LUMO_LAUNCH(search_kernel<4>, grid, kThreads, 0, s)(x, x_dtype, n, d, cb, cb_dtype, k, cn, per_split, part_val, part_idx);
   } else if (d <= 8) {
-    search_kernel<8><<<grid, kThreads, 0, s>>>(x, x_dtype, n, d, cb, cb_dtype, k, cn, per_split, part_val, part_idx);
+    LUMO_LAUNCH(search_kernel<8>, grid, kThreads, 0, s)(x, x_dtype, n, d, cb, cb_dtype, k, cn, per_split, part_val, part_idx);
   } else {
-    search_kernel<16><<<grid, kThreads, 0, s>>>(x, x_dtype, n, d, cb, cb_dtype, k, cn, per_split, part_val, part_idx);
+    LUMO_LAUNCH(search_kernel<16>, grid, kThreads, 0, s)(x, x_dtype, n, d, cb, cb_dtype, k, cn, per_split, part_val, part_idx);
   }
   throw_on_error(cudaGetLastError(), op, "search kernel launch");
-  finalize_kernel<<<static_cast<unsigned>(ceil_div(n, 256)), 256, 0, s>>>(
+  LUMO_LAUNCH(finalize_kernel, static_cast<unsigned>(ceil_div(n, 256)), 256, 0, s)(
       part_val, part_idx, splits, n, codes, code_stride, best, residual, cb, cb_dtype, d);
   throw_on_error(cudaGetLastError(), op, "finalize kernel launch");
 }
@@ -243,7 +243,7 @@ void vq_search(const void* x, int x_dtype, int64_t n, int64_t d, const void* cb,
   DeviceGuard guard(device, op);
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   if (norms == 0) {
-    norms_kernel<<<static_cast<unsigned>(ceil_div(k, 256)), 256, 0, s>>>(cb, cb_dtype, k, d, cn);
+    LUMO_LAUNCH(norms_kernel, static_cast<unsigned>(ceil_div(k, 256)), 256, 0, s)(cb, cb_dtype, k, d, cn);
     throw_on_error(cudaGetLastError(), op, "norms kernel launch");
   } else if (norms == 2) {
     throw_on_error(cudaMemsetAsync(cn, 0, static_cast<size_t>(k) * sizeof(float), s), op, "cudaMemsetAsync");
@@ -265,12 +265,12 @@ void rvq_encode(const void* x, int dtype, int64_t n, int64_t d, const void* cbs,
   DeviceGuard guard(device, op);
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   const int elem = dtype == vq::kF32 ? 4 : 2;
-  to_float_kernel<<<static_cast<unsigned>(std::min<int64_t>(ceil_div(n * d, 256), 4096)), 256, 0, s>>>(
+  LUMO_LAUNCH(to_float_kernel, static_cast<unsigned>(std::min<int64_t>(ceil_div(n * d, 256), 4096)), 256, 0, s)(
       x, dtype, n * d, residual);
   throw_on_error(cudaGetLastError(), op, "conversion kernel launch");
   for (int64_t q = 0; q < n_q; ++q) {
     const void* cb = static_cast<const char*>(cbs) + q * k * d * elem;
-    norms_kernel<<<static_cast<unsigned>(ceil_div(k, 256)), 256, 0, s>>>(cb, dtype, k, d, cn + q * k);
+    LUMO_LAUNCH(norms_kernel, static_cast<unsigned>(ceil_div(k, 256)), 256, 0, s)(cb, dtype, k, d, cn + q * k);
     throw_on_error(cudaGetLastError(), op, "norms kernel launch");
   }
   // The residual stays in device memory (L2 for typical sizes) between stages.
@@ -292,7 +292,7 @@ void rvq_decode(const void* codes, int64_t codes_itemsize, int64_t n, int64_t n_
   LUMO_CHECK(out && (n_q == 0 || (codes && cbs)), op, "non-null pointers", "null");
   DeviceGuard guard(device, op);
   const auto s = reinterpret_cast<cudaStream_t>(stream);
-  decode_kernel<<<static_cast<unsigned>(std::min<int64_t>(ceil_div(n * d, 256), 8192)), 256, 0, s>>>(
+  LUMO_LAUNCH(decode_kernel, static_cast<unsigned>(std::min<int64_t>(ceil_div(n * d, 256), 8192)), 256, 0, s)(
       codes, codes_itemsize, n, n_q, cbs, dtype, k, d, out);
   throw_on_error(cudaGetLastError(), op, "decode kernel launch");
 }

@@ -132,6 +132,17 @@ def cuda() -> ModuleType | None:
     return _cuda_module if _cuda_usable else None
 
 
+def queue(device: "torch.device") -> tuple[int, int]:
+    """(stream handle, device index) a ``_C_cuda`` call enqueues on: the current stream.
+
+    Every op front asks here, so the tests can run the CUDA paths on host
+    memory through the SIMT emulator (tests/test_cuda_simt.py).
+    """
+    import torch
+
+    return torch.cuda.current_stream(device).cuda_stream, device.index
+
+
 def cpu_reason() -> str | None:
     cpu()
     return _cpu_reason

@@ -236,11 +236,10 @@ def _fwd_impl(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale):
     # SAFETY: every tensor above is contiguous, lives in this frame until the
     # call returns (CPU) or is used on its device's current stream (CUDA), and
     # has the sizes given.
-    if q.device.type == "cpu":
+    if module is _native.cpu():
         module.resampler_attn_forward(*args, torch.get_num_threads(), _isa())
     else:
-        stream = torch.cuda.current_stream(q.device).cuda_stream
-        module.resampler_attn_forward(*args, stream, q.device.index)
+        module.resampler_attn_forward(*args, *_native.queue(q.device))
     return out, lse
 
 
@@ -261,12 +260,11 @@ def _bwd_impl(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale
     args = [*(_ptr(t) for t in ts), _ptr(mask), _ptr(out), _ptr(lse), *(_ptr(g) for g in grads),
             B, Hq, Hkv, L, N, D, scale, _DTYPE_CODE[q.dtype]]
     # SAFETY: as in _fwd_impl; the gradients are fresh contiguous tensors.
-    if q.device.type == "cpu":
+    if module is _native.cpu():
         module.resampler_attn_backward(*args, torch.get_num_threads(), _isa())
     else:
         delta = torch.empty((B, Hq, L), dtype=torch.float32, device=q.device)  # workspace
-        stream = torch.cuda.current_stream(q.device).cuda_stream
-        module.resampler_attn_backward(*args, _ptr(delta), stream, q.device.index)
+        module.resampler_attn_backward(*args, _ptr(delta), *_native.queue(q.device))
     return tuple(grads)
 
 

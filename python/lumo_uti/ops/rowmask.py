@@ -183,12 +183,11 @@ def _cuda(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: i
     device = ids.device
     pos, offsets = bucket_positions(flat_ids, row_start, num_rows)
     out = torch.empty(num_rows, grad_out.shape[-1], dtype=torch.float32, device=device)
-    stream = torch.cuda.current_stream(device).cuda_stream
     # SAFETY: pos, offsets, g and out live on `device` and are used on its
     # current stream, so the caching allocator keeps them until the kernel ran.
     module.rowmask_segment_reduce(
         pos.data_ptr(), pos.numel(), offsets.data_ptr(), g.data_ptr(), _GRAD_DTYPES[g.dtype],
-        g.shape[0], g.shape[1], _row_stride(g), num_rows, out.data_ptr(), stream, device.index,
+        g.shape[0], g.shape[1], _row_stride(g), num_rows, out.data_ptr(), *_native.queue(device),
     )
     return out
 

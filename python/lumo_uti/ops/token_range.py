@@ -262,12 +262,11 @@ def _classify_cuda(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
     kids = _kernel_ids(ids)
     b = boundaries.contiguous()
     out = torch.empty(ids.shape, dtype=torch.int32, device=ids.device)
-    stream = torch.cuda.current_stream(ids.device).cuda_stream
     # SAFETY: kids, b and out live on ids.device and are used on its current
     # stream, so the caching allocator keeps their memory until the kernel ran.
     module.classify_ids(
         kids.data_ptr(), kids.element_size(), kids.numel(), b.data_ptr(), b.numel(),
-        out.data_ptr(), stream, ids.device.index,
+        out.data_ptr(), *_native.queue(ids.device),
     )
     return out
 

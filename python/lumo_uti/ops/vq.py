@@ -588,6 +588,15 @@ def _module(device: torch.device):  # noqa: ANN202 - the native module for devic
     return None
 
 
+def _is_cpu(module) -> bool:  # noqa: ANN001
+    """True for ``_C`` (synchronous, host memory); False for ``_C_cuda`` and its emulator.
+
+    The paths branch on the module rather than the tensor's device, so the
+    tests can run the CUDA path on host memory (tests/test_cuda_simt.py).
+    """
+    return module is _native.cpu()
+
+
 def _raise_status(op: str, what: str, status: int) -> None:
     """Raise for a non-finite row reported by the CPU kernel (see csrc/cpu/vq.h)."""
     if status >= 0:
@@ -618,7 +627,7 @@ def _vq_search_impl(
         _check_finite(op, "codebook_norms", norms[:, None])
     mode = _NORMS_ZERO if inner_product else (_NORMS_COMPUTE if norms is None else _NORMS_GIVEN)
     module = _module(x.device)
-    if module is not None and x.device.type == "cpu":
+    if module is not None and _is_cpu(module):
         # The CPU kernel checks finiteness while it converts (one pass less).
         xc, cbc = x.contiguous(), codebook.contiguous()
         codes = torch.empty(n, dtype=torch.int64)
@@ -682,7 +691,7 @@ def _rvq_encode_impl(x: torch.Tensor, codebooks: torch.Tensor, n_q: int) -> torc
     if n == 0:
         return x.new_empty(0, n_q, dtype=torch.int64)
     module = _module(x.device)
-    if module is not None and x.device.type == "cpu":
+    if module is not None and _is_cpu(module):
         xc, cbc = x.contiguous(), codebooks.contiguous()
         codes = torch.empty(n, n_q, dtype=torch.int64)
         # SAFETY: contiguous CPU tensors referenced until the call returns.
@@ -729,7 +738,7 @@ def _rvq_decode_impl(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tens
     module = _module(codes.device)
     if n == 0:
         return codebooks.new_empty(0, d)
-    if module is None or codes.device.type != "cpu":
+    if module is None or not _is_cpu(module):
         bad = (codes < 0) | (codes >= k)
         if bool(bad.any()):
             raise _range_error(codes, int(torch.nonzero(bad.reshape(-1))[0]), k)

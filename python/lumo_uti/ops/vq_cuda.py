@@ -10,17 +10,15 @@ from types import ModuleType
 
 import torch
 
+from . import _native
+
 _DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-
-
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
 
 
 def _workspace(
     module: ModuleType, n: int, k: int, device: torch.device
 ) -> tuple[int, torch.Tensor, torch.Tensor]:
-    splits = module.vq_search_splits(n, k, device.index)
+    splits = module.vq_search_splits(n, k, _native.queue(device)[1])
     part_val = torch.empty(splits * n, dtype=torch.float32, device=device)
     part_idx = torch.empty(splits * n, dtype=torch.int32, device=device)
     return splits, part_val, part_idx
@@ -57,8 +55,7 @@ def vq_search_cuda(
         part_val.data_ptr(),
         part_idx.data_ptr(),
         splits,
-        _stream(dev),
-        dev.index,
+        *_native.queue(dev),
     )
     return codes, best
 
@@ -90,8 +87,7 @@ def rvq_encode_cuda(
         part_val.data_ptr(),
         part_idx.data_ptr(),
         splits,
-        _stream(dev),
-        dev.index,
+        *_native.queue(dev),
     )
     return codes
 
@@ -114,7 +110,6 @@ def rvq_decode_cuda(module: ModuleType, codes: torch.Tensor, cbs: torch.Tensor) 
         k,
         d,
         out.data_ptr(),
-        _stream(dev),
-        dev.index,
+        *_native.queue(dev),
     )
     return out.to(cbs.dtype)

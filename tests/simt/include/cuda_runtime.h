@@ -1,0 +1,84 @@
+// Stand-in for <cuda_runtime.h> in the SIMT emulator (tests/simt/simt.h): the
+// few runtime calls csrc/cuda uses, over host memory, one emulated device.
+#pragma once
+
+#include <cstring>
+
+#include "../simt.h"
+
+typedef int cudaError_t;
+enum : int {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorNoDevice = 100,
+  cudaErrorInvalidDevice = 101,
+};
+typedef struct CUstream_st* cudaStream_t;
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+
+inline cudaError_t cudaGetLastError() {
+  const int err = ::simt::last_error();
+  ::simt::last_error() = cudaSuccess;
+  return err;
+}
+
+inline const char* cudaGetErrorName(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    default: return "cudaErrorUnknown";
+  }
+}
+
+inline const char* cudaGetErrorString(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    default: return "unknown error";
+  }
+}
+
+inline cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaSetDevice(int device) {
+  if (device == 0) return cudaSuccess;
+  ::simt::last_error() = cudaErrorInvalidDevice;
+  return cudaErrorInvalidDevice;
+}
+
+inline cudaError_t cudaRuntimeGetVersion(int* version) {
+  *version = 13000;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaDriverGetVersion(int* version) {
+  *version = 13000;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return cudaErrorInvalidDevice;
+  if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
+  *value = ::simt::settings().sm_count;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
+  std::memset(ptr, value, count);
+  return cudaSuccess;
+}
