@@ -1,6 +1,10 @@
 // CUDA resampler cross-attention (see resampler_attn.h).
 //
-// Layout: a warp owns one query row (forward, dq) or one key row (dk/dv).
+// Head dims D <= 128 run the tiled kernels of resampler_attn_tiled.cuh (K/V or
+// query tiles in shared memory, reused by a block's rows). Larger D (<= 256)
+// runs the row-wise kernels below.
+//
+// Row-wise layout: a warp owns one query row (forward, dq) or one key row (dk/dv).
 // Lane t holds dims t, t+32, ... of the row (D <= 256: at most 8 per lane).
 // Reductions over lanes use a fixed shuffle tree and then broadcast lane 0's
 // value, so every lane sees bit-identical sums and the results do not depend
@@ -13,44 +17,16 @@
 #include "common/checks.h"
 #include "cpu/resampler_attn_math.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/resampler_attn_common.cuh"
+#include "cuda/resampler_attn_tiled.cuh"
 
 namespace lumo {
 namespace cuda {
 namespace {
 
-namespace ra = ::lumo::resampler;
+using namespace resampler_kernels;  // NOLINT: the kernels' own helpers
 
-constexpr int kWarp = 32;
 constexpr int kMaxPerLane = 8;  // D <= 256
-constexpr int kWarpsPerBlock = 4;
-constexpr unsigned kFull = 0xffffffffu;
-
-__device__ inline float warp_sum(float v) {
-  for (int off = kWarp / 2; off > 0; off /= 2) v += __shfl_down_sync(kFull, v, off);
-  return __shfl_sync(kFull, v, 0);
-}
-
-__device__ inline float warp_max(float v) {
-  for (int off = kWarp / 2; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(kFull, v, off));
-  return v;
-}
-
-struct Shape {
-  int64_t B, Hq, Hkv, L, N, D;
-  float scale;
-};
-
-// Key row j of (b, g): context rows [0, N), then latent rows [0, L).
-template <int DT>
-__device__ inline const void* key_base(const void* ctx, const void* lat, int64_t bg, int64_t j,
-                                       const Shape& s, int64_t* off) {
-  if (j < s.N) {
-    *off = (bg * s.N + j) * s.D;
-    return ctx;
-  }
-  *off = (bg * s.L + (j - s.N)) * s.D;
-  return lat;
-}
 
 // Forward: block = kWarpsPerBlock query rows of one (b, hq); grid.x over rows.
 // Online softmax over the context keys then the latent keys, tile of 32 keys
@@ -80,7 +56,7 @@ __global__ void forward_kernel(const void* __restrict__ q, const void* __restric
     float sc = -INFINITY;
     if (j < T && !(j < s.N && mask && !mask[b * s.N + j])) {
       int64_t off;
-      const void* kb = key_base<DT>(k_ctx, k_lat, bg, j, s, &off);
+      const void* kb = key_base(k_ctx, k_lat, bg, j, s, &off);
       float dot = 0.f;
       for (int64_t d = 0; d < s.D; ++d) dot += qs[d] * ra::load<DT>(kb, off + d);
       sc = dot * s.scale;
@@ -97,7 +73,7 @@ __global__ void forward_kernel(const void* __restrict__ q, const void* __restric
       const float pt = __shfl_sync(kFull, p, t);
       if (pt == 0.f) continue;  // warp-uniform branch
       int64_t off;
-      const void* vb = key_base<DT>(v_ctx, v_lat, bg, tile + t, s, &off);
+      const void* vb = key_base(v_ctx, v_lat, bg, tile + t, s, &off);
 #pragma unroll
       for (int k = 0; k < kMaxPerLane; ++k) {
         const int64_t d = lane + k * kWarp;
@@ -153,8 +129,8 @@ __global__ void dq_kernel(const void* __restrict__ dout, const void* __restrict_
     float ds = 0.f;
     if (j < T && !(j < s.N && mask && !mask[b * s.N + j])) {
       int64_t off;
-      const void* kb = key_base<DT>(k_ctx, k_lat, bg, j, s, &off);
-      const void* vb = key_base<DT>(v_ctx, v_lat, bg, j, s, &off);
+      const void* kb = key_base(k_ctx, k_lat, bg, j, s, &off);
+      const void* vb = key_base(v_ctx, v_lat, bg, j, s, &off);
       float dot = 0.f, dp = 0.f;
       for (int64_t d = 0; d < s.D; ++d) {
         dot += qs[d] * ra::load<DT>(kb, off + d);
@@ -168,7 +144,7 @@ __global__ void dq_kernel(const void* __restrict__ dout, const void* __restrict_
       const float dst = __shfl_sync(kFull, ds, t);
       if (dst == 0.f) continue;
       int64_t off;
-      const void* kb = key_base<DT>(k_ctx, k_lat, bg, tile + t, s, &off);
+      const void* kb = key_base(k_ctx, k_lat, bg, tile + t, s, &off);
 #pragma unroll
       for (int k = 0; k < kMaxPerLane; ++k) {
         const int64_t d = lane + k * kWarp;
@@ -199,8 +175,8 @@ __global__ void dkv_kernel(const void* __restrict__ dout, const void* __restrict
   if (key >= s.B * s.Hkv * T) return;
   const int64_t bg = key / T, j = key % T, b = bg / s.Hkv, g = bg % s.Hkv;
   int64_t off;
-  const void* kb = key_base<DT>(k_ctx, k_lat, bg, j, s, &off);
-  const void* vb = key_base<DT>(v_ctx, v_lat, bg, j, s, &off);
+  const void* kb = key_base(k_ctx, k_lat, bg, j, s, &off);
+  const void* vb = key_base(v_ctx, v_lat, bg, j, s, &off);
   void* dkb = j < s.N ? dk_ctx : dk_lat;
   void* dvb = j < s.N ? dv_ctx : dv_lat;
   float kj[kMaxPerLane], vj[kMaxPerLane], dk[kMaxPerLane], dv[kMaxPerLane];
@@ -267,6 +243,25 @@ int blocks_for(int64_t warps, const char* op) {
   return static_cast<int>(blocks);
 }
 
+// Grid of the tiled kernels: x over (batch, KV head) pairs, y over chunks of
+// `per_block` query rows (or keys) of the pair.
+dim3 tiled_grid(int64_t pairs, int64_t items, int per_block, const char* op) {
+  const int64_t chunks = (items + per_block - 1) / per_block;
+  LUMO_CHECK_RANGE(pairs <= 2147483647LL, op, "B * Hkv < 2^31", pairs);
+  LUMO_CHECK_RANGE(chunks <= 65535, op, "at most 65535 * 16 query rows or keys per KV head", items);
+  return dim3(static_cast<unsigned>(pairs), static_cast<unsigned>(chunks));
+}
+
+// Lets `kernel` use `bytes` of dynamic shared memory (beyond 48 KB is opt-in).
+template <typename Kernel>
+void allow_smem(Kernel* kernel, size_t bytes, const char* op) {
+  if (bytes > 48 * 1024) {
+    throw_on_error(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bytes)),
+                   op, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  }
+}
+
 template <typename Fn>
 void dispatch(int64_t dtype, const Fn& fn) {
   if (dtype == ra::kF32) fn(std::integral_constant<int, ra::kF32>{});
@@ -288,6 +283,18 @@ void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
   LUMO_CHECK(N == 0 || (k_ctx && v_ctx), op, "non-null k_ctx/v_ctx for N > 0", "null");
   DeviceGuard guard(device, op);
   const auto st = reinterpret_cast<cudaStream_t>(stream);
+  if (D <= kTiledMaxD) {
+    const dim3 grid = tiled_grid(B * Hkv, (Hq / Hkv) * L, kRows, op);
+    const size_t bytes = sizeof(float) * static_cast<size_t>(forward_smem_floats(static_cast<int>(D)));
+    dispatch(dtype, [&](auto dt) {
+      constexpr int DT = decltype(dt)::value;
+      allow_smem(forward_tiled_kernel<DT>, bytes, op);
+      LUMO_LAUNCH(forward_tiled_kernel<DT>, grid, kWarpsPerBlock * kWarp, bytes, st)(
+          q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, s);
+    });
+    throw_on_error(cudaGetLastError(), op, "kernel launch");
+    return;
+  }
   const int blocks = blocks_for(B * Hq * L, op);
   const size_t shmem = sizeof(float) * kWarpsPerBlock * D;
   dispatch(dtype, [&](auto dt) {
@@ -314,6 +321,24 @@ void resampler_attn_backward(const void* dout, const void* q, const void* k_ctx,
              "non-null context pointers for N > 0", "null");
   DeviceGuard guard(device, op);
   const auto st = reinterpret_cast<cudaStream_t>(stream);
+  if (D <= kTiledMaxD) {
+    const dim3 q_grid = tiled_grid(B * Hkv, (Hq / Hkv) * L, kRows, op);
+    const dim3 k_grid = tiled_grid(B * Hkv, N + L, kKeys, op);
+    const size_t q_bytes = sizeof(float) * static_cast<size_t>(dq_smem_floats(static_cast<int>(D)));
+    const size_t k_bytes = sizeof(float) * static_cast<size_t>(dkv_smem_floats(static_cast<int>(D)));
+    dispatch(dtype, [&](auto dt) {
+      constexpr int DT = decltype(dt)::value;
+      allow_smem(dq_tiled_kernel<DT>, q_bytes, op);
+      allow_smem(dkv_tiled_kernel<DT>, k_bytes, op);
+      LUMO_LAUNCH(dq_tiled_kernel<DT>, q_grid, kWarpsPerBlock * kWarp, q_bytes, st)(
+          dout, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, dq, delta, s);
+      LUMO_LAUNCH(dkv_tiled_kernel<DT>, k_grid, kWarpsPerBlock * kWarp, k_bytes, st)(
+          dout, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, lse, delta, dk_ctx, dv_ctx, dk_lat,
+          dv_lat, s);
+    });
+    throw_on_error(cudaGetLastError(), op, "kernel launch");
+    return;
+  }
   const int q_blocks = blocks_for(B * Hq * L, op);
   const int k_blocks = blocks_for(B * Hkv * (N + L), op);
   const size_t shmem = sizeof(float) * kWarpsPerBlock * 2 * D;

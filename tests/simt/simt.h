@@ -22,7 +22,8 @@
 //     linker's __start_/__stop_ symbols);
 //   - launches are serialised by a mutex (the static shared arrays are global);
 //   - launch configurations are checked as the driver does (block size <= 1024,
-//     grid.y/z <= 65535, dynamic shared memory <= 48 KiB), failing at the next
+//     grid.y/z <= 65535, dynamic shared memory <= 48 KiB unless raised by
+//     cudaFuncSetAttribute, up to 227 KiB), failing at the next
 //     cudaGetLastError().
 // What is not: timing, memory coalescing, the memory model between blocks (they
 // run in order) and lock-step execution within a warp (code that relies on it
@@ -36,6 +37,8 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <algorithm>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -235,9 +238,9 @@ extern "C" char __stop_simt_shared[] __attribute__((weak));
 namespace simt {
 
 inline void poison_static_smem() {
-  if (__start_simt_shared != nullptr && __stop_simt_shared > __start_simt_shared) {
-    std::memset(__start_simt_shared, 0xFF, static_cast<size_t>(__stop_simt_shared - __start_simt_shared));
-  }
+  char* begin = __start_simt_shared;
+  char* end = __stop_simt_shared;
+  if (begin != nullptr && end > begin) std::memset(begin, 0xFF, static_cast<size_t>(end - begin));
 }
 
 inline std::mutex& launch_mutex() {
@@ -250,7 +253,14 @@ inline int& last_error() {
   return err;
 }
 
-constexpr size_t kMaxDynamicSmem = 48 * 1024;
+constexpr size_t kMaxDynamicSmem = 48 * 1024;   // without an opt-in
+constexpr size_t kMaxOptInSmem = 227 * 1024;    // an H100's opt-in limit
+
+// Per-kernel dynamic shared-memory limits raised by cudaFuncSetAttribute.
+inline std::map<const void*, size_t>& smem_limits() {
+  static std::map<const void*, size_t> limits;
+  return limits;
+}
 
 template <typename... Params>
 struct Launch {
@@ -267,7 +277,10 @@ struct Launch {
       last_error() = 9;  // cudaErrorInvalidConfiguration
       return;
     }
-    if (smem > kMaxDynamicSmem) {
+    const auto raised = smem_limits().find(reinterpret_cast<const void*>(kernel));
+    const size_t limit = raised == smem_limits().end() ? kMaxDynamicSmem
+                                                       : std::max(kMaxDynamicSmem, raised->second);
+    if (smem > limit) {
       last_error() = 1;  // cudaErrorInvalidValue
       return;
     }

@@ -82,3 +82,17 @@ inline cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStrea
   std::memset(ptr, value, count);
   return cudaSuccess;
 }
+
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+
+// Raises a kernel's dynamic shared-memory limit, up to an H100's 227 KB.
+template <typename T>
+inline cudaError_t cudaFuncSetAttribute(T* entry, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+      static_cast<size_t>(value) > ::simt::kMaxOptInSmem) {
+    ::simt::last_error() = cudaErrorInvalidValue;
+    return cudaErrorInvalidValue;
+  }
+  ::simt::smem_limits()[reinterpret_cast<const void*>(entry)] = static_cast<size_t>(value);
+  return cudaSuccess;
+}
