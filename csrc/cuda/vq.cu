@@ -29,6 +29,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kTileRows = 64;   // rows per block
 constexpr int kTileCodes = 64;  // codes per tile
+static_assert(kTileRows == kTileCodes, "x and code tiles share the staging layout");
 constexpr int kMaxSplits = 64;
 constexpr int32_t kNoIndex = 2147483647;
 
@@ -73,6 +74,17 @@ search_kernel(const void* __restrict__ x, int x_dtype, int64_t n, int64_t d,
     bi[i] = kNoIndex;
   }
 
+  // With a single d chunk (d <= BK: the tiny-D image codebooks) the x tile is
+  // the same for every code tile: stage it once (the loop's first barrier
+  // publishes it).
+  const bool x_once = d <= BK;
+  if (x_once) {
+    for (int e = threadIdx.x; e < kTileRows * BK; e += kThreads) {
+      const int r = e / BK, j = e % BK;
+      const int64_t row = m0 + r;
+      xs[j][r] = (row < n && j < d) ? load_as_float(x, x_dtype, row * d + j) : 0.0f;
+    }
+  }
   for (int64_t c0 = k_begin; c0 < k_end; c0 += kTileCodes) {
     float acc[4][4];
     for (int i = 0; i < 4; ++i)
@@ -83,7 +95,7 @@ search_kernel(const void* __restrict__ x, int x_dtype, int64_t n, int64_t d,
       for (int e = threadIdx.x; e < kTileRows * BK; e += kThreads) {
         const int r = e / BK, j = e % BK;
         const int64_t row = m0 + r, col = d0 + j;
-        xs[j][r] = (row < n && col < d) ? load_as_float(x, x_dtype, row * d + col) : 0.0f;
+        if (!x_once) xs[j][r] = (row < n && col < d) ? load_as_float(x, x_dtype, row * d + col) : 0.0f;
         const int64_t code = c0 + r;
         cs[j][r] = (code < k_end && col < d) ? load_as_float(cb, cb_dtype, code * d + col) : 0.0f;
       }
@@ -104,7 +116,9 @@ search_kernel(const void* __restrict__ x, int x_dtype, int64_t n, int64_t d,
       const float cnk = cn[code];
       for (int i = 0; i < 4; ++i) {
         const float s = vq::score_from_dot(cnk, acc[i][jj]);
-        if (pair_less(s, code, bv[i], bi[i])) {
+        // A thread sees its codes in increasing order, so keeping the strictly
+        // smaller score keeps the lowest index among equal ones (NaN never wins).
+        if (s < bv[i]) {
           bv[i] = s;
           bi[i] = static_cast<int32_t>(code);
         }
