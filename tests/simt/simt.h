@@ -271,6 +271,7 @@ struct Launch {
 
   template <typename... Args>
   void operator()(Args&&... args) const {
+    std::lock_guard<std::mutex> lock(launch_mutex());
     const uint64_t threads = uint64_t{block_dim.x} * block_dim.y * block_dim.z;
     if (threads == 0 || threads > 1024 || block_dim.z > 64 || grid.x == 0 || grid.y == 0 ||
         grid.z == 0 || grid.y > 65535 || grid.z > 65535 || grid.x > 2147483647u) {
@@ -295,7 +296,6 @@ struct Launch {
         std::apply(c->kernel, *c->args);
       }
     } call{kernel, &copied};
-    std::lock_guard<std::mutex> lock(launch_mutex());
     for (unsigned bz = 0; bz < grid.z; ++bz) {
       for (unsigned by = 0; by < grid.y; ++by) {
         for (unsigned bx = 0; bx < grid.x; ++bx) {

@@ -93,6 +93,7 @@ inline cudaError_t cudaFuncSetAttribute(T* entry, cudaFuncAttribute attr, int va
     ::simt::last_error() = cudaErrorInvalidValue;
     return cudaErrorInvalidValue;
   }
+  std::lock_guard<std::mutex> lock(::simt::launch_mutex());
   ::simt::smem_limits()[reinterpret_cast<const void*>(entry)] = static_cast<size_t>(value);
   return cudaSuccess;
 }
