@@ -1,6 +1,6 @@
 #include "cpu/thread_pool.h"
 
-#include <unistd.h>
+#include <pthread.h>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -9,128 +9,80 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <system_error>
 #include <thread>
-#include <vector>
 
 namespace lumo {
 namespace cpu {
 namespace {
 
-#if !defined(_OPENMP)
-class Pool {
- public:
-  // One job at a time; a caller that finds the pool busy returns false.
-  bool run(int64_t items, int64_t threads, const std::function<void(int64_t)>& fn) {
-    std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
-    if (!busy.owns_lock()) return false;
-    const int64_t helpers = start_workers(std::min(threads, items) - 1);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      fn_ = &fn;
-      items_ = items;
-      next_.store(0, std::memory_order_relaxed);
-      helpers_ = helpers;
-      error_ = nullptr;
-      ++gen_;
-    }
-    if (helpers > 0) work_cv_.notify_all();
-    drain();
-    std::unique_lock<std::mutex> lk(mu_);
-    // Close the job: a worker that wakes from now on skips it. Only workers
-    // already inside (each holding an item or about to find none) are waited for.
-    helpers_ = 0;
-    done_cv_.wait(lk, [this] { return active_ == 0; });
-    fn_ = nullptr;
-    if (error_) std::rethrow_exception(error_);
-    return true;
-  }
-
- private:
-  void drain() {
-    for (;;) {
-      const int64_t it = next_.fetch_add(1, std::memory_order_relaxed);
-      if (it >= items_) return;
-      try {
-        (*fn_)(it);
-      } catch (...) {
-        std::lock_guard<std::mutex> lk(mu_);
-        if (!error_) error_ = std::current_exception();
-        next_.store(items_, std::memory_order_relaxed);  // skip the rest
-      }
-    }
-  }
-
-  // Makes sure `want` workers exist; returns how many do (a thread that cannot
-  // start just means fewer helpers).
-  int64_t start_workers(int64_t want) {
-    while (static_cast<int64_t>(workers_.size()) < want) {
-      try {
-        workers_.emplace_back(&Pool::worker, this, static_cast<int64_t>(workers_.size()));
-      } catch (const std::system_error&) {
-        break;
-      }
-    }
-    return std::max<int64_t>(0, std::min<int64_t>(want, static_cast<int64_t>(workers_.size())));
-  }
-
-  void worker(int64_t index) {
-    uint64_t seen = 0;
-    std::unique_lock<std::mutex> lk(mu_);
-    for (;;) {
-      work_cv_.wait(lk, [&] { return gen_ != seen; });
-      seen = gen_;
-      if (index >= helpers_) continue;  // not needed, or the job already closed
-      ++active_;
-      lk.unlock();
-      drain();
-      lk.lock();
-      if (--active_ == 0) done_cv_.notify_all();
-    }
-  }
-
-  std::mutex run_mu_;  // held by the caller for a whole job
-  std::mutex mu_;      // guards the fields below
-  std::condition_variable work_cv_, done_cv_;
-  uint64_t gen_ = 0;
-  const std::function<void(int64_t)>* fn_ = nullptr;
-  int64_t items_ = 0, helpers_ = 0, active_ = 0;
-  std::atomic<int64_t> next_{0};
-  std::exception_ptr error_;
-  std::vector<std::thread> workers_;
+struct Pool {
+  std::mutex m;  // guards job, wanted, joined; gen changes under it
+  std::condition_variable cv;
+  const std::function<void(int64_t)>* job = nullptr;
+  int64_t wanted = 0;  // helpers the current job takes
+  int64_t joined = 0;  // helpers that joined it
+  std::atomic<uint64_t> gen{0};
+  std::atomic<int64_t> active{0};  // helpers inside a body
+  int64_t threads = 0;             // helpers started (only grows)
+  std::mutex busy;                 // one job at a time
 };
 
-// The process's pool, created on first use and never destroyed (workers sleep
-// until exit; joining them from a static destructor can hang at interpreter
-// shutdown). A forked child has none of the parent's threads: it gets its own.
-Pool& pool() {
-  static std::mutex mu;
-  static Pool* p = nullptr;
-  static pid_t owner = 0;
-  std::lock_guard<std::mutex> lk(mu);
-  const pid_t pid = getpid();
-  if (!p || owner != pid) {
-    p = new Pool();  // a pre-fork pool is leaked: its threads and locks are not ours
-    owner = pid;
-  }
-  return *p;
-}
-#endif  // !_OPENMP
+// Leaked on purpose: helpers are detached and live as long as the process.
+std::atomic<Pool*> g_pool{nullptr};
+std::once_flag g_atfork;
 
-#if defined(_OPENMP)
-// The OpenMP team (torch's, when torch loaded libgomp first) claims items
-// from a shared counter, as the pool does.
-void run_openmp(int64_t items, int64_t threads, const std::function<void(int64_t)>& fn) {
+// In a child after fork() the helpers do not exist (and a mutex may be held):
+// start over with a fresh pool.
+void reset_in_child() { g_pool.store(new Pool, std::memory_order_release); }
+
+Pool* pool() {
+  std::call_once(g_atfork, [] {
+    g_pool.store(new Pool, std::memory_order_release);
+    pthread_atfork(nullptr, nullptr, &reset_in_child);
+  });
+  return g_pool.load(std::memory_order_acquire);
+}
+
+void helper_loop(Pool* p) {
+  uint64_t seen = p->gen.load(std::memory_order_acquire);
+  for (;;) {
+    // Spin a little first: RVQ publishes one job per stage, microseconds apart.
+    for (int spin = 0; spin < 1000 && p->gen.load(std::memory_order_acquire) == seen; ++spin) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    std::unique_lock<std::mutex> lock(p->m);
+    p->cv.wait(lock, [&] { return p->gen.load(std::memory_order_relaxed) != seen; });
+    seen = p->gen.load(std::memory_order_relaxed);
+    if (p->job == nullptr || p->joined >= p->wanted) continue;
+    const std::function<void(int64_t)>* job = p->job;
+    const int64_t c = ++p->joined;
+    p->active.fetch_add(1, std::memory_order_relaxed);
+    lock.unlock();
+    (*job)(c);
+    p->active.fetch_sub(1, std::memory_order_release);
+  }
+}
+
+// fn(item) for items [0, items) claimed from a counter by whichever threads run
+// `body`; the first exception is kept and the remaining items skipped.
+struct ItemLoop {
+  int64_t items;
+  const std::function<void(int64_t)>& fn;
   std::atomic<int64_t> next{0};
-  std::exception_ptr error;
   std::mutex mu;
-#pragma omp parallel num_threads(static_cast<int>(std::min(threads, items)))
-  {
+  std::exception_ptr error;
+
+  void drain() {
     for (;;) {
       const int64_t it = next.fetch_add(1, std::memory_order_relaxed);
-      if (it >= items) break;
+      if (it >= items) return;
       try {
         fn(it);
       } catch (...) {
@@ -140,11 +92,41 @@ void run_openmp(int64_t items, int64_t threads, const std::function<void(int64_t
       }
     }
   }
-  if (error) std::rethrow_exception(error);
-}
-#endif
+};
 
 }  // namespace
+
+void run_parallel(int64_t helpers, const std::function<void(int64_t)>& body) {
+  if (helpers <= 0) {
+    body(0);
+    return;
+  }
+  Pool* p = pool();
+  std::unique_lock<std::mutex> busy(p->busy, std::try_to_lock);
+  if (!busy.owns_lock()) {  // another Python thread's call has the pool
+    body(0);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(p->m);
+    try {
+      for (; p->threads < helpers; ++p->threads) std::thread(helper_loop, p).detach();
+    } catch (const std::system_error&) {  // fewer helpers: the caller does the rest
+    }
+    p->job = &body;
+    p->wanted = helpers;
+    p->joined = 0;
+    p->gen.fetch_add(1, std::memory_order_release);
+  }
+  p->cv.notify_all();
+  body(0);
+  {
+    // No helper joins from here on; wait for those inside body to return.
+    std::lock_guard<std::mutex> lock(p->m);
+    p->job = nullptr;
+  }
+  while (p->active.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+}
 
 void parallel_for_items(int64_t items, int64_t threads, const std::function<void(int64_t)>& fn) {
   if (items <= 0) return;
@@ -152,13 +134,14 @@ void parallel_for_items(int64_t items, int64_t threads, const std::function<void
     for (int64_t it = 0; it < items; ++it) fn(it);
     return;
   }
+  ItemLoop loop{items, fn};
 #if defined(_OPENMP)
-  run_openmp(items, threads, fn);
+#pragma omp parallel num_threads(static_cast<int>(std::min(threads, items)))
+  loop.drain();
 #else
-  if (!pool().run(items, threads, fn)) {
-    for (int64_t it = 0; it < items; ++it) fn(it);
-  }
+  run_parallel(std::min(threads, items) - 1, [&](int64_t) { loop.drain(); });
 #endif
+  if (loop.error) std::rethrow_exception(loop.error);
 }
 
 }  // namespace cpu

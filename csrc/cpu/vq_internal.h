@@ -12,6 +12,7 @@
 
 #include "common/vq.h"
 #include "cpu/isa.h"
+#include "cpu/thread_pool.h"
 #include "cpu/vq.h"
 
 namespace lumo {
@@ -124,16 +125,6 @@ inline void merge_chunk_minima(const float* pv, const int32_t* pi, int64_t n, in
 inline int64_t split_begin(int64_t n, int64_t chunks, int64_t c) {
   return n / chunks * c + std::min(c, n % chunks);
 }
-
-// Runs body(c) on the calling thread (c = 0) and on up to `helpers` threads
-// of a persistent pool (c = 1, 2, ... in the order they join), and returns
-// once every thread that joined has returned from body. Bodies take their
-// work from shared atomic counters and return when none is left, so the
-// caller never waits for a helper that has not started: on a busy machine
-// (another process, or PyTorch's OpenMP workers still spinning after the
-// previous op) the caller simply does more of the work itself. Bodies must
-// not throw. When another call is using the pool, body(0) runs alone.
-void run_parallel(int64_t helpers, const std::function<void(int64_t)>& body);
 
 // A dynamic work counter: next() hands out 0, 1, ... until `total`, then -1.
 class WorkCounter {
