@@ -51,33 +51,42 @@ __host__ __device__ inline int64_t dkv_smem_floats(int d) {
   return 2LL * kTile * tile_pitch(d) + 2LL * kKeys * d + 2LL * kTile + 2LL * kKeys * kTile;
 }
 
-// Stages keys [k0, k0 + kTile) of (b, g) as fp32 rows of pitch p (zeros past the end).
+// Stages keys [k0, k0 + kTile) of (b, g) as fp32 rows of pitch p (zeros past
+// the end). A warp per row, lanes along it: coalesced reads, no divisions.
 template <int DT>
 __device__ inline void stage_keys(const void* ctx, const void* lat, int64_t bg, int64_t k0,
                                   const Shape& s, int p, float* dst) {
   const int d_all = static_cast<int>(s.D);
   const int64_t total = s.N + s.L;
-  for (int e = threadIdx.x; e < kTile * d_all; e += blockDim.x) {
-    const int t = e / d_all, d = e % d_all;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  for (int t = warp; t < kTile; t += kWarpsPerBlock) {
     const int64_t j = k0 + t;
-    float v = 0.f;
+    float* row = dst + t * p;
     if (j < total) {
       int64_t off;
       const void* base = key_base(ctx, lat, bg, j, s, &off);
-      v = ra::load<DT>(base, off + d);
+      for (int d = lane; d < d_all; d += kWarp) row[d] = ra::load<DT>(base, off + d);
+    } else {
+      for (int d = lane; d < d_all; d += kWarp) row[d] = 0.f;
     }
-    dst[t * p + d] = v;
   }
 }
 
-// Stages `count` rows of a [rows, D] tensor from row `first` (zeros past `limit`).
+// Stages `count` rows of a [rows, D] tensor from row `first` as fp32 rows of
+// pitch p (zeros past row `limit`); a warp per row, as stage_keys.
 template <int DT>
 __device__ inline void stage_rows(const void* src, int64_t first, int64_t limit, int count,
                                   int64_t d_all, int p, float* dst) {
   const int d = static_cast<int>(d_all);
-  for (int e = threadIdx.x; e < count * d; e += blockDim.x) {
-    const int r = e / d, c = e % d;
-    dst[r * p + c] = first + r < limit ? ra::load<DT>(src, (first + r) * d_all + c) : 0.f;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  for (int r = warp; r < count; r += kWarpsPerBlock) {
+    float* row = dst + r * p;
+    if (first + r < limit) {
+      const int64_t base = (first + r) * d_all;
+      for (int c = lane; c < d; c += kWarp) row[c] = ra::load<DT>(src, base + c);
+    } else {
+      for (int c = lane; c < d; c += kWarp) row[c] = 0.f;
+    }
   }
 }
 
@@ -298,19 +307,15 @@ dkv_tiled_kernel(const void* __restrict__ dout, const void* __restrict__ q,
   const int64_t key0 = static_cast<int64_t>(blockIdx.y) * kKeys;
   const int64_t rows = (s.Hq / s.Hkv) * s.L;
   const int64_t row0 = bg * rows;
-  for (int e = threadIdx.x; e < kKeys * D; e += blockDim.x) {
-    const int kk = e / D, d = e % D;
+  for (int kk = warp; kk < kKeys; kk += kWarpsPerBlock) {
     const int64_t j = key0 + kk;
-    float kv = 0.f, vv = 0.f;
-    if (j < T) {
-      int64_t off;
-      const void* kbase = key_base(k_ctx, k_lat, bg, j, s, &off);
-      const void* vbase = key_base(v_ctx, v_lat, bg, j, s, &off);
-      kv = ra::load<DT>(kbase, off + d);
-      vv = ra::load<DT>(vbase, off + d);
+    int64_t off = 0;
+    const void* kbase = j < T ? key_base(k_ctx, k_lat, bg, j, s, &off) : nullptr;
+    const void* vbase = j < T ? key_base(v_ctx, v_lat, bg, j, s, &off) : nullptr;
+    for (int d = lane; d < D; d += kWarp) {
+      kb[kk * D + d] = j < T ? ra::load<DT>(kbase, off + d) : 0.f;
+      vb[kk * D + d] = j < T ? ra::load<DT>(vbase, off + d) : 0.f;
     }
-    kb[e] = kv;
-    vb[e] = vv;
   }
   const float* kw = kb + warp * kKeysPerWarp * D;
   const float* vw = vb + warp * kKeysPerWarp * D;
