@@ -90,6 +90,26 @@ __device__ inline void stage_rows(const void* src, int64_t first, int64_t limit,
   }
 }
 
+// acc[i][k] += sum over t < n of w[i * kTile + t] * rows[t * p + d], d = lane + 32 k:
+// the warp's NI output rows (query rows or keys) take a weighted sum of the
+// staged tile rows, t in order.
+template <int NI>
+__device__ inline void accumulate_tile(float (&acc)[NI][kSlices], const float* w, const float* rows,
+                                       int p, int n, int D, int lane) {
+  for (int t = 0; t < n; ++t) {
+    const float* row = rows + t * p;
+#pragma unroll
+    for (int i = 0; i < NI; ++i) {
+      const float wt = w[i * kTile + t];
+#pragma unroll
+      for (int k = 0; k < kSlices; ++k) {
+        const int d = lane + k * kWarp;
+        if (d < D) acc[i][k] += wt * row[d];
+      }
+    }
+  }
+}
+
 // grid (B * Hkv, ceil(group * L / kRows)); kWarpsPerBlock warps.
 template <int DT>
 __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
@@ -154,18 +174,7 @@ forward_tiled_kernel(const void* __restrict__ q, const void* __restrict__ k_ctx,
     }
     __syncwarp();
     const int n_keys = static_cast<int>(T - k0 < kTile ? T - k0 : kTile);
-    for (int t = 0; t < n_keys; ++t) {
-      const float* vr = vs + t * P;
-#pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        const float pt = pw[r * kTile + t];
-#pragma unroll
-        for (int k = 0; k < kSlices; ++k) {
-          const int d = lane + k * kWarp;
-          if (d < D) acc[r][k] += pt * vr[d];
-        }
-      }
-    }
+    accumulate_tile(acc, pw, vs, P, n_keys, D, lane);
   }
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
@@ -254,18 +263,7 @@ dq_tiled_kernel(const void* __restrict__ dout, const void* __restrict__ q,
     }
     __syncwarp();
     const int n_keys = static_cast<int>(T - k0 < kTile ? T - k0 : kTile);
-    for (int t = 0; t < n_keys; ++t) {
-      const float* kt = ks + t * P;
-#pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        const float dst = dsw[r * kTile + t];
-#pragma unroll
-        for (int k = 0; k < kSlices; ++k) {
-          const int d = lane + k * kWarp;
-          if (d < D) acc[r][k] += dst * kt[d];
-        }
-      }
-    }
+    accumulate_tile(acc, dsw, ks, P, n_keys, D, lane);
   }
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
@@ -362,22 +360,8 @@ dkv_tiled_kernel(const void* __restrict__ dout, const void* __restrict__ q,
     }
     __syncwarp();
     const int n_rows = static_cast<int>(rows - q0 < kTile ? rows - q0 : kTile);
-    for (int t = 0; t < n_rows; ++t) {
-      const float* qt = qs + t * P;
-      const float* dt = dos + t * P;
-#pragma unroll
-      for (int kk = 0; kk < kKeysPerWarp; ++kk) {
-        const float pt = pw[kk * kTile + t], dst = dsw[kk * kTile + t];
-#pragma unroll
-        for (int k = 0; k < kSlices; ++k) {
-          const int d = lane + k * kWarp;
-          if (d < D) {
-            dv[kk][k] += pt * dt[d];
-            dk[kk][k] += dst * qt[d];
-          }
-        }
-      }
-    }
+    accumulate_tile(dv, pw, dos, P, n_rows, D, lane);
+    accumulate_tile(dk, dsw, qs, P, n_rows, D, lane);
   }
 #pragma unroll
   for (int kk = 0; kk < kKeysPerWarp; ++kk) {
