@@ -154,6 +154,31 @@ def test_rvq_encode_decode_match_reference(on_simt, monkeypatch, n, k, d, q, dty
         assert torch.equal(out, _reference(monkeypatch, ops.rvq_decode, c, cbs))
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_vq_search_large_k_and_d(on_simt, monkeypatch, dtype):
+    # 13 d-chunks of 16, 47 code tiles, one split and several.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 200, generator=g).to(dtype)
+    cb = torch.randn(3000, 200, generator=g).to(dtype)
+    cb[2500] = cb[7]  # a duplicate far from its twin
+    x[0] = cb[7]
+    for sm_count in (1, 132):
+        on_simt.simt_configure(0, 0, sm_count)
+        codes, dist = ops.vq_search(x, cb, return_distance=True)
+        want_codes, want_dist = _reference(monkeypatch, ops.vq_search, x, cb, return_distance=True)
+        assert torch.equal(codes, want_codes) and torch.equal(dist, want_dist)
+        assert codes[0] == 7
+
+
+def test_rvq_encode_32_stages(on_simt, monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(50, 16, generator=g)
+    cbs = torch.randn(32, 64, 16, generator=g) * torch.logspace(0, -2, 32)[:, None, None]
+    codes = ops.rvq_encode(x, cbs)
+    assert codes.shape == (50, 32)
+    assert torch.equal(codes, _reference(monkeypatch, ops.rvq_encode, x, cbs))
+
+
 def test_rvq_decode_reports_out_of_range_code(on_simt):
     cbs = torch.randn(2, 5, 3)
     codes = torch.tensor([[0, 1], [4, 5]])
