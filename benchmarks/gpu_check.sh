@@ -7,34 +7,66 @@ OUT="${OUT:-./gpu_check_out}"
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 status=0
+START=$(date +%s)
 
 echo "== build" | tee "$OUT/build.log"
-LUMO_CUDA=on pip install --no-build-isolation --no-deps . >>"$OUT/build.log" 2>&1 || { echo "build failed (see $OUT/build.log)"; exit 1; }
+timeout 300 env LUMO_CUDA=on pip install --no-build-isolation --no-deps . >>"$OUT/build.log" 2>&1 || { echo "build failed or timed out (see $OUT/build.log)"; exit 1; }
 python -c "import json, lumo_uti.ops as o; print(json.dumps(o.backends(), indent=1, default=str))" >"$OUT/backends.json" 2>&1
 # The CPU module links OpenMP expecting torch's libgomp; a CUDA torch that ships
 # a hashed copy would load two runtimes side by side. List what got mapped.
 python -c "import torch, lumo_uti._C; print(''.join(sorted({l.split()[-1] + chr(10) for l in open('/proc/self/maps') if 'omp' in l.split()[-1]})))" >"$OUT/openmp_libs.txt" 2>&1
 
+# Device time is scarce (one 600 s call, 15 minutes a session): every step has
+# its own time limit, and once GPU_CHECK_DEADLINE seconds (default 540) have
+# passed since the start (the build included) the remaining steps are skipped, so the script always
+# returns with what it measured. $OUT/steps.tsv lists each step's status and time.
+DEADLINE=${GPU_CHECK_DEADLINE:-540}
+STEP_LIMIT=${GPU_CHECK_STEP_LIMIT:-240}
+printf 'step\tstatus\tseconds\n' >"$OUT/steps.tsv"
+
 run() {  # run NAME CMD...: output to $OUT/NAME.log, remember failures
   local name="$1"; shift
-  echo "== $name"
-  if ! "$@" >"$OUT/$name.log" 2>&1; then echo "   FAILED (see $OUT/$name.log)"; status=1; fi
+  local now=$(( $(date +%s) - START ))
+  if (( now >= DEADLINE )); then
+    echo "== $name: SKIPPED (deadline ${DEADLINE}s reached at ${now}s)"
+    printf '%s\tskipped\t0\n' "$name" >>"$OUT/steps.tsv"
+    status=1
+    return
+  fi
+  local limit=$(( DEADLINE - now < STEP_LIMIT ? DEADLINE - now : STEP_LIMIT ))
+  echo "== $name (limit ${limit}s)"
+  local t0=$(date +%s) rc=0
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1 || rc=$?
+  local took=$(( $(date +%s) - t0 ))
+  if (( rc == 124 )); then
+    echo "   TIMED OUT after ${limit}s (see $OUT/$name.log)"; status=1
+    printf '%s\ttimeout\t%s\n' "$name" "$took" >>"$OUT/steps.tsv"
+  elif (( rc != 0 )); then
+    echo "   FAILED (see $OUT/$name.log)"; status=1
+    printf '%s\tfailed\t%s\n' "$name" "$took" >>"$OUT/steps.tsv"
+  else
+    printf '%s\tok\t%s\n' "$name" "$took" >>"$OUT/steps.tsv"
+  fi
 }
 
-# -- token_lm (issue 7): row-masked embedding gradient ---------------------------
-run tests_rowmask python -m pytest -q -m "not slow" tests/test_ops_rowmask.py tests/test_token_lm.py -p no:cacheprovider
-run bench_token_lm python benchmarks/token_lm.py --device cuda --dims 1024,4096 --tokens 8192 --kernel-dims 1024,4096 --reps 10
-cp "$OUT/bench_token_lm.log" "$OUT/bench_token_lm.jsonl" 2>/dev/null || true
-
-# -- vq (issue 3): fused VQ search and RVQ; the CPU kernel is the CUDA oracle ------
+# Tests first (they decide whether the kernels are right), then the benchmarks
+# in the order of the open issues, so a deadline cuts the least important part.
+# The CPU kernel is the oracle of every CUDA test.
 run tests_vq python -m pytest -q -m "not slow" tests/test_ops_vq.py tests/test_ops_rvq.py -k "cuda" -p no:cacheprovider -rs
+run tests_resampler python -m pytest -q -m "not slow" tests/test_ops_resampler_attention.py tests/test_vlm_resampler.py -p no:cacheprovider
+run tests_rowmask python -m pytest -q -m "not slow" tests/test_ops_rowmask.py tests/test_token_lm.py -p no:cacheprovider
+
+# -- vq (issue 3): fused VQ search and RVQ -----------------------------------------
 run bench_vq python benchmarks/vq.py --device cuda --cases tiny_d8 tiny_d4 large_d256 large_d128 latency_n1 latency_n64 janus_batch rvq_q8 rvq_q32 rvq_mimi --repeat 10
 grep '^{' "$OUT/bench_vq.log" >"$OUT/bench_vq.jsonl" 2>/dev/null || true
 
 # -- vlm (issue 8): fused resampler cross-attention -------------------------------
-run tests_resampler python -m pytest -q -m "not slow" tests/test_ops_resampler_attention.py tests/test_vlm_resampler.py -p no:cacheprovider
 run bench_resampler python benchmarks/resampler.py --device cuda --dtype bfloat16 --batch 1,8,32 --reps 20
 cp "$OUT/bench_resampler.log" "$OUT/bench_resampler.jsonl" 2>/dev/null || true
 run bench_resampler_fp32 python benchmarks/resampler.py --device cuda --dtype float32 --batch 1,8,32 --reps 20 --skip-connector
+
+# -- token_lm (issue 7): row-masked embedding gradient ---------------------------
+run bench_token_lm python benchmarks/token_lm.py --device cuda --dims 1024,4096 --tokens 8192 --kernel-dims 1024,4096 --reps 10
+cp "$OUT/bench_token_lm.log" "$OUT/bench_token_lm.jsonl" 2>/dev/null || true
 
 exit $status
