@@ -7,8 +7,9 @@ For each case, forward and forward+backward of
 ``torch.cat`` of context and latent keys/values, then
 ``F.scaled_dot_product_attention(..., enable_gqa=True)`` with a key-padding
 mask; timed in the same process, interleaved, medians. Memory: the bytes of
-the concatenated K/V the baseline builds (ours builds none), and on CUDA the
-measured peak allocation of each. Finally the whole connector step
+the concatenated K/V the baseline builds (ours builds none), and the measured
+peak extra memory of one call of each (CUDA: the allocator's peak; CPU: the
+peak resident set, see benchmarks/peak_memory.py). Finally the whole connector step
 (Connector(1152, text_dim) forward+backward, fused vs reference attention).
 
 One JSON object per line. Run on a quiet machine, under the bench lock::
@@ -25,6 +26,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from peak_memory import peak_bytes
 
 from lumo_uti.ops import backends, resampler_attention
 
@@ -59,17 +61,6 @@ def sdpa_concat(q, kc, vc, kl, vl, mask):
     v = torch.cat([vc, vl], 2)
     keep = torch.cat([mask, mask.new_ones(mask.shape[0], kl.shape[2])], 1)[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, enable_gqa=True)
-
-
-def peak_bytes(fn, device):
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - base
 
 
 def attention_cases(device, dtype, batches, reps, N=729, L=64):

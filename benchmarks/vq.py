@@ -38,6 +38,7 @@ import time
 from typing import Callable
 
 import torch
+from peak_memory import peak_bytes
 
 from lumo_uti.ops import rvq_encode, vq_search
 from lumo_uti.ops.vq import PackedCodebook
@@ -77,41 +78,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
-def _malloc_trim() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def peak_mb(fn: Callable[[], object], device: str) -> float | None:
-    """Extra memory at the peak of one call of fn, in MiB."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    _malloc_trim()  # hand freed heap pages back, so that reusing them shows in RSS
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-    except OSError:
-        return None
-    base = _rss_kb("VmRSS:")
-    fn()
-    return max(0, _rss_kb("VmHWM:") - base) / 1024
+    """Extra memory at the peak of one call of fn, in MiB (benchmarks/peak_memory.py)."""
+    peak = peak_bytes(fn, device)
+    return None if peak is None else peak / 2**20
 
 
 def interleaved(
