@@ -25,7 +25,6 @@ float32).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from ..ops import PackedCodebook, rvq_decode, rvq_encode
 from .base import AudioCodec
 from .codebook_cache import CodebookCache
 from .hf_common import CodecError, directory_identity
+from .model_files import load_model_dir, save_model_dir
 
 FORMAT = "lumo-rvq"
 
@@ -151,44 +151,12 @@ class MdctRVQ(nn.Module):
 
 def save_model(model: MdctRVQ, directory: str | Path, *, name: str, extra: dict[str, Any] | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (float16) into ``directory`` (atomically per file)."""
-    from .._io import atomic_write_bytes, atomic_write_text
-    from safetensors.torch import save
-
-    directory = Path(directory)
-    state = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(directory / "model.safetensors", save(state, metadata={"format": FORMAT}))
-    config = dict(model.config(), name=name, **(extra or {}))
-    atomic_write_text(directory / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return directory
+    return save_model_dir(model, directory, fmt=FORMAT, name=name, extra=extra)
 
 
 def load_model(directory: str | Path) -> tuple[MdctRVQ, dict[str, Any]]:
     """Read a ``lumo-rvq`` directory -> (float32 model in eval mode, config)."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    config_file, weights = directory / "config.json", directory / "model.safetensors"
-    for f in (config_file, weights):
-        if not f.is_file():
-            raise CodecError(f"lumo-rvq: missing {f}")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CodecError(f"lumo-rvq: {config_file} is not valid JSON: {e}") from None
-    if config.get("format") != FORMAT:
-        raise CodecError(f"lumo-rvq: {config_file} has format {config.get('format')!r}, expected {FORMAT!r}")
-    model = MdctRVQ.from_config(config)
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types
-        raise CodecError(f"lumo-rvq: cannot read {weights}: {e}") from None
-    expected = model.state_dict()
-    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
-        bad = sorted(k for k in set(state) | set(expected)
-                     if k not in state or k not in expected or state[k].shape != expected[k].shape)
-        raise CodecError(f"lumo-rvq: {weights} does not match {config_file} (tensors {bad[:5]})")
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model.eval(), config
+    return load_model_dir(directory, fmt=FORMAT, from_config=MdctRVQ.from_config)
 
 
 class LumoRVQCodec(AudioCodec):

@@ -12,7 +12,10 @@ import importlib.util
 import os
 import threading
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 _CPU_NAME = "lumo_uti._C"
 _CUDA_NAME = "lumo_uti._C_cuda"
@@ -132,7 +135,7 @@ def cuda() -> ModuleType | None:
     return _cuda_module if _cuda_usable else None
 
 
-def queue(device: "torch.device") -> tuple[int, int]:
+def queue(device: torch.device) -> tuple[int, int]:
     """(stream handle, device index) a ``_C_cuda`` call enqueues on: the current stream.
 
     Every op front asks here, so the tests can run the CUDA paths on host

@@ -62,7 +62,7 @@ def _ref_probs(q, k_ctx, k_lat, ctx_mask, scale):
     k = _expand_kv(torch.cat([k_ctx, k_lat], dim=2).float(), group)
     scores = torch.matmul(q.float(), k.transpose(-1, -2)) * scale
     if ctx_mask is not None:
-        B, N, L = ctx_mask.shape[0], ctx_mask.shape[1], k_lat.shape[2]
+        B, L = ctx_mask.shape[0], k_lat.shape[2]
         keep = torch.cat([ctx_mask, ctx_mask.new_ones(B, L)], dim=1)
         scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
