@@ -372,6 +372,11 @@ def test_emulator_rejects_bad_launch_configuration(on_simt):
         on_simt.selftest_oversized_block()
 
 
+def test_emulator_reports_shared_memory_overrun(on_simt):
+    with pytest.raises(RuntimeError, match=r"wrote outside its 128 bytes of dynamic shared memory"):
+        on_simt.selftest_smem_overrun()
+
+
 @pytest.mark.parametrize("D", [96, 200])  # tiled and row-wise kernels
 def test_resampler_attention_bits_do_not_depend_on_thread_order(on_simt, D):
     g = torch.Generator().manual_seed(5)

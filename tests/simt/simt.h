@@ -15,6 +15,8 @@
 //   - the schedule runs one thread until it reaches a barrier, then the next
 //     (forward, reverse or seeded-random order), so a missing barrier after a
 //     shared-memory write shows up as wrong results instead of a lucky race;
+//   - dynamic shared memory sits between two guard zones, and a block that
+//     wrote into one fails its launch;
 //   - shared memory, static and dynamic, is filled with 0xFF bytes (NaN as
 //     fp32/fp16/bf16, -1 as integers) before every block, so a read of a value
 //     no thread of this block wrote poisons the result (static `__shared__`
@@ -98,7 +100,8 @@ struct Block {
   std::vector<Barrier> warp_barriers;
   Barrier block_barrier;
   std::vector<uint64_t> shuffle;  // 32 slots per warp
-  std::vector<unsigned char> dynamic_smem;
+  std::vector<unsigned char> dynamic_smem;  // guard | smem bytes | guard
+  size_t smem_bytes = 0;
   ucontext_t scheduler;
   int current = -1;
   void (*body)(void*) = nullptr;
@@ -262,6 +265,23 @@ inline std::map<const void*, size_t>& smem_limits() {
   return limits;
 }
 
+constexpr size_t kSmemGuard = 4096;
+constexpr unsigned char kCanary = 0xA5;
+
+// A kernel that wrote outside its dynamic shared memory fails the launch
+// (on a GPU it would corrupt another block's memory or fault).
+inline void check_smem_guards(const Block& b) {
+  const unsigned char* p = b.dynamic_smem.data();
+  const size_t after = kSmemGuard + b.smem_bytes;
+  for (size_t i = 0; i < kSmemGuard; ++i) {
+    if (p[i] != kCanary || p[after + i] != kCanary) {
+      throw std::runtime_error("simt: block (" + std::to_string(b.idx.x) + "," + std::to_string(b.idx.y) +
+                               "," + std::to_string(b.idx.z) + ") wrote outside its " +
+                               std::to_string(b.smem_bytes) + " bytes of dynamic shared memory");
+    }
+  }
+}
+
 template <typename... Params>
 struct Launch {
   void (*kernel)(Params...);
@@ -317,11 +337,15 @@ struct Launch {
             t.warp = static_cast<int>(lin / 32);
             ++b.warp_barriers[static_cast<size_t>(t.warp)].expected;
           }
-          b.dynamic_smem.assign(smem, 0xFF);  // NaN as fp32, bf16 and fp16
+          // NaN as fp32, bf16 and fp16, between two canary-filled guards.
+          b.smem_bytes = smem;
+          b.dynamic_smem.assign(smem + 2 * kSmemGuard, kCanary);
+          std::memset(b.dynamic_smem.data() + kSmemGuard, 0xFF, smem);
           poison_static_smem();
           b.body = &Call::run;
           b.body_arg = &call;
           run_block(b);
+          check_smem_guards(b);
         }
       }
     }
@@ -339,7 +363,7 @@ Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, s
 
 template <typename T>
 inline T* dynamic_smem() {
-  return reinterpret_cast<T*>(block().dynamic_smem.data());
+  return reinterpret_cast<T*>(block().dynamic_smem.data() + kSmemGuard);
 }
 
 inline void syncthreads() { arrive_and_wait(block().block_barrier); }

@@ -13,6 +13,7 @@ void divergent_barrier(int* out);
 void shuffles(int* out_xor, int* out_down, int* out_bcast);
 void early_exit(int* out);
 void oversized_block();
+void smem_overrun();
 }  // namespace simt_selftest
 
 namespace {
@@ -32,6 +33,7 @@ LUMO_BIND(bind_simt_selftest) {
   });
   m.def("selftest_early_exit", [](uintptr_t out) { simt_selftest::early_exit(ptr<int>(out)); });
   m.def("selftest_oversized_block", [] { simt_selftest::oversized_block(); });
+  m.def("selftest_smem_overrun", [] { simt_selftest::smem_overrun(); });
 }
 
 LUMO_BIND(bind_simt) {

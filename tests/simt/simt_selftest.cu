@@ -59,6 +59,13 @@ __global__ void early_exit(int* out) {
   out[threadIdx.x] = s[63 - threadIdx.x];
 }
 
+// Writes one float past its dynamic shared memory (n floats).
+__global__ void smem_overrun(int n) {
+  LUMO_DYNAMIC_SMEM(float, s);
+  s[threadIdx.x] = 1.0f;
+  if (threadIdx.x == 0) s[n] = 2.0f;
+}
+
 void check(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorName(err));
@@ -88,6 +95,11 @@ void shuffles(int* out_xor, int* out_down, int* out_bcast) {
 void early_exit(int* out) {
   LUMO_LAUNCH(::early_exit, 1, 96, 0, nullptr)(out);
   check("early_exit");
+}
+
+void smem_overrun() {
+  LUMO_LAUNCH(::smem_overrun, 1, 32, 32 * sizeof(float), nullptr)(32);
+  check("smem_overrun");
 }
 
 void oversized_block() {
