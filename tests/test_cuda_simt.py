@@ -186,6 +186,32 @@ def test_rvq_decode_reports_out_of_range_code(on_simt):
         ops.rvq_decode(codes, cbs)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_cuda_path_errors_name_the_row(on_simt, bad):
+    # The CUDA branch of the front checks finiteness before its kernels and
+    # overflow after them; the messages match the CPU kernel's.
+    x, cb = torch.randn(2, 3, 4), torch.randn(6, 4)
+    x[1, 1, 2] = bad
+    with pytest.raises(ValueError, match="inf/NaN in x row 4"):
+        ops.vq_search(x, cb)
+    cb[5, 0] = bad
+    with pytest.raises(ValueError, match="codebook row 5"):
+        ops.vq_search(x[0], cb)
+    xr, cbs = torch.randn(4, 8), torch.randn(2, 6, 8)
+    xr[3, 0] = bad
+    with pytest.raises(ValueError, match="x row 3"):
+        ops.rvq_encode(xr, cbs)
+    cbs[1, 2, 5] = bad
+    with pytest.raises(ValueError, match="codebooks row 8"):
+        ops.rvq_encode(xr[:3], cbs)
+
+
+def test_cuda_path_overflow_is_an_error(on_simt):
+    x, cb = torch.full((2, 4), 1e20), torch.full((3, 4), -1e20)
+    with pytest.raises(ValueError, match="overflow fp32 for row 0"):
+        ops.vq_search(x, cb)
+
+
 def test_vq_kernel_argument_errors(on_simt):
     x = torch.randn(4, 3)
     cb = torch.randn(5, 3)
