@@ -375,6 +375,28 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
   }
 }
 
+void search_tile_chunks(const Kernel& ker, const VqPacked& p, std::vector<Scratch>& scratch, int64_t threads,
+                        int64_t chunks, int64_t n,
+                        const std::function<void(int64_t, int64_t, int64_t, int64_t)>& pack,
+                        const std::function<void(int64_t, int64_t, int64_t, Scratch&)>& load, float* pv,
+                        int32_t* pi) {
+  WorkCounter work(chunks);
+  run_parallel(threads - 1, [&](int64_t c) {
+    Scratch& s = scratch[c];
+    bool loaded = false;  // one row block stays in s.x across chunks
+    for (int64_t u; (u = work.next()) >= 0;) {
+      const int64_t t0 = split_begin(p.ntiles, chunks, u), t1 = split_begin(p.ntiles, chunks, u + 1);
+      pack(c, u, t0, t1);
+      for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
+        const int64_t rows = std::min(kRowBlock, n - r0);
+        if (!loaded) load(c, r0, rows, s);
+        loaded = n <= kRowBlock;
+        search_block(ker, p, s, rows, t0, t1, pv + u * n + r0, pi + u * n + r0);
+      }
+    }
+  });
+}
+
 int64_t load_rows(const void* x, int dtype, int64_t d, int64_t r0, int64_t rows, Scratch& s) {
   int64_t bad = -1;
   for (int64_t r = 0; r < rows; ++r) {
@@ -436,21 +458,15 @@ int64_t search_driver(const Kernel& ker, const VqPacked& p, VqPacked* to_pack, c
     std::vector<float> pv(static_cast<size_t>(chunks * n));
     std::vector<int32_t> pi(static_cast<size_t>(chunks * n));
     std::vector<int64_t> bad_cb(static_cast<size_t>(chunks), -1);
-    WorkCounter work(chunks);
-    run_parallel(threads - 1, [&](int64_t c) {
-      Scratch& s = scratch[c];
-      bool loaded = false;  // one row block stays in s.x across chunks
-      for (int64_t u; (u = work.next()) >= 0;) {
-        const int64_t t0 = split_begin(p.ntiles, chunks, u), t1 = split_begin(p.ntiles, chunks, u + 1);
-        if (to_pack != nullptr) bad_cb[u] = pack_tiles(ker, *src, *to_pack, t0, t1);
-        for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
-          const int64_t rows = std::min(kRowBlock, n - r0);
-          if (!loaded) note_bad(bad_x, c, load_rows(x, x_dtype, d, r0, rows, s));
-          loaded = n <= kRowBlock;
-          search_block(ker, p, s, rows, t0, t1, pv.data() + u * n + r0, pi.data() + u * n + r0);
-        }
-      }
-    });
+    search_tile_chunks(
+        ker, p, scratch, threads, chunks, n,
+        [&](int64_t, int64_t u, int64_t t0, int64_t t1) {
+          if (to_pack != nullptr) bad_cb[u] = pack_tiles(ker, *src, *to_pack, t0, t1);
+        },
+        [&](int64_t c, int64_t r0, int64_t rows, Scratch& s) {
+          note_bad(bad_x, c, load_rows(x, x_dtype, d, r0, rows, s));
+        },
+        pv.data(), pi.data());
     for (int64_t r = 0; r < n; ++r) {
       float bv;
       int32_t bi;

@@ -80,6 +80,18 @@ struct Scratch {
 void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows, int64_t t0, int64_t t1,
                   float* val, int32_t* idx);
 
+// Few rows: searches n rows against the code tiles of p split into `chunks`
+// ranges, on up to `threads` threads, writing each chunk's per-row minima to
+// pv/pi [chunks][n] (merge them with merge_chunk_minima). For each chunk u the
+// thread c that takes it first calls pack(c, u, t0, t1) (tiles [t0, t1) of p
+// must be packed when it returns), then load(c, r0, rows, s) to fill s.x with
+// rows [r0, r0 + rows) (once per thread when n <= kRowBlock: the block stays).
+void search_tile_chunks(const Kernel& ker, const VqPacked& p, std::vector<Scratch>& scratch, int64_t threads,
+                        int64_t chunks, int64_t n,
+                        const std::function<void(int64_t, int64_t, int64_t, int64_t)>& pack,
+                        const std::function<void(int64_t, int64_t, int64_t, Scratch&)>& load, float* pv,
+                        int32_t* pi);
+
 // Converts rows [r0, r0 + rows) of x into s.x (zero-padded to a multiple of
 // kRows); returns the first one holding inf/NaN, or -1.
 int64_t load_rows(const void* x, int dtype, int64_t d, int64_t r0, int64_t rows, Scratch& s);

@@ -106,28 +106,19 @@ int64_t rvq_few_rows(const Kernel& ker, const RvqPacked* packed, const void* cbs
   for (int64_t q = 0; q < n_q; ++q) {
     const char* raw = static_cast<const char*>(cbs) + q * k * d * elem_size(cb_dtype);
     const VqPacked& p = packed != nullptr ? packed->stages[q] : workspace;
-    WorkCounter work(chunks);
-    run_parallel(threads - 1, [&](int64_t c) {
-      Scratch& s = scratch[c];
-      bool loaded = false;  // one row block stays in s.x across chunks
-      for (int64_t u; (u = work.next()) >= 0;) {
-        const int64_t t0 = split_begin(ntiles, chunks, u), t1 = split_begin(ntiles, chunks, u + 1);
-        if (packed == nullptr) {
+    search_tile_chunks(
+        ker, p, scratch, threads, chunks, n,
+        [&](int64_t c, int64_t, int64_t t0, int64_t t1) {
+          if (packed != nullptr) return;
           const PackSource src{raw, cb_dtype, kNormsCompute, nullptr};
           const int64_t bad = pack_tiles(ker, src, workspace, t0, t1);
           if (bad >= 0) note_bad(bad_cb, c, q * k + bad);
-        }
-        for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
-          const int64_t rows = std::min(kRowBlock, n - r0);
-          if (!loaded) {
-            std::copy(residual.begin() + r0 * d, residual.begin() + (r0 + rows) * d, s.x.begin());
-            std::fill(s.x.begin() + rows * d, s.x.begin() + padded_rows(rows) * d, 0.0f);
-          }
-          loaded = n <= kRowBlock;
-          search_block(ker, p, s, rows, t0, t1, pv.data() + u * n + r0, pi.data() + u * n + r0);
-        }
-      }
-    });
+        },
+        [&](int64_t, int64_t r0, int64_t rows, Scratch& s) {
+          std::copy(residual.begin() + r0 * d, residual.begin() + (r0 + rows) * d, s.x.begin());
+          std::fill(s.x.begin() + rows * d, s.x.begin() + padded_rows(rows) * d, 0.0f);
+        },
+        pv.data(), pi.data());
     for (int64_t r = 0; r < n; ++r) {
       float bv;
       int32_t bi;
