@@ -88,3 +88,65 @@ def test_processor_survives_a_damaged_prompt(setup):
     allowed = torch.isfinite(scores[0]).numpy()
     audio = ts.block("audio")
     assert allowed[audio.offset : audio.offset + audio.codebook_size].all() and allowed.sum() == audio.codebook_size + 1
+
+
+class _MaskSpy(transformers.LogitsProcessor):
+    """Runs after the UTI processor and records each row's prefix with the IDs left allowed."""
+
+    def __init__(self):
+        self.calls: list[tuple[list[int], np.ndarray]] = []
+
+    def __call__(self, input_ids, scores):
+        for row, s in zip(input_ids.tolist(), scores):
+            self.calls.append((row, torch.isfinite(s).numpy().copy()))
+        return scores
+
+
+_MODES = {
+    "greedy": dict(do_sample=False),
+    "sampling": dict(do_sample=True, top_k=0),
+    "sampling_3_returns": dict(do_sample=True, top_k=0, num_return_sequences=3),
+    "beam_4": dict(num_beams=4, num_return_sequences=4, do_sample=False),
+    "beam_sampling": dict(num_beams=3, num_return_sequences=2, do_sample=True, top_k=0),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(_MODES))
+def test_every_mask_equals_allowed_next_under_any_decoding_strategy(setup, mode):
+    """Rows are reordered, duplicated and dropped by beam search: each mask must still be its own prefix's."""
+    ts, g, model = setup
+    prompts = [g.encode(["Describe:"]) + [ts.id_of("<|audio_start|>")],
+               g.encode(["Draw"]) + [ts.id_of("<|image_start|>")]]
+    prompts[1] = [151643] * (len(prompts[0]) - len(prompts[1])) + prompts[1]  # left-pad to one length
+    mask = torch.ones(2, len(prompts[0]), dtype=torch.long)
+    mask[1, : (torch.tensor(prompts[1]) == 151643).sum()] = 0
+    spy = _MaskSpy()
+    torch.manual_seed(3)
+    out = model.generate(torch.tensor(prompts), attention_mask=mask, logits_processor=[g.logits_processor(), spy],
+                         max_new_tokens=24, pad_token_id=151643, **_MODES[mode])
+    assert len(spy.calls) >= 24
+    for row, allowed in spy.calls:
+        want = g.allowed_next(row)
+        assert (allowed[: ts.padded_vocab_size] == want).all(), (mode, len(row))
+    for row in out.tolist():
+        try:
+            g.decode(row)
+        except UTIDecodeError as e:  # only an unfinished span at the length limit
+            assert (e.rule, e.position) == ("span.unterminated", len(row))
+
+
+def test_rows_are_matched_by_content_not_by_position(setup):
+    """Swapping two rows between calls (as beam search does) keeps each row's own state, even when
+    both rows end in the same ID and have the same length."""
+    ts, g, _ = setup
+    text = g.encode(["hi"])[0]
+    a = [text, text]  # in text
+    b = [ts.id_of("<|audio_start|>"), text]  # inside audio (the text ID is dropped leniently)
+    audio = ts.block("audio")
+    p = g.logits_processor()
+    p(torch.tensor([a, b]), torch.zeros(2, ts.padded_vocab_size))
+    nxt = torch.tensor([b + [audio.offset], a + [text]])  # swapped, each one token longer
+    got = torch.isfinite(p(nxt, torch.zeros(2, ts.padded_vocab_size)))
+    fresh = torch.isfinite(g.logits_processor()(nxt, torch.zeros(2, ts.padded_vocab_size)))
+    assert torch.equal(got, fresh)
+    assert got[0, audio.offset + audio.codebook_size] and not got[0, text]  # audio codebook 1 next
