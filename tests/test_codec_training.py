@@ -185,6 +185,21 @@ def test_audio_training_resumes_after_a_kill(audio_data, tmp_path, monkeypatch):
     assert codec.sample_rate == 8000 and codec.num_codebooks == 2
 
 
+@pytest.mark.parametrize("kind", ["image", "audio"])
+def test_rerun_after_the_last_checkpoint_exports_the_trained_weights(image_data, audio_data, tmp_path, kind):
+    """Running the same command again (or resuming after a kill during export/eval) keeps the training."""
+    train, data, cfg = ((train_image_codec, image_data, TINY_IMAGE) if kind == "image"
+                        else (train_audio_codec, audio_data, TINY_AUDIO))
+    train(data / "train", tmp_path, config=cfg, progress=False)
+    first = _weights(tmp_path / "codec")
+    trained = [k for k in first if k.startswith(("decoder.", "postfilter."))]
+    assert trained and any(first[k].abs().sum() > 0 for k in trained if k.endswith("out.weight"))
+    (tmp_path / "codec" / "model.safetensors").unlink()  # as if killed during the export
+    train(data / "train", tmp_path, config=cfg, progress=False)
+    again = _weights(tmp_path / "codec")
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+
+
 def test_cli_train_codec(image_data, tmp_path, capsys):
     code = lumo(["train-codec", "image", "--data", str(image_data / "train"), "--out", str(tmp_path / "run"),
                  "--codebook-size", "16", "--kmeans-samples", "1000", "--kmeans-iterations", "2", "--steps", "0",

@@ -162,6 +162,15 @@ def _adam_stage(run: _Run, module: torch.nn.Module, steps: int, lr: float, save_
     module.eval()
 
 
+def _load_trained_module(model: torch.nn.Module, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Load the module weights a refinement-stage checkpoint holds (none before its first save)."""
+    if state["stage"] in ("decoder", "postfilter") and state["step"] > 0:
+        module = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+        if not module:
+            raise ValueError(f"checkpoint at {state['stage']} step {state['step']} holds no module weights")
+        model.load_state_dict(module)
+
+
 # -- images ----------------------------------------------------------------------------
 def _load_images(folder: str | Path) -> list[Any]:
     from PIL import Image, UnidentifiedImageError
@@ -254,9 +263,10 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
 
     model.codebook.copy_(tensors["codebook"])
     model.to(device)
+    # A checkpoint past step 0 holds trained weights: load them whether or not steps remain, so a
+    # rerun after the last checkpoint (or a resume after a kill during export) exports them again.
+    _load_trained_module(model, state, tensors)
     if state["stage"] == "decoder" and model.decoder is not None and state["step"] < cfg.decoder_steps:
-        if state["step"] > 0:
-            model.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
         opt_state = (tensors, state["opt_groups"]) if state.get("opt_groups") else None
 
         def loss_fn(step: int) -> torch.Tensor:
@@ -391,9 +401,8 @@ def train_audio_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
         checkpoint.save(run.ckpt, state, tensors)
 
     model.codebooks.copy_(tensors["codebooks"])
+    _load_trained_module(model, state, tensors)  # see train_image_codec
     if model.postfilter is not None and state["stage"] == "postfilter" and state["step"] < cfg.postfilter_steps:
-        if state["step"] > 0:
-            model.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
         opt_state = (tensors, state["opt_groups"]) if state.get("opt_groups") else None
         # Fixed codes: quantise every frame once (on the CPU, where the data is), then train on
         # random segments of whole files on `device`.
