@@ -25,6 +25,7 @@ from .errors import BundleError, TokenizerMismatchError, TokenSpaceError, UTIDec
 # only, so that ``lumo --help`` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
     "lumo_model.token_lm.cli", "lumo_model.vlm.cli", "lumo_model.codec.cli", "lumo_uti.audit.cli",
+    "lumo_uti.datasets.cli",
 )
 
 
