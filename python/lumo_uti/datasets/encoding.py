@@ -43,6 +43,7 @@ class Encoded(NamedTuple):
     error: str | None
     images: int = 0
     audio_seconds: float = 0.0
+    regions: np.ndarray | None = None  # tokens per token-space region (int64 [R]), counted in the worker
 
 
 class BatchEncoder:
@@ -62,6 +63,10 @@ class BatchEncoder:
         self.base_dir = Path(base_dir) if base_dir is not None else None
         ts = uti.token_space
         self.eos = ts.special_tokens.get(EOS_TOKEN) if settings.append_eos else None
+        from PIL import Image
+
+        self._image_type = Image.Image
+        self._region_starts = np.array([r.start for r in ts.regions], dtype=np.int64)
         if settings.append_eos and self.eos is None:
             raise ValueError(f"append_eos: the base tokenizer of {ts.name!r} has no {EOS_TOKEN}")
 
@@ -108,11 +113,17 @@ class BatchEncoder:
         if len(ids) > self.settings.max_doc_tokens:
             return Encoded(position, None, f"document has {len(ids)} tokens, more than max_doc_tokens "
                                            f"{self.settings.max_doc_tokens}")
-        from PIL import Image
-
-        images = sum(isinstance(item, Image.Image) for item in doc)
-        seconds = sum(item.duration for item in doc if isinstance(item, audio_type))
-        return Encoded(position, np.asarray(ids, dtype=np.int32), None, images, seconds)
+        images, seconds = 0, 0.0
+        for item in doc:
+            if not isinstance(item, str):
+                if isinstance(item, audio_type):
+                    seconds += item.duration
+                elif isinstance(item, self._image_type):
+                    images += 1
+        arr = np.array(ids, dtype=np.int32)
+        regions = np.bincount(np.searchsorted(self._region_starts, arr, side="right") - 1,
+                              minlength=len(self._region_starts))
+        return Encoded(position, arr, None, images, seconds, regions)
 
 
 def _reason(e: Exception) -> str:

@@ -85,7 +85,7 @@ def tokenize_dataset(
     writer = ShardWriter(out, identity, shard_docs, resume=resume, max_errors=max_errors)
     if writer.finished is not None:
         return writer.finished
-    writer.set_classifier(ts.classify, [r.name for r in ts.regions])
+    writer.set_regions([r.name for r in ts.regions])
     start = writer.next_position
     base_dir = str(inp.base_dir) if inp.base_dir is not None else None
     bar = RunProgress(inp.known_length(), progress, start_position=start)

@@ -142,11 +142,11 @@ class ShardWriter:
             shard["errors"].append({"position": result.position, "reason": result.error})
             self.errors_so_far += 1
         else:
-            data = result.ids.astype("<i4", copy=False).tobytes()
+            data = memoryview(np.ascontiguousarray(result.ids, dtype="<i4")).cast("B")
             self._file.write(data)
             self._digest.update(data)
             self._lengths.append(len(result.ids))
-            shard["regions"] += np.bincount(self._classify(result.ids), minlength=len(shard["regions"]))
+            shard["regions"] += result.regions
         self.next_position += 1
         if self.next_position % self.shard_docs == 0:
             self._finish_shard()
@@ -154,12 +154,9 @@ class ShardWriter:
             raise TooManyErrors(f"{self.errors_so_far} documents failed, more than --max-errors {self.max_errors}; "
                                 f"the last: position {result.position}: {result.error}")
 
-    def set_classifier(self, classify: Any, region_names: list[str]) -> None:
-        """``classify(ids) -> region index`` (the token space's) and the region names, for the counts."""
-        self._classify_fn, self.region_names = classify, region_names
-
-    def _classify(self, ids: np.ndarray) -> np.ndarray:
-        return self._classify_fn(ids.astype(np.int64))
+    def set_regions(self, names: list[str]) -> None:
+        """The token space's region names, in the order of ``Encoded.regions``."""
+        self.region_names = list(names)
 
     def _start_shard(self, k: int) -> None:
         name = shard_name(k)
