@@ -69,4 +69,8 @@ run bench_resampler_fp32 python benchmarks/resampler.py --device cuda --dtype fl
 run bench_token_lm python benchmarks/token_lm.py --device cuda --dims 1024,4096 --tokens 8192 --kernel-dims 1024,4096 --reps 10
 cp "$OUT/bench_token_lm.log" "$OUT/bench_token_lm.jsonl" 2>/dev/null || true
 
+# -- datasets: tokenize-dataset with the codecs on the GPU -------------------------
+run bench_tokenize_dataset python benchmarks/tokenize_dataset.py --cases gpu --images 256 --gpu-batch 64
+grep '^{' "$OUT/bench_tokenize_dataset.log" >"$OUT/bench_tokenize_dataset.jsonl" 2>/dev/null || true
+
 exit $status

@@ -8,10 +8,14 @@ Cases (one JSON object each on stdout; CPU model, ISA, cores and threads in ever
            processes. Interleaved repeats, medians; ratio = our documents/s over tiktoken's.
   images   ``--images`` documents of a caption and a 256 x 256 PNG on the default bundle:
            1 worker vs 2 workers (interleaved), images/s per worker, the 2-worker speed-up.
+  gpu      (``--cases gpu``, on a CUDA machine) images/s with ``--device cuda`` for the default
+           image codec and a Janus-Pro-shaped VQ (random weights), with the GPU's utilisation
+           sampled from nvidia-smi.
   memory   peak RSS of a fresh process running ``tokenize_dataset`` (1 worker, in process)
            on N and on 10 N mixed documents (text + image codes): the ratio should be ~1.
 
     python benchmarks/tokenize_dataset.py [--cases text images memory] [--repeats 3]
+    python benchmarks/tokenize_dataset.py --cases gpu --images 256        # benchmarks/gpu_check.sh
 """
 
 from __future__ import annotations
@@ -132,6 +136,8 @@ def case_images(args, tmp: Path) -> dict:
     corpus = tmp / "images.jsonl"
     corpus.write_text("\n".join(lines) + "\n")
     one, two = [], []
+    if args.repeats == 0:  # only the corpus (for the gpu case)
+        return {}
     for _ in range(args.repeats):
         one.append(_ours(corpus, tmp / "img_out1", 1, shard_docs=64)[0])
         two.append(_ours(corpus, tmp / "img_out2", 2, shard_docs=64)[0])
@@ -170,6 +176,77 @@ def case_memory(args, tmp: Path) -> dict:
             "ratio_10x": round(b / a, 3), "goal": "<= 1.10"}
 
 
+def _gpu_utilisation_sampler():
+    """Start sampling ``nvidia-smi`` GPU utilisation every 0.2 s; returns a stop() giving (mean, max) %."""
+    import threading
+
+    samples, stop = [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                      "-i", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]],
+                                     capture_output=True, text=True, timeout=5).stdout.strip()
+                samples.append(float(out.splitlines()[0]))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                return
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+
+    def finish():
+        stop.set()
+        thread.join()
+        return (round(statistics.mean(samples), 1), max(samples)) if samples else (None, None)
+
+    return finish
+
+
+def _janus_bundle(root: Path) -> Path:
+    """A bundle whose image codec is a Janus-Pro-shaped VQ (HF JanusVQVAE default config, 24 x 24 codes, random weights)."""
+    import torch
+    import transformers as hf
+
+    import lumo_uti
+
+    config = hf.JanusVQVAEConfig()
+    config.num_patches = 24
+    torch.manual_seed(0)
+    hf.JanusVQVAE(config).eval().save_pretrained(root / "janus_model", safe_serialization=True)
+    return lumo_uti.create_bundle(root / "janus_bundle", image=f"hf-janus:{root / 'janus_model'}")
+
+
+def case_gpu(args, tmp: Path) -> list[dict]:
+    """Images/s with the codecs on the GPU (default bundle, Janus-shaped VQ) and the GPU's utilisation."""
+    import torch
+
+    import lumo_uti
+    from lumo_uti.datasets import tokenize_dataset
+
+    if not torch.cuda.is_available():
+        return [{"case": "gpu", "skipped": "no CUDA device"}]
+    if not (tmp / "images.jsonl").is_file():
+        case_images(argparse.Namespace(**{**vars(args), "repeats": 0}), tmp)
+    results = []
+    for name, bundle in (("default", None), ("janus_384", _janus_bundle(tmp))):
+        uti = lumo_uti.load(bundle, device="cuda")
+        for device_run in range(2):  # the first run warms up CUDA and the kernels
+            shutil.rmtree(tmp / "gpu_out", ignore_errors=True)
+            finish = _gpu_utilisation_sampler()
+            start = time.perf_counter()
+            tokenize_dataset(tmp / "images.jsonl", uti, out=tmp / "gpu_out", device="cuda", batch_size=args.gpu_batch,
+                             shard_docs=64, progress=False)
+            seconds = time.perf_counter() - start
+            mean_util, max_util = finish()
+        results.append({"case": f"gpu_images_{name}", "documents": args.images, "batch_size": args.gpu_batch,
+                        "seconds": round(seconds, 3), "images_per_s": round(args.images / seconds, 2),
+                        "gpu_util_mean_pct": mean_util, "gpu_util_max_pct": max_util,
+                        "gpu": torch.cuda.get_device_name()})
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["text", "images", "memory"])
@@ -178,13 +255,15 @@ def main() -> None:
     parser.add_argument("--text-mb", type=float, default=20.0)
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--memory-docs", type=int, default=10_000)
+    parser.add_argument("--gpu-batch", type=int, default=64, help="gpu case: documents per encode call")
     args = parser.parse_args()
     info = machine()
-    cases = {"text": case_text, "images": case_images, "memory": case_memory}
+    cases = {"text": case_text, "images": case_images, "memory": case_memory, "gpu": case_gpu}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases:
-            result = cases[name](args, Path(tmp))
-            print(json.dumps({**result, "machine": info}), flush=True)
+            results = cases[name](args, Path(tmp))
+            for result in results if isinstance(results, list) else [results]:
+                print(json.dumps({**result, "machine": info}), flush=True)
 
 
 if __name__ == "__main__":
