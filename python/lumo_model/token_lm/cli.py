@@ -28,16 +28,19 @@ def register(subparsers: Any) -> None:
         "train",
         help="train the new embedding/LM-head rows on UTI documents or task records",
         description="Train only the new rows of a base causal LM expanded by the token space. "
-        "Runs on one process or under torchrun (DDP). Data: JSONL, see docs/token_lm.md.",
+        "Runs on one process or under torchrun (DDP). Data: JSONL, or a token-shard folder "
+        "from `lumo tokenize-dataset` (packed into --seq-len windows); see docs/token_lm.md.",
     )
     t.add_argument("--base", required=True, metavar="DIR", help="local Hugging Face model directory (e.g. Qwen3-8B-Base)")
     t.add_argument("--bundle", metavar="DIR", help="UTI bundle directory (default: embedded bundle)")
-    t.add_argument("--data", required=True, metavar="FILE", help="JSONL of documents or task records (I2T/A2T/T2I/T2A)")
+    t.add_argument("--data", required=True, metavar="PATH",
+                   help="JSONL of documents or task records (I2T/A2T/T2I/T2A), or a token-shard folder (manifest.json)")
     t.add_argument("--out", required=True, metavar="DIR", help="output directory (checkpoints, log.jsonl, adapter/)")
     t.add_argument("--steps", type=int, default=100, help="optimizer steps in total (default 100)")
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     t.add_argument("--batch-size", type=int, default=4, help="sequences per step per process (default 4)")
-    t.add_argument("--seq-len", type=int, default=512, help="tokens per sequence; longer examples are cut (default 512)")
+    t.add_argument("--seq-len", type=int, default=512,
+                   help="tokens per sequence; longer JSONL examples are cut, shard documents are packed (default 512)")
     t.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default 50)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/latest.json")
     t.add_argument("--seed", type=int, default=0, help="data order and init noise seed (default 0)")
@@ -45,6 +48,11 @@ def register(subparsers: Any) -> None:
     t.add_argument("--noise-std", type=float, default=0.0, help="init noise, in units of the base rows' std (default 0)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
     t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype (default float32)")
+    from .tasks import LOSS_ON  # torch-free
+
+    t.add_argument("--loss-on", default="all", choices=list(LOSS_ON),
+                   help="targets by token kind: all, new (UTI rows), image / audio (their spans' tokens), text "
+                        "(default all; task records keep their own target mask within it)")
     t.set_defaults(func=_cmd_train)
 
     m = sub.add_parser(
@@ -67,7 +75,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         base=args.base, data=args.data, out=args.out, bundle=args.bundle, steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, seq_len=args.seq_len, save_every=args.save_every, resume=args.resume,
         seed=args.seed, log_every=args.log_every, weight_decay=args.weight_decay, noise_std=args.noise_std,
-        dtype=args.dtype,
+        dtype=args.dtype, loss_on=args.loss_on,
     )
     try:
         result = train(cfg)

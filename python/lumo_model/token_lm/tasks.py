@@ -12,7 +12,8 @@ line is one of::
 
 Task examples put the loss on the target only (the prompt is context). Every
 example ends with ``<|endoftext|>`` (a target token), so the model learns
-where an output stops.
+where an output stops. ``loss_id_mask`` narrows the loss further by the target
+token's ID (``--loss-on``), for JSONL examples and token shards alike.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from lumo_uti.docjson import document_from_json
 from lumo_uti.segments import AudioCodes, ImageCodes
 
-__all__ = ["TASKS", "TEMPLATES", "Example", "render_task", "example_from_record", "read_examples"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TASKS", "TEMPLATES", "LOSS_ON", "Example", "render_task", "example_from_record", "read_examples",
+           "loss_id_mask"]
 
 EOS = "<|endoftext|>"
 
@@ -40,6 +45,9 @@ TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 TASKS = tuple(TEMPLATES)
 _NEEDS = {"I2T": "image_codes", "A2T": "audio_codes", "T2I": "image_codes", "T2A": "audio_codes"}
+
+# --loss-on choices; "all" keeps every target (the default).
+LOSS_ON = ("all", "new", "image", "audio", "text")
 
 
 @dataclass(frozen=True)
@@ -130,3 +138,43 @@ def read_examples(path: str | os.PathLike, uti: Any) -> list[Example]:
     if not out:
         raise ValueError(f"{path}: no examples")
     return out
+
+
+def loss_id_mask(token_space: Any, which: str) -> torch.Tensor:
+    """``[padded_vocab_size]`` bool: True for the IDs that may be targets under ``--loss-on which``.
+
+    - ``all``: every ID.
+    - ``text``: the base tokenizer's IDs ``[0, text_vocab_size)`` (``<|endoftext|>`` included).
+    - ``new``: the new rows ``[base_rows, vocab_size)``: every UTI block.
+    - ``image``: the tokens of image spans: ``<|image_start|>``, the grid tokens (they
+      occur only in image headers), the image codes, ``<|image_end|>``; the same IDs a
+      T2I target holds, without its ``<|endoftext|>``.
+    - ``audio``: ``<|audio_start|>``, the audio codes, ``<|audio_end|>``.
+
+    Raises:
+        ValueError: an unknown choice, or ``image`` / ``audio`` with a token space
+            that has no such codes block.
+    """
+    import torch  # here: ``lumo --help`` reads LOSS_ON from this module without torch
+
+    if which not in LOSS_ON:
+        raise ValueError(f"loss_on: expected one of {LOSS_ON}, got {which!r}")
+    mask = torch.zeros(token_space.padded_vocab_size, dtype=torch.bool)
+    if which == "all":
+        mask[:] = True
+    elif which == "text":
+        mask[: token_space.text_vocab_size] = True
+    elif which == "new":
+        mask[token_space.base_rows : token_space.vocab_size] = True
+    else:
+        block = token_space.codes_block(which)
+        if block is None:
+            raise ValueError(f"loss_on {which!r}: token space {token_space.name!r} has no {which} codes block")
+        mask[block.offset : block.end] = True
+        if which == "image" and token_space.has_block("grid"):
+            grid = token_space.block("grid")
+            mask[grid.offset : grid.end] = True
+        for marker in (f"<|{which}_start|>", f"<|{which}_end|>"):
+            if marker in token_space.special_tokens:
+                mask[token_space.special_tokens[marker]] = True
+    return mask

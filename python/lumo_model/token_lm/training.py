@@ -2,6 +2,9 @@
 
 One process, or one per rank under ``torchrun`` (DDP; gloo on CPU, NCCL on
 GPU): only the new rows are in the optimizer; every other parameter is frozen.
+Data is a JSONL file of documents and task records (encoded in memory at start,
+one example per sequence) or a token-shard folder (streamed from the
+memory-mapped shards and packed into windows, ``packing``).
 The batch of a step is a pure function of (seed, step, rank), so a run resumed
 from a checkpoint continues exactly where the killed run was: the checkpoint
 holds the rows, the optimizer state and the step, and the resumed run gives
@@ -37,7 +40,8 @@ from lumo_uti._io import atomic_write_text
 
 from .expansion import expand, expansion_of, trainable_parameters
 from .packaging import atomic_dir, patch_load, save_trainable_rows
-from .tasks import Example, read_examples
+from .packing import ShardPacker, collate_windows, open_token_shards
+from .tasks import LOSS_ON, Example, loss_id_mask, read_examples
 
 __all__ = ["TrainConfig", "train", "forbidden_columns", "rows_loss"]
 
@@ -66,6 +70,7 @@ class TrainConfig:
     noise_std: float = 0.0
     dtype: str = "float32"
     keep_checkpoints: int = 2
+    loss_on: str = "all"
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "save_every", "log_every"):
@@ -79,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"tokenlm train: expected dtype in {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"tokenlm train: expected keep_checkpoints >= 1, got {self.keep_checkpoints}")
+        if self.loss_on not in LOSS_ON:
+            raise ValueError(f"tokenlm train: expected loss_on in {list(LOSS_ON)}, got {self.loss_on!r}")
 
 
 def forbidden_columns(token_space: Any, width: int) -> torch.Tensor:
@@ -120,8 +127,13 @@ def batch_indices(n: int, step: int, batch_size: int, rank: int, world: int, see
     return out
 
 
-def collate(examples: list[Example], seq_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(input_ids [B, L], attention_mask [B, L], labels [B, L])``, truncated/padded to seq_len."""
+def collate(
+    examples: list[Example], seq_len: int, pad_id: int, loss_ids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids [B, L], attention_mask [B, L], labels [B, L])``, truncated/padded to seq_len.
+
+    Labels keep an example's target tokens whose ID is in ``loss_ids`` (``[V]`` bool; None: all).
+    """
     ids = torch.full((len(examples), seq_len), pad_id, dtype=torch.long)
     attn = torch.zeros((len(examples), seq_len), dtype=torch.long)
     labels = torch.full((len(examples), seq_len), -100, dtype=torch.long)
@@ -131,8 +143,49 @@ def collate(examples: list[Example], seq_len: int, pad_id: int) -> tuple[torch.T
         ids[b, :n] = row
         attn[b, :n] = 1
         tgt = torch.tensor(ex.target[:n], dtype=torch.bool)
+        if loss_ids is not None:
+            tgt &= loss_ids[row]
         labels[b, :n] = torch.where(tgt, row, -100)
     return ids, attn, labels
+
+
+class _ExampleData:
+    """A JSONL file: every example encoded at start, one per sequence (truncated/padded)."""
+
+    def __init__(self, cfg: TrainConfig, uti: Any, loss_ids: torch.Tensor):
+        self.examples = read_examples(cfg.data, uti)
+        self.hash = _file_sha256(cfg.data)
+        self.cfg, self.loss_ids = cfg, loss_ids
+        self.pad_id = uti.token_space.special_tokens.get("<|endoftext|>", 0)
+        self.summary = f"{len(self.examples)} examples"
+
+    def batch(self, step: int, rank: int, world: int) -> dict[str, torch.Tensor]:
+        idx = batch_indices(len(self.examples), step, self.cfg.batch_size, rank, world, self.cfg.seed)
+        ids, attn, labels = collate([self.examples[i] for i in idx], self.cfg.seq_len, self.pad_id, self.loss_ids)
+        return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+class _ShardData:
+    """A token-shard folder: documents streamed from the memory-mapped shards, packed into windows."""
+
+    def __init__(self, cfg: TrainConfig, uti: Any, loss_ids: torch.Tensor):
+        shards, separator, self.hash = open_token_shards(cfg.data, uti.token_space)
+        self.packer = ShardPacker(shards, cfg.seq_len, cfg.seed, separator)
+        self.cfg, self.loss_ids = cfg, loss_ids
+        self.summary = (f"{len(shards)} documents / {self.packer.epoch_tokens} tokens per epoch from token shards "
+                        f"(separator {'added' if separator is not None else 'in the shards'})")
+
+    def batch(self, step: int, rank: int, world: int) -> dict[str, torch.Tensor]:
+        windows = self.packer.batch(step, self.cfg.batch_size, rank, world)
+        return collate_windows(windows, self.loss_ids, _DTYPES[self.cfg.dtype])
+
+
+def _open_data(cfg: TrainConfig, uti: Any) -> _ExampleData | _ShardData:
+    """A folder is token shards (``TokenShards`` says what is wrong with one that is not); a file is JSONL."""
+    loss_ids = loss_id_mask(uti.token_space, cfg.loss_on)
+    if Path(cfg.data).is_dir():
+        return _ShardData(cfg, uti, loss_ids)
+    return _ExampleData(cfg, uti, loss_ids)
 
 
 def _file_sha256(path: str | os.PathLike) -> str:
@@ -225,8 +278,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict
     try:
         uti = lumo_uti.load(cfg.bundle)
         ts = uti.token_space
-        examples = read_examples(cfg.data, uti)
-        data_hash = _file_sha256(cfg.data)
+        data = _open_data(cfg, uti)
+        data_hash = data.hash
         ckpt = _latest(out) if cfg.resume else None
         if not cfg.resume and (out / LATEST).exists():
             raise FileExistsError(f"{out} holds a run already (latest.json); pass --resume or another --out")
@@ -246,6 +299,13 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict
                     f"tokenlm train: --resume with {world} process(es), the run used {state['world_size']}: "
                     "the data order depends on the number of processes"
                 )
+            for key in ("seed", "batch_size", "seq_len", "loss_on"):
+                was = state.get("config", {}).get(key, getattr(TrainConfig, key, None))
+                if was != getattr(cfg, key):
+                    raise ValueError(
+                        f"tokenlm train: --resume with {key} {getattr(cfg, key)!r}, the run used {was!r}: "
+                        "the batches depend on it"
+                    )
             model = patch_load(model, ckpt / "adapter")
             if expansion_of(model).token_space.fingerprint != ts.fingerprint:
                 raise ValueError(
@@ -264,7 +324,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict
             optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=device))
         n_trainable = sum(p.numel() for p in params)
         say(
-            f"tokenlm: {len(examples)} examples, {world} process(es), vocab {expansion_of(model).total_rows} "
+            f"tokenlm: {data.summary}, {world} process(es), vocab {expansion_of(model).total_rows} "
             f"({expansion_of(model).new_rows} new rows), {n_trainable} trainable parameters, device {device}"
         )
         net = model
@@ -274,16 +334,14 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict
             net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         net.train()
         forbidden = forbidden_columns(ts, expansion_of(model).total_rows).to(device)
-        pad_id = ts.special_tokens.get("<|endoftext|>", 0)
         names = [r.name for r in ts.regions]
         bounds = ts.region_bounds
         last_loss = float("nan")
         t0, tokens = time.perf_counter(), 0
         for step in range(start, cfg.steps):
-            batch = [examples[i] for i in batch_indices(len(examples), step, cfg.batch_size, rank, world, cfg.seed)]
-            ids, attn, labels = collate(batch, cfg.seq_len, pad_id)
-            ids, attn, labels = ids.to(device), attn.to(device), labels.to(device)
-            logits = net(input_ids=ids, attention_mask=attn).logits
+            inputs = {k: v.to(device) for k, v in data.batch(step, rank, world).items()}
+            labels = inputs.pop("labels")
+            logits = net(**inputs).logits
             per_tok = rows_loss(logits, labels, forbidden)
             valid = labels[:, 1:] != -100
             count = valid.sum()
