@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import tempfile
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError
+from ._io import atomic_dir
+from .errors import BundleError, BundleHashMismatchError, BundleTokenizerMismatchError, TokenizerMismatchError
 from .text import load_text_tokenizer, qwen3_tokenizer
 from .token_space import BaseSpec, TokenSpace, default_blocks
 from .uti import UTI
@@ -64,9 +65,11 @@ def load(path: str | os.PathLike | None = None, *, device: Any = "cpu") -> UTI:
     """Load a bundle: ``None`` for the embedded default, else a bundle directory
     or a ``token_space.json`` file.
 
-    The tokenizer's hash is checked against the token space
-    (``TokenizerMismatchError``), and so is every codec's weights hash
-    (``BundleError`` naming the files that differ). Codecs run on ``device``.
+    Every hash the token space records is checked before the file is used:
+    the tokenizer's (``BundleTokenizerMismatchError``, a ``TokenizerMismatchError``
+    and a ``BundleError``), each codec's ``config.json`` (before the model is
+    built from it) and weight files (``BundleHashMismatchError``). Each error
+    names the file and both hashes. Codecs run on ``device``.
     """
     if path is None and device == "cpu":
         return _default()
@@ -77,7 +80,8 @@ def load(path: str | os.PathLike | None = None, *, device: Any = "cpu") -> UTI:
     if not ts_file.is_file():
         raise BundleError(f"{path} is not a bundle: no token_space.json in it")
     token_space = TokenSpace.load(ts_file)
-    text_tokenizer = load_text_tokenizer(token_space.tokenizer, ts_file.parent)  # checked first: cheap, fundamental
+    text_tokenizer = _load_tokenizer(ts_file, token_space)  # checked first: cheap, fundamental
+    token_space.check_text_tokenizer(text_tokenizer)
     codecs = {m: _load_codec(ts_file.parent, m, identity, device) for m, identity in token_space.codecs.items()}
     return UTI(
         token_space,
@@ -98,19 +102,77 @@ def _inside(bundle_dir: Path, rel: Any, what: str) -> Path:
     return bundle_dir / rel
 
 
+def _regular_files(directory: Path, what: str) -> None:
+    """Refuse a folder of the bundle that holds a device, pipe or socket where a file is read."""
+    if not directory.is_dir():
+        raise BundleError(f"{what}: folder {directory} not found")
+    for f in directory.iterdir():
+        if f.suffix in (".json", ".safetensors", ".txt", ".model") and not f.is_file():
+            raise BundleError(f"{what}: {f} is not a regular file")
+
+
+def _load_tokenizer(ts_file: Path, token_space: TokenSpace):
+    from .text import HFTextTokenizer
+
+    identity = token_space.tokenizer
+    rel = identity.get("path")
+    if identity.get("kind") == "hf-tokenizer" and isinstance(rel, str):
+        _regular_files(_inside(ts_file.parent, rel, "tokenizer in token_space.json"), "text tokenizer")
+    try:
+        return load_text_tokenizer(identity, ts_file.parent)
+    except TokenizerMismatchError:
+        if identity.get("kind") == "hf-tokenizer":
+            where, found = ts_file.parent / rel / "tokenizer.json", HFTextTokenizer(ts_file.parent / rel).identity["hash"]
+        else:  # the built-in tokenizer (its own file is checked when it loads)
+            where, found = f"the built-in {identity.get('kind')} tokenizer", qwen3_tokenizer().identity["hash"]
+        raise BundleTokenizerMismatchError(
+            f"text tokenizer {where} does not match {ts_file}: hash {identity.get('hash')} recorded, {found} found",
+            file=str(where), field="tokenizer.hash", recorded=identity.get("hash"), found=found) from None
+
+
 def _load_codec(bundle_dir: Path, modality: str, identity: dict[str, Any], device: Any):
     from . import codecs
+    from ._hashing import sha256_file
 
+    ts_file = bundle_dir / "token_space.json"
     directory = _inside(bundle_dir, identity.get("path"), f"{modality} codec in token_space.json")
-    codec = codecs.load(f"{identity.get('kind')}:{directory}", device=device or "cpu", **identity.get("options", {}))
-    if codec.weights_hash != identity.get("weights_hash"):
-        recorded, found = identity.get("weight_files", {}), codec.identity["weight_files"]
-        differ = sorted(n for n in set(recorded) | set(found) if recorded.get(n) != found.get(n))
-        raise BundleError(
-            f"{modality} codec weights in {directory} do not match token_space.json "
-            f"(weights_hash {identity.get('weights_hash')} recorded, {codec.weights_hash} found); "
-            f"files that differ: {differ}"
-        )
+    kind = identity.get("kind")
+    if kind not in codecs.BACKENDS:
+        raise BundleError(f"{modality} codec in {ts_file}: unknown codec kind {kind!r} (kinds: {sorted(codecs.BACKENDS)})")
+    _regular_files(directory, f"{modality} codec")
+    config = directory / "config.json"
+    if not config.is_file():
+        raise BundleError(f"{modality} codec: {config} is missing")
+    for field in ("config_hash", "weights_hash"):
+        if not isinstance(identity.get(field), str):
+            raise BundleError(f"{modality} codec in {ts_file} records no {field}, so {directory} cannot be verified")
+    found = sha256_file(config)  # before the model is built from it
+    if found != identity["config_hash"]:
+        raise BundleHashMismatchError(
+            f"{modality} codec config {config} does not match {ts_file}: config_hash {identity['config_hash']} "
+            f"recorded, {found} found", file=str(config), field=f"codecs.{modality}.config_hash",
+            recorded=identity["config_hash"], found=found)
+    try:
+        codec = codecs.load(f"{kind}:{directory}", device=device or "cpu", **identity.get("options", {}))
+    except codecs.CodecError as e:
+        raise BundleError(f"{modality} codec in {directory}: {e}") from None
+    if codec.identity.get("config_hash") != identity["config_hash"]:  # changed while it loaded
+        raise BundleHashMismatchError(
+            f"{modality} codec config {config} changed while it was read: config_hash {identity['config_hash']} "
+            f"recorded, {codec.identity.get('config_hash')} found", file=str(config),
+            field=f"codecs.{modality}.config_hash", recorded=identity["config_hash"],
+            found=codec.identity.get("config_hash"))
+    if codec.weights_hash != identity["weights_hash"]:
+        recorded, found_files = identity.get("weight_files") or {}, codec.identity["weight_files"]
+        differ = sorted(n for n in set(recorded) | set(found_files) if recorded.get(n) != found_files.get(n))
+        detail = "; ".join(f"{directory / n}: {recorded.get(n) or 'not recorded'} recorded, "
+                           f"{found_files.get(n) or 'missing'} found" for n in differ)
+        raise BundleHashMismatchError(
+            f"{modality} codec weights in {directory} do not match {ts_file} "
+            f"(weights_hash {identity['weights_hash']} recorded, {codec.weights_hash} found); "
+            f"files that differ: {differ}" + (f"; {detail}" if detail else ""),
+            file=str(directory / differ[0]) if differ else str(directory),
+            field=f"codecs.{modality}.weights_hash", recorded=identity["weights_hash"], found=codec.weights_hash)
     return codec
 
 
@@ -136,9 +198,12 @@ def create_bundle(
             weights hash are recorded.
         base_rows: embedding rows of the base model (default: 151936 for Qwen3,
             the tokenizer's vocab size otherwise).
-    The bundle is assembled in a temporary sibling directory and renamed into
-    place, so a failure leaves nothing half-written; an existing ``out`` is
-    refused unless ``force``.
+    The bundle is assembled in a temporary sibling directory and swapped into
+    place (``lumo_uti._io.atomic_dir``: the old one renamed aside, the new one
+    renamed in, then the old one deleted), so a failure or a kill leaves either
+    the old bundle or the new one, never a mix; an existing ``out`` is refused
+    unless ``force``. Codec and tokenizer files are copied only when they are
+    regular files (a link is followed to its file; a device or pipe is refused).
     """
     from . import codecs
     from .text import HFTextTokenizer
@@ -147,9 +212,7 @@ def create_bundle(
     out = Path(out)
     if out.exists() and not force:
         raise BundleError(f"{out} exists; pass force=True (--force) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         if text == "qwen3":
             tok = qwen3_tokenizer()
             identity, rows = tok.identity, base_rows or 151936
@@ -158,7 +221,7 @@ def create_bundle(
             (tmp / "tokenizer").mkdir()
             for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
                 if (src / f).is_file():
-                    shutil.copy2(src / f, tmp / "tokenizer" / f)
+                    _copy_regular_file(src / f, tmp / "tokenizer" / f)
             tok = HFTextTokenizer(tmp / "tokenizer")
             identity, rows = dict(tok.identity, path="tokenizer"), base_rows or tok.vocab_size
         else:
@@ -172,9 +235,11 @@ def create_bundle(
                 raise codecs.CodecError(f"codec directory not found: {src_dir}")
             dest = tmp / "codecs" / modality
             dest.mkdir(parents=True)
-            for f in Path(src_dir).iterdir():
-                if f.is_file() and f.suffix in (".json", ".safetensors", ".txt", ".model"):
-                    shutil.copy2(f, dest / f.name)
+            for f in sorted(Path(src_dir).iterdir()):
+                if f.suffix in (".json", ".safetensors", ".txt", ".model"):
+                    if not f.is_file():
+                        raise codecs.CodecError(f"{modality} codec: {f} is not a regular file")
+                    _copy_regular_file(f, dest / f.name)
             codec = codecs.load(f"{kind}:{dest}", **(options or {}))
             if modality == "image":
                 blocks.append(grid_block(grid_max))
@@ -183,12 +248,6 @@ def create_bundle(
         base = BaseSpec(identity, tok.vocab_size, rows, tok.special_tokens)
         token_space = TokenSpace.build(base, blocks, name=name or out.name, codecs=recorded)
         token_space.save(tmp / "token_space.json")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -201,12 +260,17 @@ def export_bundle(
     weights (safetensors) and configs, and anything else in the bundle such as
     ``gates.json``, so that ``load(out)`` and ``lumo audit --bundle out`` accept
     it and a team can change it. Python caches and hidden files are left out.
-    The copy is made in a temporary sibling directory and renamed into place:
-    a failure leaves nothing half-written.
+    Only regular files and folders inside the bundle are copied: a symbolic
+    link, device or pipe in it is refused, never followed. The copy is made in
+    a temporary sibling directory and swapped into place as ``create_bundle``
+    does: a failure or a kill leaves the previous ``out`` (or none), never a
+    half-written or half-deleted one, and the temporary folders a killed
+    export left are removed by the next one.
 
     Raises:
-        BundleError: ``source`` is not a bundle (no token_space.json), ``out``
-            is inside ``source``, or ``out`` exists and ``force`` is False.
+        BundleError: ``source`` is not a bundle (no token_space.json), holds a
+            link or special file, ``out`` is inside ``source``, or ``out``
+            exists and ``force`` is False.
     """
     src = Path(source) if source is not None else default_bundle_dir()
     out = Path(out)
@@ -215,18 +279,64 @@ def export_bundle(
     TokenSpace.load(src / "token_space.json")  # refuse to export a broken token space
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise BundleError(f"cannot export bundle {src} into itself ({out})")
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:
         raise BundleError(f"{out} exists; pass force=True (--force) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True,
-                        ignore=lambda d, names: [n for n in names if n.startswith(".") or n == "__pycache__"
-                                                 or n.endswith(".pyc") or n == "__init__.py"])
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _check_tree(src)  # before anything is written
+    with atomic_dir(out) as tmp:
+        _copy_tree(src, src, tmp)
     return out
+
+
+def _skip_in_export(name: str) -> bool:
+    return name.startswith(".") or name == "__pycache__" or name.endswith(".pyc") or name == "__init__.py"
+
+
+def _check_tree(root: Path, directory: Path | None = None) -> None:
+    """Refuse links and special files anywhere in a bundle (never follows a link)."""
+    directory = root if directory is None else directory
+    with os.scandir(directory) as entries:
+        for e in entries:
+            if _skip_in_export(e.name):
+                continue
+            rel = Path(e.path).relative_to(root)
+            if e.is_symlink():
+                raise BundleError(
+                    f"cannot export {root}: {rel} is a symbolic link (to {os.readlink(e.path)!r}); links are not "
+                    "followed out of a bundle: replace it with the file or folder itself"
+                )
+            if e.is_dir(follow_symlinks=False):
+                _check_tree(root, Path(e.path))
+            elif not e.is_file(follow_symlinks=False):
+                raise BundleError(f"cannot export {root}: {rel} is not a regular file or folder")
+
+
+def _copy_tree(root: Path, src: Path, dst: Path) -> None:
+    with os.scandir(src) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if _skip_in_export(e.name):
+            continue
+        if e.is_dir(follow_symlinks=False):
+            os.mkdir(dst / e.name, 0o777)
+            _copy_tree(root, Path(e.path), dst / e.name)
+        else:
+            _copy_regular_file(Path(e.path), dst / e.name, follow=False, root=root)
+
+
+def _copy_regular_file(src: Path, dst: Path, *, follow: bool = True, root: Path | None = None) -> None:
+    """Copy one regular file (``follow=False``: refuse a link, even one swapped in after a check).
+
+    The copy gets the usual ``0o666 & ~umask`` mode; a device, pipe or socket is refused.
+    """
+    flags = os.O_RDONLY | (0 if follow else getattr(os, "O_NOFOLLOW", 0)) | getattr(os, "O_NONBLOCK", 0)
+    where = src.relative_to(root) if root is not None else src
+    try:
+        fd = os.open(src, flags)
+    except OSError as e:
+        raise BundleError(f"cannot copy {where}: {e.strerror} (a link is not followed out of a bundle)"
+                          if not follow else f"cannot copy {src}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as fin:
+        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+            raise BundleError(f"cannot copy {where}: not a regular file")
+        with open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)

@@ -42,3 +42,22 @@ class TokenizerMismatchError(ValueError):
 
 class BundleError(ValueError):
     """A bundle directory is missing a file or holds an unusable one."""
+
+
+class BundleHashMismatchError(BundleError):
+    """A file of a bundle does not have the hash ``token_space.json`` records for it.
+
+    Attributes:
+        file: the file (or folder) that differs.
+        field: the recorded field, e.g. ``"codecs.audio.config_hash"``.
+        recorded, found: the two hashes (``"sha256:<hex>"``).
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None,
+                 recorded: str | None = None, found: str | None = None):
+        self.file, self.field, self.recorded, self.found = file, field, recorded, found
+        super().__init__(message)
+
+
+class BundleTokenizerMismatchError(BundleHashMismatchError, TokenizerMismatchError):
+    """The text tokenizer of a bundle does not have the hash its token space records."""

@@ -17,19 +17,16 @@ adapter. See docs/token_lm.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 import lumo_uti
-from lumo_uti._io import atomic_write_bytes, atomic_write_text
+from lumo_uti._io import atomic_dir, atomic_write_bytes, atomic_write_text
 from lumo_uti.token_space import TokenSpace
 
 from .expansion import expand, expansion_of
@@ -54,32 +51,6 @@ class AdapterMismatchError(ValueError):
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temp directory beside ``out_dir``; on success it replaces ``out_dir``.
-
-    An existing ``out_dir`` is moved aside first and removed after the swap
-    (``overwrite=False``: FileExistsError instead). On error the temp dir is removed.
-    """
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "x")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _base_tables(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

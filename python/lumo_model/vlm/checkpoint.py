@@ -7,23 +7,24 @@ Layout of a checkpoint folder ``OUT``::
     OUT/step-0000k/optimizer.safetensors   AdamW moments, "state.<i>.<name>"
     OUT/step-0000k/state.json              step, configs, param groups, scheduler, losses
 
-A step folder is written under a temporary name and renamed into place, and
-``latest.json`` moves only after that, so a kill at any point leaves the
-previous checkpoint loadable. The two newest step folders are kept.
+A step folder is written under a temporary name and swapped into place
+(``lumo_uti._io.atomic_dir``), and ``latest.json`` moves only after that, so a
+kill at any point leaves the previous checkpoint loadable; files get the
+usual ``0o666 & ~umask`` permissions. The two newest step folders are kept.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
-from lumo_uti._io import atomic_write_text
+from lumo_uti._io import atomic_dir, atomic_write_bytes, atomic_write_text
 
 __all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -48,21 +49,15 @@ def save_checkpoint(out_dir: str | Path, step: int, connector: torch.nn.Module,
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     final = out_dir / name
-    tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in connector.state_dict().items()}
-    save_file(weights, str(tmp / "connector.safetensors"))
     meta = dict(state, step=step)
-    if optimizer is not None:
-        tensors, opt_meta = _optimizer_tensors(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        meta["optimizer"] = opt_meta
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:  # a kill leaves the previous step folder whole (or this one whole)
+        atomic_write_bytes(tmp / "connector.safetensors", st_save(weights))
+        if optimizer is not None:
+            tensors, opt_meta = _optimizer_tensors(optimizer.state_dict())
+            atomic_write_bytes(tmp / "optimizer.safetensors", st_save(tensors))
+            meta["optimizer"] = opt_meta
+        atomic_write_text(tmp / "state.json", json.dumps(meta, indent=1, sort_keys=True))
     atomic_write_text(out_dir / "latest.json", json.dumps({"step": step, "dir": name}) + "\n")
     olds = sorted(p for p in out_dir.glob("step-*") if p.is_dir() and p.name != name)
     for p in olds[: max(0, len(olds) - (_KEEP - 1))]:
