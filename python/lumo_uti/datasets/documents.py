@@ -111,8 +111,8 @@ def _media(kind: str, ref: Any, base_dir: Path | None, where: str) -> Any:
                 raise DocumentError(f"{where}: bad decoded audio ({e})") from None
         ref = ref.get("bytes") if ref.get("bytes") is not None else ref.get("path")
     if isinstance(ref, (bytes, bytearray, memoryview)):
-        source: Any = io.BytesIO(bytes(ref))
         name = f"{where} ({len(ref)} bytes)"
+        source: Any = _MediaBytes(bytes(ref), name)
     elif isinstance(ref, str) and ref:
         path = Path(ref)
         if not path.is_absolute() and base_dir is not None:
@@ -123,6 +123,18 @@ def _media(kind: str, ref: Any, base_dir: Path | None, where: str) -> Any:
     else:
         raise DocumentError(f"{where}: expected a path, bytes or a media object, got {type(ref).__name__}")
     return _load_image(source, name) if kind == "image" else _load_audio(source, name)
+
+
+class _MediaBytes(io.BytesIO):
+    """In-memory media whose repr, which PIL and soundfile quote in their errors, names it instead of an address
+    (errors.jsonl must not depend on the process)."""
+
+    def __init__(self, data: bytes, label: str):
+        super().__init__(data)
+        self.label = label
+
+    def __repr__(self) -> str:
+        return f"<{self.label}>"
 
 
 def _load_image(source: Any, name: str) -> Any:
