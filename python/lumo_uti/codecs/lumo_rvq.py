@@ -26,6 +26,7 @@ float32).
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,18 @@ from ..ops import PackedCodebook, rvq_decode, rvq_encode
 from .base import AudioCodec
 from .codebook_cache import CodebookCache
 from .hf_common import CodecError, directory_identity
-from .model_files import load_model_dir, save_model_dir
+from .model_files import config_keys, load_model_dir, save_model_dir
 
 FORMAT = "lumo-rvq"
+# config.json's hyper-parameters and the ranges loading accepts (checked before anything is built).
+CONFIG_KEYS = config_keys({
+    "sample_rate": (1, 768_000),
+    "hop": (1, 4096),
+    "num_codebooks": (1, 64),
+    "codebook_size": (1, 1 << 20),
+    "postfilter_channels": (0, 4096),
+    "postfilter_blocks": (0, 64),
+})
 
 
 def mdct_basis(hop: int) -> torch.Tensor:
@@ -156,7 +166,7 @@ def save_model(model: MdctRVQ, directory: str | Path, *, name: str, extra: dict[
 
 def load_model(directory: str | Path) -> tuple[MdctRVQ, dict[str, Any]]:
     """Read a ``lumo-rvq`` directory -> (float32 model in eval mode, config)."""
-    return load_model_dir(directory, fmt=FORMAT, from_config=MdctRVQ.from_config)
+    return load_model_dir(directory, fmt=FORMAT, from_config=MdctRVQ.from_config, keys=CONFIG_KEYS)
 
 
 class LumoRVQCodec(AudioCodec):
@@ -172,12 +182,12 @@ class LumoRVQCodec(AudioCodec):
         self.model, self.config = load_model(self.directory)
         self.model.to(device)
         q, k, _ = self.model.codebooks.shape
-        n = int(options.pop("num_quantizers", q))
+        n = options.pop("num_quantizers", int(q))
         if options:
             raise CodecError(f"lumo-rvq: unknown options {sorted(options)} (known: num_quantizers)")
-        if not 1 <= n <= q:
-            raise CodecError(f"lumo-rvq: num_quantizers must be in [1, {q}], got {n}")
-        self.num_codebooks, self.codebook_size = n, int(k)
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= q:
+            raise CodecError(f"lumo-rvq: num_quantizers must be an integer in [1, {q}], got {n!r}")
+        self.num_codebooks, self.codebook_size = int(n), int(k)
         self._codebooks = CodebookCache()  # packed once, not in every encode
         self.sample_rate = self.model.sample_rate
         self.frame_rate = self.sample_rate / self.model.hop

@@ -25,6 +25,7 @@ float32).
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,18 @@ from ..ops import PackedCodebook, vq_search
 from .base import ImageCodec
 from .codebook_cache import CodebookCache
 from .hf_common import CodecError, directory_identity
-from .model_files import load_model_dir, save_model_dir
+from .model_files import config_keys, load_model_dir, save_model_dir
 
 FORMAT = "lumo-vq"
+# config.json's hyper-parameters and the ranges loading accepts (checked before anything is built).
+CONFIG_KEYS = config_keys({
+    "patch": (1, 64),
+    "codebook_size": (1, 1 << 20),
+    "decoder_channels": (0, 4096),
+    "decoder_blocks": (0, 64),
+})
+# Largest max_side option (pixels) a codec accepts.
+MAX_SIDE_LIMIT = 16384
 
 
 class ResBlock(nn.Module):
@@ -130,7 +140,7 @@ def save_model(model: PatchVQ, directory: str | Path, *, name: str, extra: dict[
 
 def load_model(directory: str | Path) -> tuple[PatchVQ, dict[str, Any]]:
     """Read a ``lumo-vq`` directory -> (float32 model in eval mode, config)."""
-    return load_model_dir(directory, fmt=FORMAT, from_config=PatchVQ.from_config)
+    return load_model_dir(directory, fmt=FORMAT, from_config=PatchVQ.from_config, keys=CONFIG_KEYS)
 
 
 class LumoVQCodec(ImageCodec):
@@ -144,9 +154,12 @@ class LumoVQCodec(ImageCodec):
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise CodecError(f"codec directory not found: {self.directory}")
-        max_side = int(options.pop("max_side", 512))
+        max_side = options.pop("max_side", 512)
         if options:
             raise CodecError(f"lumo-vq: unknown options {sorted(options)} (known: max_side)")
+        if isinstance(max_side, bool) or not isinstance(max_side, numbers.Integral) or not 1 <= max_side <= MAX_SIDE_LIMIT:
+            raise CodecError(f"lumo-vq: option max_side must be an integer in [1, {MAX_SIDE_LIMIT}], got {max_side!r}")
+        max_side = int(max_side)
         self.model, self.config = load_model(self.directory)
         self.model.to(device)
         self.downsample = self.model.patch
