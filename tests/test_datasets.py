@@ -194,7 +194,7 @@ def test_parquet_and_hugging_face_inputs_give_the_same_ids(uti, corpus, tmp_path
 def test_workers_do_not_hang_after_the_parent_ran_threaded_kernels(corpus, reference, tmp_path):
     """forkserver workers: a parent that ran multi-threaded torch and our kernels first must not matter."""
     code = f"""
-import torch, lumo_uti
+import torch, lumo_uti, lumo_uti.ops
 from lumo_uti.datasets import tokenize_dataset
 torch.set_num_threads(2)
 torch.randn(512, 512) @ torch.randn(512, 512)
@@ -254,3 +254,11 @@ def test_files_are_readable_by_others(reference):
     os.umask(umask)
     for p in out.iterdir():
         assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
+
+
+def test_a_line_that_is_not_utf8_is_that_documents_error(tmp_path):
+    (tmp_path / "c.jsonl").write_bytes(b'["ok"]\n["caf\xe9"]\n\r\n["also ok"]\r\n')
+    manifest = tokenize_dataset(tmp_path / "c.jsonl", out=tmp_path / "o", progress=False)
+    assert manifest["totals"] == manifest["totals"] | {"documents_in": 3, "documents_written": 2}
+    error = json.loads((tmp_path / "o" / "errors.jsonl").read_text())
+    assert error["position"] == 1 and "not UTF-8" in error["reason"]

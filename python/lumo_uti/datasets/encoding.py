@@ -94,7 +94,9 @@ class BatchEncoder:
     def _document(self, record: Any) -> list[Any]:
         if self.input_kind == "jsonl":
             try:
-                record = json.loads(record)
+                record = json.loads(record.decode("utf-8") if isinstance(record, bytes) else record)
+            except UnicodeDecodeError as e:
+                raise DocumentError(f"not UTF-8: {e}") from None
             except json.JSONDecodeError as e:
                 raise DocumentError(f"not JSON: {e}") from None
         return to_document(record, self.base_dir, list(self.settings.columns) if self.settings.columns else None)

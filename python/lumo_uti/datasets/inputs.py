@@ -44,14 +44,15 @@ class JsonlInput(DatasetInput):
         self.base_dir = path.parent.resolve()
         self.identity = {"kind": "jsonl", **_file_identity(path)}
 
-    def records(self, start: int = 0) -> Iterator[tuple[int, str]]:
+    def records(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        """Raw line bytes: the worker decodes them (a line that is not UTF-8 is that document's error)."""
         position = 0
         with open(self.path, "rb") as f:
             for raw in f:
                 if not raw.strip():
                     continue  # blank lines are not documents
                 if position >= start:
-                    yield position, raw.decode("utf-8", errors="replace")
+                    yield position, raw
                 position += 1
 
 
