@@ -83,12 +83,14 @@ def load(path: str | os.PathLike | None = None, *, device: Any = "cpu") -> UTI:
     text_tokenizer = _load_tokenizer(ts_file, token_space)  # checked first: cheap, fundamental
     token_space.check_text_tokenizer(text_tokenizer)
     codecs = {m: _load_codec(ts_file.parent, m, identity, device) for m, identity in token_space.codecs.items()}
-    return UTI(
+    uti = UTI(
         token_space,
         text_tokenizer,
         image_codec=codecs.get("image"),
         audio_codec=codecs.get("audio"),
     )
+    uti._loaded_from(path, device=device)  # pickles as a reference to this bundle
+    return uti
 
 
 @functools.lru_cache(maxsize=1)

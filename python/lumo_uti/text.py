@@ -186,7 +186,9 @@ class QwenTiktokenTokenizer:
         TokenizerMismatchError: the ranks file is not the pinned one.
 
     Parsing the 151643 ranks takes ~0.2 s: use the per-process ``qwen3_tokenizer()``.
-    Instances are immutable and safe to share between threads.
+    Instances are immutable and safe to share between threads. They pickle by
+    reference (the ranks file, re-checked on unpickling; ``qwen3_tokenizer()``
+    when none was given), not as the 2 MB of ranks.
     """
 
     def __init__(self, ranks_path: str | Path | None = None):
@@ -202,6 +204,7 @@ class QwenTiktokenTokenizer:
                 "(the Qwen2/Qwen3 BPE ranks); a different file would change every text token ID"
             )
         self._ranks_path = path
+        self._ranks_given = ranks_path is not None  # else pickles as the process-wide default
         self._nfc = normalizers.NFC().normalize_str
         self._special = {tok: QWEN3_BPE_SIZE + i for i, tok in enumerate(QWEN3_SPECIAL_TOKENS)}
         self._enc = tiktoken.Encoding(
@@ -313,8 +316,15 @@ class QwenTiktokenTokenizer:
         (token_id,) = _check_ids("QwenTiktokenTokenizer.token_bytes", [token_id], QWEN3_VOCAB_SIZE)
         return self._enc.decode_single_token_bytes(token_id)
 
+    def __reduce__(self) -> tuple:
+        return _unpickle_qwen, (str(self._ranks_path.absolute()) if self._ranks_given else None,)
+
     def __repr__(self) -> str:
         return f"QwenTiktokenTokenizer(name={QWEN3_NAME!r}, hash={self._identity['hash']!r})"
+
+
+def _unpickle_qwen(ranks_path: str | None) -> QwenTiktokenTokenizer:
+    return qwen3_tokenizer() if ranks_path is None else QwenTiktokenTokenizer(ranks_path)
 
 
 @lru_cache(maxsize=None)
@@ -343,6 +353,9 @@ class HFTextTokenizer:
       goes through normaliser, pre-tokenizer and model alone, so an added token's
       literal becomes ordinary model tokens. For Qwen3 this equals
       ``QwenTiktokenTokenizer.encode(..., allow_special=False)``.
+
+    Pickles by reference: the directory and the hash; unpickling re-reads
+    ``tokenizer.json`` and raises ``TokenizerMismatchError`` if its hash changed.
 
     Raises:
         FileNotFoundError: no ``tokenizer.json`` in ``path``.
@@ -425,8 +438,21 @@ class HFTextTokenizer:
         ids = _check_ids("HFTextTokenizer.decode", ids, self._vocab_size)
         return self._tok.decode(ids, skip_special_tokens=False)
 
+    def __reduce__(self) -> tuple:
+        return _unpickle_hf, (str(self._dir.absolute()), self._identity["hash"])
+
     def __repr__(self) -> str:
         return f"HFTextTokenizer({str(self._dir)!r}, hash={self._identity['hash']!r})"
+
+
+def _unpickle_hf(path: str, expected: str) -> HFTextTokenizer:
+    tok = HFTextTokenizer(path)
+    if tok.identity["hash"] != expected:
+        raise TokenizerMismatchError(
+            f"HFTextTokenizer: {path}/tokenizer.json has hash {tok.identity['hash']}, but the pickled tokenizer "
+            f"had {expected}: the file changed after pickling"
+        )
+    return tok
 
 
 def load_text_tokenizer(identity: Mapping[str, Any], bundle_dir: str | Path | None = None) -> TextTokenizer:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import weakref
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -28,6 +32,18 @@ class UTI:
             by ``lumo_uti.load``).
         image_codec, audio_codec: optional ``lumo_uti.codecs`` codecs; their
             codebook geometry must match the token space's blocks.
+
+    Pickling (DataLoader workers, Ray, ``datasets`` fingerprints; see
+    docs/workers.md): a UTI from ``lumo_uti.load`` pickles as a reference
+    (bundle path or "the embedded default", token-space fingerprint, device;
+    about 150 bytes plus the path) and unpickles as ``lumo_uti.load`` of it,
+    raising ``BundleError`` if that bundle no longer loads or has another
+    fingerprint. It does so while its tokenizer and codecs are the ones loaded
+    and still on the load device; weights changed in place are not carried.
+    Any other UTI pickles by value: the token space's JSON, the tokenizer and
+    the codecs (see ``lumo_uti.codecs.base``), without packed-codebook caches.
+    Equal UTIs pickle to equal bytes. ``copy.deepcopy`` copies the codecs
+    rather than re-loading the bundle.
     """
 
     def __init__(
@@ -46,6 +62,7 @@ class UTI:
                 _check_codec_fits(token_space, modality, codec)
         self.image_codec = image_codec
         self.audio_codec = audio_codec
+        self._source: tuple | None = None  # (path or None, device, weakrefs to the parts as loaded)
 
     @property
     def token_space(self) -> TokenSpace:
@@ -135,11 +152,87 @@ class UTI:
         """A Hugging Face ``LogitsProcessor`` for ``model.generate(logits_processor=[...])``."""
         return self.grammar.logits_processor()
 
+    # -- pickling -----------------------------------------------------------------------
+    def _loaded_from(self, path: str | os.PathLike, *, device: Any) -> None:
+        """Called by ``lumo_uti.load``: pickle as a reference to this bundle while as loaded."""
+        from .bundle import default_bundle_dir
+
+        where = os.path.abspath(path)
+        is_default = where == os.path.abspath(default_bundle_dir())
+        self._remember_source(None if is_default else where, "cpu" if device is None else str(device))
+
+    def _remember_source(self, path: str | None, device: str) -> None:
+        parts = (self.text_tokenizer, self.image_codec, self.audio_codec)
+        self._source = (path, device, tuple(None if p is None else weakref.ref(p) for p in parts))
+
+    def _bundle_reference(self) -> tuple | None:
+        """(path or None for the default, fingerprint, load options) while the UTI is as loaded, else None."""
+        if self._source is None:
+            return None
+        path, device, refs = self._source
+        parts = (self.text_tokenizer, self.image_codec, self.audio_codec)
+        if any((p is not None if r is None else r() is not p) for p, r in zip(parts, refs)):
+            return None  # a part was replaced after loading
+        codecs = [c for c in parts[1:] if c is not None]
+        if codecs and not all(_on_device(c, device) for c in codecs):
+            return None  # moved after loading: the reference would land elsewhere
+        return path, self._token_space.fingerprint, {"device": device}
+
+    def __reduce__(self) -> tuple:
+        ref = self._bundle_reference()
+        if ref is not None:
+            return _unpickle_bundle, ref
+        # The token space as its JSON: a value, so equal UTIs give equal bytes.
+        return _unpickle_state, (type(self), self._token_space.to_json_bytes(), self.text_tokenizer,
+                                 self.image_codec, self.audio_codec)
+
+    def __copy__(self) -> "UTI":
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo: dict) -> "UTI":
+        parts = (self.text_tokenizer, self.image_codec, self.audio_codec)
+        new = _unpickle_state(type(self), self._token_space.to_json_bytes(), *copy.deepcopy(parts, memo))
+        if self._bundle_reference() is not None:
+            new._remember_source(*self._source[:2])
+        return new
+
     def __repr__(self) -> str:
         return (
             f"UTI({self._token_space.name!r}, fingerprint={self._token_space.fingerprint[:19]}..., "
             f"image_codec={_kind(self.image_codec)}, audio_codec={_kind(self.audio_codec)})"
         )
+
+
+def _unpickle_bundle(path: str | None, fingerprint: str, options: dict[str, Any]) -> UTI:
+    """``lumo_uti.load(path, **options)``, checked to have the pickled token-space fingerprint."""
+    from .bundle import load
+
+    where = "the embedded default bundle" if path is None else f"bundle {path}"
+    try:
+        uti = load(path, **options)
+    except (OSError, ValueError) as e:  # every bundle, token space, tokenizer and codec error
+        raise BundleError(f"cannot unpickle a UTI of {where}: it no longer loads: {e}") from e
+    if uti.token_space.fingerprint != fingerprint:
+        raise BundleError(
+            f"cannot unpickle a UTI of {where}: its token space now has fingerprint "
+            f"{uti.token_space.fingerprint}, the pickled UTI had {fingerprint}"
+        )
+    return uti
+
+
+def _unpickle_state(cls: type, token_space_json: bytes, text_tokenizer: TextTokenizer, image_codec: Any,
+                    audio_codec: Any) -> UTI:
+    token_space = TokenSpace.from_json(json.loads(token_space_json))  # re-validated, fingerprint checked
+    return cls(token_space, text_tokenizer, image_codec=image_codec, audio_codec=audio_codec)
+
+
+def _on_device(codec: Any, device: str) -> bool:
+    import torch
+
+    want, have = torch.device(device), codec.device
+    return want.type == have.type and want.index in (None, have.index)
 
 
 def _kind(codec: Any) -> str | None:

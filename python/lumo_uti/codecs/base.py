@@ -6,10 +6,19 @@ classes add the media side: preprocessing (``image_io`` / ``audio_io``
 policies), batching with shape buckets (items of equal shape share one forward
 pass, so batched codes equal one-at-a-time codes), and conversion to
 ``ImageCodes`` / ``AudioCodes``.
+
+Codecs pickle by value (model, options, identity) at any point of their life:
+caches of packed codebooks are dropped and rebuilt on the next encode, and
+tensors are written as dtype, shape, device and bytes, so that two pickles of
+equal codecs are equal bytes (torch's own tensor pickling writes storage
+addresses). The Hugging Face codecs pickle by reference to their directory
+instead (``hf_common.reduce_by_directory``).
 """
 
 from __future__ import annotations
 
+import io
+import pickle
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from typing import Any, Sequence
@@ -36,8 +45,56 @@ def _buckets(shapes: Sequence[tuple]) -> dict[tuple, list[int]]:
     return groups
 
 
+# Fixed, so that the bytes do not depend on the protocol the outer pickle uses.
+_STATE_PROTOCOL = 4
+
+
+class _StatePickler(pickle._Pickler):
+    """A pickler whose bytes depend on values, not on object identities or addresses.
+
+    Tensors and parameters go as (bytes, dtype, shape, device) (torch writes
+    storage addresses), and strings are not memoized (equal strings may or may
+    not be one object: interning, and an unpickled copy shares differently), as
+    ``datasets``' hashing pickler does. The pure-Python pickler, as the C one
+    always memoizes strings; the objects pickled here are few and the tensor
+    bytes go out in one write each.
+    """
+
+    def memoize(self, obj: Any) -> None:
+        if type(obj) is not str:
+            super().memoize(obj)
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is torch.Tensor or type(obj) is torch.nn.Parameter:
+            t = obj.detach().to("cpu").contiguous()
+            data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            return _rebuild_tensor, (data, t.dtype, tuple(t.shape), str(obj.device),
+                                     type(obj) is torch.nn.Parameter, obj.requires_grad)
+        return NotImplemented
+
+
+def _rebuild_tensor(data: bytes, dtype: torch.dtype, shape: tuple, device: str, parameter: bool,
+                    requires_grad: bool) -> torch.Tensor:
+    t = torch.frombuffer(bytearray(data), dtype=dtype) if data else torch.empty(0, dtype=dtype)
+    t = t.reshape(shape).to(device)
+    if parameter:
+        return torch.nn.Parameter(t, requires_grad=requires_grad)
+    return t.requires_grad_() if requires_grad else t
+
+
+def _restore_codec(payload: bytes) -> "Codec":
+    cls, state = pickle.loads(payload)
+    codec = cls.__new__(cls)
+    codec.__dict__.update(state)
+    return codec
+
+
 class Codec(ABC):
-    """What every codec has: identity, codebook geometry, device."""
+    """What every codec has: identity, codebook geometry, device.
+
+    Picklable by value at any time (see the module docstring); the copy's
+    packed-codebook caches start empty.
+    """
 
     modality: str
     kind: str  # backend name, e.g. "hf-janus"
@@ -63,6 +120,11 @@ class Codec(ABC):
     def accepts(self, item: Any) -> bool:
         """Whether ``item`` is a media object this codec encodes."""
         return False
+
+    def __reduce__(self) -> tuple:
+        buf = io.BytesIO()
+        _StatePickler(buf, protocol=_STATE_PROTOCOL).dump((type(self), dict(self.__dict__)))
+        return _restore_codec, (buf.getvalue(),)
 
 
 class ImageCodec(Codec):

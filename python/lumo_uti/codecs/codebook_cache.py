@@ -8,6 +8,9 @@ packing is a large share of the quantiser step. A codec keeps a
 The cache is keyed on the tensors themselves, so it never serves a stale copy
 to a model whose codebook was replaced (a new tensor), moved (``.to``) or
 written in place (the version counter ``PackedCodebook`` watches).
+
+Caches pickle empty (a packed codebook is a native object and a copy of the
+codebook): a codec that is pickled after an encode repacks on its next one.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ class CodebookCache:
             self._packed = PackedCodebook(codebook, **self._options)
         return self._packed
 
+    def __getstate__(self) -> dict:
+        return {"_options": self._options}  # the packed copy is rebuilt on the next call
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["_options"])
+
 
 class StackedCodebookCache:
     """The ``PackedCodebook`` of ``torch.stack(codebooks)`` ([Q, K, D]) for per-stage tensors.
@@ -61,6 +70,12 @@ class StackedCodebookCache:
             self._key = key
             self._sources = list(codebooks)
         return self._packed
+
+    def __getstate__(self) -> dict:
+        return {}  # the key holds ids and addresses, meaningless in another process
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
 
 
 def _state(t: torch.Tensor) -> tuple:

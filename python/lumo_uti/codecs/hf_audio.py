@@ -24,7 +24,7 @@ import torch
 
 from .base import AudioCodec
 from .codebook_cache import CodebookCache, StackedCodebookCache
-from .hf_common import CodecError, directory_identity, load_model
+from .hf_common import CodecError, directory_identity, load_model, reduce_by_directory
 
 
 class _HFAudioCodec(AudioCodec):
@@ -34,6 +34,9 @@ class _HFAudioCodec(AudioCodec):
         self.model, self.directory = load_model(self.model_class, directory, device)
         self._options = self._setup(dict(options))
         self._identity = directory_identity(self.directory, self.kind, self._options)
+
+    def __reduce__(self) -> tuple:
+        return reduce_by_directory(self)  # by reference: see hf_common
 
     def _setup(self, options: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError

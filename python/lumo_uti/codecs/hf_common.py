@@ -5,6 +5,11 @@ nothing is downloaded (``local_files_only=True``). A codec's identity records
 the backend kind, the model name, the SHA-256 of every weight file (combined
 into ``weights_hash``), the config hash and the options; bundles store it in
 ``token_space.json`` and re-check it on load.
+
+These codecs pickle by reference (``reduce_by_directory``): class, directory,
+device, options and weights hash; unpickling re-loads the model from the
+directory and checks the hash. Their models can be gigabytes, and some
+(EnCodec's weight-normed convolutions) cannot be pickled by value at all.
 """
 
 from __future__ import annotations
@@ -64,3 +69,22 @@ def load_model(class_name: str, directory: str | Path, device: str | torch.devic
     except (OSError, ValueError, RuntimeError) as e:
         raise CodecError(f"cannot load {class_name} from {path}: {e}") from None
     return model.eval().to(device), path
+
+
+def reduce_by_directory(codec: Any) -> tuple:
+    """``__reduce__`` of a codec loaded from a local directory: reload it there, same weights hash.
+
+    Weights changed in memory after loading are not carried (the reload reads the files).
+    """
+    return _reload_codec, (type(codec), str(Path(codec.directory).absolute()), str(codec.device),
+                           dict(codec.identity["options"]), codec.weights_hash)
+
+
+def _reload_codec(cls: type, directory: str, device: str, options: dict[str, Any], weights_hash: str) -> Any:
+    codec = cls(directory, device=device, **options)
+    if codec.weights_hash != weights_hash:
+        raise CodecError(
+            f"{codec.kind}: the weights in {directory} changed after the codec was pickled "
+            f"(weights_hash {weights_hash} when pickled, {codec.weights_hash} now)"
+        )
+    return codec

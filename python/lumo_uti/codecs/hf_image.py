@@ -21,7 +21,7 @@ import torch
 
 from .base import ImageCodec
 from .codebook_cache import CodebookCache
-from .hf_common import CodecError, directory_identity, load_model
+from .hf_common import CodecError, directory_identity, load_model, reduce_by_directory
 
 _HALF = (0.5, 0.5, 0.5)
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -42,6 +42,9 @@ class _HFVQImageCodec(ImageCodec):
         weight = self.model.quantize.embedding.weight
         self.codebook_size, self.num_codebooks = int(weight.shape[0]), 1
         self._codebook = CodebookCache()  # packed once, not in every encode
+
+    def __reduce__(self) -> tuple:
+        return reduce_by_directory(self)  # by reference: see hf_common
 
     def _check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         if options:
