@@ -229,6 +229,34 @@ def test_nfc_and_nfd_forms_encode_identically(qwen):
     assert qwen.encode("\u03d2\u0301\u03d2\u0308\u017f\u0307") == qwen.encode("\u03d3\u03d4\u1e9b")
 
 
+def test_python_nfc_quick_check_implies_hf_leaves_text_unchanged():
+    """The tokenizer skips HF's NFC when Python's tables say the text is already NFC: that is exact only
+    while HF's tables are no newer than Python's. Every code point, and every base + combining mark pair."""
+    import unicodedata
+
+    from tokenizers import normalizers
+
+    nfc = normalizers.NFC().normalize_str
+    singles = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    disagree = [s for s in singles if unicodedata.is_normalized("NFC", s) and nfc(s) != s]
+    assert not disagree, [hex(ord(s)) for s in disagree[:10]]
+    marks = [s for s in singles if unicodedata.combining(s)]
+    bases = [chr(c) for c in [*range(0x41, 0x7B), *range(0xC0, 0x250), *range(0x900, 0x980), *range(0x1100, 0x1200)]]
+    pairs = [a + m for a in bases + marks[::3] for m in marks]
+    disagree = [p for p in pairs if unicodedata.is_normalized("NFC", p) and nfc(p) != p]
+    assert not disagree, [[hex(ord(c)) for c in p] for p in disagree[:10]]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["a", "e", "\u0301", "\u0316", "\u0898", "\u0308", "\u1100", "\u1161", "\u11ab",
+                                 "\u0915", "\u093c", "\u1e9b", "\u017f", "\u0307", " ", "\U0001d15e", "\U00016d40"]),
+                max_size=12).map("".join))
+def test_normalize_equals_hf_nfc(qwen, s):
+    from tokenizers import normalizers
+
+    assert qwen.normalize(s) == normalizers.NFC().normalize_str(s)
+
+
 def test_digits_split_into_single_tokens(qwen):
     ids = qwen.encode("1234567890")
     assert ids == [qwen.encode(d)[0] for d in "1234567890"]
