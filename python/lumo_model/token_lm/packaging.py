@@ -134,6 +134,15 @@ def _transformers_version() -> str | None:
         return None
 
 
+def _regular_file(path: Path, field: str) -> Path:
+    """``path`` when it is a regular file; FileNotFoundError when absent, AdapterMismatchError for a device or pipe."""
+    if not path.is_file():
+        if not os.path.lexists(path):
+            raise FileNotFoundError(f"patch_load: {path} not found")
+        raise AdapterMismatchError(field, f"{path} is not a regular file")
+    return path
+
+
 def read_manifest(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     """The manifest of an adapter directory, schema-checked.
 
@@ -141,10 +150,10 @@ def read_manifest(adapter_dir: str | os.PathLike) -> dict[str, Any]:
         FileNotFoundError: no manifest.json.
         AdapterMismatchError: not JSON, or another schema / major version.
     """
-    path = Path(adapter_dir) / MANIFEST_FILE
+    path = _regular_file(Path(adapter_dir) / MANIFEST_FILE, "manifest")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AdapterMismatchError("manifest", f"{path} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
         raise AdapterMismatchError("manifest", f"expected schema {MANIFEST_SCHEMA!r} in {path}, got {manifest.get('schema') if isinstance(manifest, dict) else manifest!r}")
@@ -159,50 +168,105 @@ def _expect(field: str, adapter_value: Any, base_value: Any, what: str = "the ad
         raise AdapterMismatchError(field, f"{what} {adapter_value}, this base has {base_value}")
 
 
+_MISSING = object()
+
+
+def _field(manifest: dict[str, Any], *path: str, kind: type | tuple[type, ...] | None = None) -> Any:
+    """``manifest[path[0]][path[1]]...``; AdapterMismatchError("manifest") when absent or not of ``kind``."""
+    node: Any = manifest
+    for part in path:
+        node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is _MISSING:
+            raise AdapterMismatchError("manifest", f"{MANIFEST_FILE} has no field {'.'.join(path)!r}")
+    if kind is not None and (not isinstance(node, kind) or (isinstance(node, bool) and bool not in (
+            kind if isinstance(kind, tuple) else (kind,)))):
+        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise AdapterMismatchError("manifest", f"field {'.'.join(path)!r} must be {names}, got {node!r}")
+    return node
+
+
+def _inside_adapter(adapter_dir: Path, rel: str, field: str) -> Path:
+    """The file ``rel`` names, refused unless it is a plain relative path that stays inside ``adapter_dir``."""
+    from pathlib import PurePosixPath
+
+    parts = PurePosixPath(rel)
+    path = adapter_dir / rel
+    if (not rel or "\\" in rel or parts.is_absolute() or ".." in parts.parts
+            or not path.resolve().is_relative_to(adapter_dir.resolve())):
+        raise AdapterMismatchError(field, f"must name a file inside the adapter folder {adapter_dir}, got {rel!r}")
+    return _regular_file(path, field)
+
+
 def patch_load(base_model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
     """Expand a fresh base model and load the adapter's rows into it; returns the model.
 
-    Checks, in order: manifest schema, token space fingerprint, architecture,
-    config hash, table shapes and dtype, embedding / LM-head (/ bias) hashes,
-    then every adapter tensor's name, shape, dtype and hash. The result's
-    logits equal the trained model's exactly.
+    Checks, in order: manifest schema and fields, token space file (inside the
+    adapter folder) and fingerprint, architecture, config hash, table shapes
+    and dtype, embedding / LM-head (/ bias) hashes, the row range, then every
+    adapter tensor's name, shape (``rows.count x hidden_size``), dtype and
+    hash. The result's logits equal the trained model's exactly.
 
     Raises:
-        AdapterMismatchError: a check failed (``field`` says which; the
-            message gives both values).
+        AdapterMismatchError: a check failed or the manifest lacks a field
+            (``field`` says which; the message gives both values).
         FileNotFoundError: a file of the adapter is missing.
     """
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
     manifest = read_manifest(adapter_dir)
-    ts = TokenSpace.load(adapter_dir / manifest["token_space"]["file"])
-    _expect("token_space.fingerprint", manifest["token_space"]["fingerprint"], ts.fingerprint,
+    ts_file = _inside_adapter(adapter_dir, _field(manifest, "token_space", "file", kind=str), "token_space.file")
+    ts = TokenSpace.load(ts_file)
+    _expect("token_space.fingerprint", _field(manifest, "token_space", "fingerprint", kind=str), ts.fingerprint,
             "the manifest names token space")
     if hasattr(base_model, "lumo_expansion"):
         raise AdapterMismatchError("base", "the model is expanded already; patch_load needs a fresh base model")
-    want = manifest["base"]
-    _expect("base.architecture", want["architecture"], type(base_model).__name__)
-    _expect("base.config_sha256", want["config_sha256"], config_sha256(base_model.config))
-    emb, head, bias = _base_tables(base_model)
-    _expect("base.rows", want["rows"], int(emb.shape[0]))
-    _expect("base.hidden_size", want["hidden_size"], int(emb.shape[1]))
-    _expect("base.dtype", want["dtype"], _dtype_name(emb.dtype))
-    _expect("base.tied", want["tied"], head is emb)
-    _expect("base.embed_sha256", want["embed_sha256"], tensor_sha256(emb))
-    _expect("base.lm_head_sha256", want["lm_head_sha256"], tensor_sha256(head))
-    _expect("base.lm_head_bias_sha256", want["lm_head_bias_sha256"], None if bias is None else tensor_sha256(bias))
 
-    rows = manifest["rows"]
-    tensors = load_file(str(adapter_dir / ADAPTER_FILE))
-    _expect("tensors", sorted(manifest["tensors"]), sorted(tensors), "the manifest lists tensors")
-    for name, meta in manifest["tensors"].items():
-        t = tensors[name]
+    def want(key: str, kind=None) -> Any:
+        return _field(manifest, "base", key, kind=kind)
+
+    _expect("base.architecture", want("architecture"), type(base_model).__name__)
+    _expect("base.config_sha256", want("config_sha256"), config_sha256(base_model.config))
+    emb, head, bias = _base_tables(base_model)
+    _expect("base.rows", want("rows"), int(emb.shape[0]))
+    _expect("base.hidden_size", want("hidden_size"), int(emb.shape[1]))
+    _expect("base.dtype", want("dtype"), _dtype_name(emb.dtype))
+    _expect("base.tied", want("tied"), head is emb)
+    _expect("base.embed_sha256", want("embed_sha256"), tensor_sha256(emb))
+    _expect("base.lm_head_sha256", want("lm_head_sha256"), tensor_sha256(head))
+    _expect("base.lm_head_bias_sha256", want("lm_head_bias_sha256"), None if bias is None else tensor_sha256(bias))
+
+    rows = {k: _field(manifest, "rows", k, kind=int) for k in ("start", "count", "end")}
+    if (rows["end"] not in (ts.vocab_size, ts.padded_vocab_size) or rows["start"] != ts.base_rows
+            or rows["count"] != rows["end"] - rows["start"]):
+        raise AdapterMismatchError("rows", f"row range [{rows['start']}, {rows['end']}) of {rows['count']} rows does "
+                                           f"not fit the token space (base rows {ts.base_rows}, vocab {ts.vocab_size}, "
+                                           f"padded {ts.padded_vocab_size})")
+    hidden = int(emb.shape[1])
+    needed = {"embed.new_rows": [rows["count"], hidden]}
+    if head is not emb:
+        needed["lm_head.new_rows"] = [rows["count"], hidden]
+    if bias is not None:
+        needed["lm_head.new_bias"] = [rows["count"]]
+    listed = _field(manifest, "tensors", kind=dict)
+    _expect("tensors", sorted(listed), sorted(needed), "the manifest lists tensors")
+    tensors_file = _regular_file(adapter_dir / ADAPTER_FILE, "tensors")
+    try:
+        tensors = load_file(str(tensors_file))
+    except Exception as e:  # safetensors raises its own error types
+        raise AdapterMismatchError("tensors", f"cannot read {tensors_file}: {e}") from None
+    _expect("tensors", sorted(listed), sorted(tensors), "the manifest lists tensors")
+    for name, shape in needed.items():
+        t, meta = tensors[name], listed[name]
+        for key in ("shape", "dtype", "sha256"):
+            if not isinstance(meta, dict) or key not in meta:
+                raise AdapterMismatchError("manifest", f"{MANIFEST_FILE} has no field 'tensors.{name}.{key}'")
+        if list(t.shape) != shape:
+            raise AdapterMismatchError(f"tensors.{name}.shape", f"the adapter holds {list(t.shape)}, this base needs "
+                                                                f"{shape} (rows.count x hidden_size)")
         _expect(f"tensors.{name}.shape", meta["shape"], list(t.shape), "the manifest says")
         _expect(f"tensors.{name}.dtype", meta["dtype"], _dtype_name(t.dtype), "the manifest says")
         _expect(f"tensors.{name}.sha256", meta["sha256"], tensor_sha256(t), "the manifest says")
-    if rows["end"] not in (ts.vocab_size, ts.padded_vocab_size) or rows["start"] != ts.base_rows:
-        raise AdapterMismatchError("rows", f"row range [{rows['start']}, {rows['end']}) does not fit the token space")
 
     model = expand(base_model, ts, init="zeros", padded=rows["end"] == ts.padded_vocab_size)
     new_emb, new_head = model.get_input_embeddings(), model.get_output_embeddings()
