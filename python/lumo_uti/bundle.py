@@ -121,7 +121,7 @@ def _load_tokenizer(ts_file: Path, token_space: TokenSpace):
     if identity.get("kind") == "hf-tokenizer" and isinstance(rel, str):
         _regular_files(_inside(ts_file.parent, rel, "tokenizer in token_space.json"), "text tokenizer")
     try:
-        return load_text_tokenizer(identity, ts_file.parent)
+        tok = load_text_tokenizer(identity, ts_file.parent)
     except TokenizerMismatchError:
         if identity.get("kind") == "hf-tokenizer":
             where, found = ts_file.parent / rel / "tokenizer.json", HFTextTokenizer(ts_file.parent / rel).identity["hash"]
@@ -130,6 +130,9 @@ def _load_tokenizer(ts_file: Path, token_space: TokenSpace):
         raise BundleTokenizerMismatchError(
             f"text tokenizer {where} does not match {ts_file}: hash {identity.get('hash')} recorded, {found} found",
             file=str(where), field="tokenizer.hash", recorded=identity.get("hash"), found=found) from None
+    except (ValueError, OSError) as e:  # unknown kind, missing field or file
+        raise BundleError(f"text tokenizer in {ts_file}: {e}") from None
+    return tok
 
 
 def _load_codec(bundle_dir: Path, modality: str, identity: dict[str, Any], device: Any):
@@ -220,6 +223,8 @@ def create_bundle(
             identity, rows = tok.identity, base_rows or 151936
         elif text.startswith("hf:"):
             src = Path(text[3:])
+            if not (src / "tokenizer.json").is_file():
+                raise BundleError(f"text tokenizer: {src} has no tokenizer.json (--text hf:DIR)")
             (tmp / "tokenizer").mkdir()
             for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
                 if (src / f).is_file():
@@ -242,7 +247,10 @@ def create_bundle(
                     if not f.is_file():
                         raise codecs.CodecError(f"{modality} codec: {f} is not a regular file")
                     _copy_regular_file(f, dest / f.name)
-            codec = codecs.load(f"{kind}:{dest}", **(options or {}))
+            try:
+                codec = codecs.load(f"{kind}:{dest}", **(options or {}))
+            except codecs.CodecError as e:  # name the source folder, not the temporary copy
+                raise codecs.CodecError(str(e).replace(str(dest), str(src_dir))) from None
             if modality == "image":
                 blocks.append(grid_block(grid_max))
             blocks.append(codes_block(modality, codec.codebook_size, codec.num_codebooks))

@@ -1,7 +1,9 @@
 """The ``lumo`` command. ``lumo --help`` lists the commands; docs/cli.md has examples.
 
 Exit status: 0 success, 1 the input was read but is invalid (e.g. strict
-decoding failed), 2 bad usage (unknown option, unreadable or malformed file).
+decoding failed), 2 a user error, reported as one line on stderr (unknown
+option, unreadable or malformed file, unusable bundle or codec, unwritable
+output).
 """
 
 from __future__ import annotations
@@ -41,17 +43,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except UsageError as e:
-        print(f"lumo {args.command}: {e}", file=sys.stderr)
-        return 2
-    except (BundleError, TokenSpaceError, TokenizerMismatchError, FileNotFoundError) as e:
-        print(f"lumo {args.command}: {e}", file=sys.stderr)
-        return 2
-    except UTIDecodeError as e:
-        print(f"lumo {args.command}: invalid token stream: {e}", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # e.g. `lumo encode ... | head`
         return 0
+    except UsageError as e:
+        print(f"lumo {args.command}: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except _user_errors() as e:
+        print(f"lumo {args.command}: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except UTIDecodeError as e:
+        print(f"lumo {args.command}: invalid token stream: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's, not bugs: a bad bundle, codec or file, unreadable input, unwritable output.
+
+    CodecError counts only once its module is imported (it cannot be raised
+    before), so that commands which need no codec do not import torch.
+    """
+    errors: list[type[BaseException]] = [BundleError, TokenSpaceError, TokenizerMismatchError, OSError]
+    hf_common = sys.modules.get("lumo_uti.codecs.hf_common")
+    if hf_common is not None:
+        errors.append(hf_common.CodecError)
+    return tuple(errors)
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (a user error is one line on stderr)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -224,7 +244,10 @@ def _cmd_backends(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run
 
-    lines, ok = run(args.out, _load(args.bundle) if args.bundle else None)
+    uti = _load(args.bundle) if args.bundle else None
+    if uti is not None and (uti.image_codec is None or uti.audio_codec is None):
+        raise UsageError(f"--bundle {args.bundle}: the demo needs a bundle with an image and an audio codec")
+    lines, ok = run(args.out, uti)
     print("\n".join(lines))
     return 0 if ok else 1
 
@@ -308,7 +331,9 @@ def _read_media(kind: str, value: str) -> Any:
         with Image.open(value) as img:
             img.load()
             return img.copy()
-    except (OSError, UnidentifiedImageError) as e:
+    except Image.DecompressionBombError as e:  # more pixels than PIL's limit: refused before decoding
+        raise UsageError(f"image file {value} is too large to decode: {e}") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as e:  # PIL's ways to say "broken"
         raise UsageError(f"cannot read image file {value}: {e}") from None
 
 
