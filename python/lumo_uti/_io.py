@@ -146,6 +146,36 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(Path(directory))
 
 
+def usual_modes(root: str | os.PathLike) -> None:
+    """Give the files and folders under ``root`` the modes ``open`` / ``mkdir`` would (``0o666`` /
+    ``0o777`` less the umask; executable files keep their execute bits, as far as the umask allows).
+
+    For writers that leave private ``0o600`` files, such as Hugging Face's
+    ``save_pretrained`` (it writes through temporary files). The umask is read
+    by creating a probe file and folder in ``root``, never by changing it.
+    """
+    root = Path(root)
+    probe = _temp_sibling(root / "probe", ".tmp")
+    os.mkdir(probe, 0o777)
+    try:
+        dir_mode = stat.S_IMODE(os.stat(probe).st_mode)
+        fd = os.open(probe / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+        file_mode = stat.S_IMODE(os.stat(probe / "f").st_mode)
+    finally:
+        _remove(probe)
+    for directory, dirs, files in os.walk(root):
+        for name in dirs:
+            p = os.path.join(directory, name)
+            if not os.path.islink(p):
+                os.chmod(p, dir_mode)
+        for name in files:
+            p = os.path.join(directory, name)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(p, file_mode | (dir_mode & 0o111 if st.st_mode & 0o111 else 0))
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temp folder beside ``out_dir``; when the block succeeds it replaces ``out_dir``.

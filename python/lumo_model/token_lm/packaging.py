@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import lumo_uti
-from lumo_uti._io import atomic_dir, atomic_write_bytes, atomic_write_text
+from lumo_uti._io import atomic_dir, atomic_write_bytes, atomic_write_text, usual_modes
 from lumo_uti.token_space import TokenSpace
 
 from .expansion import expand, expansion_of
@@ -311,6 +311,7 @@ def merge(model: nn.Module, out_dir: str | os.PathLike, *, overwrite: bool = Fal
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             model.save_pretrained(tmp)
             info.token_space.save(tmp / TOKEN_SPACE_FILE)
+            usual_modes(tmp)  # save_pretrained leaves some files 0o600
     finally:
         model.set_input_embeddings(emb)
         model.set_output_embeddings(head)
