@@ -9,6 +9,7 @@ the previous complete checkpoint loadable.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,13 @@ def load_state(directory: str | Path) -> dict[str, Any] | None:
     f = Path(directory) / "state.json"
     if not f.is_file():
         return None
-    return json.loads(f.read_text())
+    try:
+        state = json.loads(f.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint {f} is not valid JSON: {e}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {f}: expected a JSON object, got {type(state).__name__}")
+    return state
 
 
 def load(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
@@ -47,7 +54,11 @@ def load(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     state = load_state(directory)
     if state is None:
         return None
-    return state, load_file(str(Path(directory) / state["_tensors"]))
+    name = state.get("_tensors")
+    if not isinstance(name, str) or not re.fullmatch(r"tensors-\d+\.safetensors", name):
+        raise ValueError(f"checkpoint {Path(directory) / 'state.json'}: _tensors must name a tensors-<n>.safetensors "
+                         f"file beside it, got {name!r}")
+    return state, load_file(str(Path(directory) / name))
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "opt.") -> tuple[dict[str, torch.Tensor], Any]:

@@ -16,6 +16,7 @@ usual ``0o666 & ~umask`` permissions. The two newest step folders are kept.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -71,8 +72,14 @@ def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
     ptr = out_dir / "latest.json"
     if not ptr.is_file():
         return None
-    info = json.loads(ptr.read_text(encoding="utf-8"))
-    path = out_dir / str(info["dir"])
+    try:
+        info = json.loads(ptr.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"load_checkpoint: {ptr} is not valid JSON: {e}") from None
+    name = info.get("dir") if isinstance(info, dict) else None
+    if not isinstance(name, str) or not re.fullmatch(r"step-\d+", name):
+        raise ValueError(f"load_checkpoint: {ptr} must name a step-<n> folder beside it, got {name!r}")
+    path = out_dir / name
     if not (path / "state.json").is_file():
         raise ValueError(f"load_checkpoint: {ptr} names {path}, which has no state.json")
     return path
