@@ -34,6 +34,12 @@ from .errors import TokenSpaceError
 SCHEMA = "lumo.token_space"
 SCHEMA_VERSION = (1, 0)  # (major, minor); a new major may move IDs and is refused
 
+# Sanity limits, checked on build and on load: far above any real model (Qwen3
+# has 151936 rows), low enough that a mask over all IDs stays small (2^24
+# bools are 16 MiB) and that a damaged or hostile file cannot ask for more.
+MAX_VOCAB_SIZE = 1 << 24
+MAX_CODEBOOKS = 1024
+
 BLOCK_KINDS = ("special", "grid", "codes")
 MODALITIES = ("image", "audio")
 LAYOUTS = {"image": "row-major", "audio": "frame-major"}
@@ -104,20 +110,32 @@ class Block:
         if not isinstance(obj, Mapping):
             raise TokenSpaceError("block", f"expected a block object, got {type(obj).__name__}")
         try:
-            kind = obj["kind"]
+            name, kind = obj["name"], obj["kind"]
+            if not isinstance(name, str) or not name:
+                raise TokenSpaceError("block", f"block name must be a non-empty string, got {_short(name)}")
+            if not isinstance(kind, str):
+                raise TokenSpaceError("block", f"block {name!r}: kind must be a string, got {_short(kind)}")
+            for key in ("modality", "layout"):
+                if not isinstance(obj.get(key), (str, type(None))):
+                    raise TokenSpaceError("block", f"block {name!r}: {key} must be a string, got {_short(obj[key])}")
+            tokens = obj.get("tokens", ())
+            if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
+                raise TokenSpaceError("special", f"block {name!r}: tokens must be a list of strings, got {_short(tokens)}")
             return cls(
-                name=str(obj["name"]),
+                name=name,
                 kind=kind,
-                size=_int(obj["size"], "size"),
-                offset=_int(obj["offset"], "offset"),
-                codebook_size=_int(obj.get("codebook_size", obj["size"] if kind != "codes" else 0), "codebook_size"),
-                num_codebooks=_int(obj.get("num_codebooks", 1), "num_codebooks"),
+                size=_int(obj["size"], f"block {name!r}: size"),
+                offset=_int(obj["offset"], f"block {name!r}: offset"),
+                codebook_size=_int(
+                    obj.get("codebook_size", obj["size"] if kind != "codes" else 0), f"block {name!r}: codebook_size"
+                ),
+                num_codebooks=_int(obj.get("num_codebooks", 1), f"block {name!r}: num_codebooks"),
                 modality=obj.get("modality"),
                 layout=obj.get("layout"),
-                tokens=tuple(obj.get("tokens", ())),
+                tokens=tuple(tokens),
             )
         except KeyError as e:
-            raise TokenSpaceError("block", f"block {obj.get('name', '?')!r} lacks field {e.args[0]!r}") from None
+            raise TokenSpaceError("block", f"block {_short(obj.get('name', '?'))} lacks field {e.args[0]!r}") from None
 
 
 def special_block(tokens: Sequence[str], size: int = 64, name: str = "special") -> Block:
@@ -180,8 +198,8 @@ class TokenSpace:
             # Checked first: an edited file is reported as edited, whatever else broke.
             try:
                 raw = sha256_bytes(canonical_json(_without_fingerprint(data)))
-            except (TypeError, ValueError) as e:
-                raise TokenSpaceError("schema", f"not JSON-serialisable: {e}") from None
+            except (TypeError, ValueError, RecursionError) as e:
+                raise TokenSpaceError("schema", f"not JSON-serialisable: {_short(e)}") from None
             if raw != given:
                 raise TokenSpaceError(
                     "fingerprint",
@@ -257,6 +275,21 @@ class TokenSpace:
         return cls(obj)
 
     @classmethod
+    def from_json_bytes(cls, raw: bytes, *, source: str = "token space") -> "TokenSpace":
+        """Parse and validate the bytes of a ``token_space.json``; the fingerprint must match.
+
+        Raises ``TokenSpaceError`` (and nothing else) for any bytes that are not a
+        valid token space: bad UTF-8 or JSON, nesting too deep, an ABI rule broken.
+        """
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise TypeError(f"TokenSpace.from_json_bytes: expected bytes, got {type(raw).__name__}")
+        try:
+            obj = json.loads(bytes(raw).decode("utf-8"), parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+            raise TokenSpaceError("schema", f"{source} is not valid JSON: {_short(e)}") from None
+        return cls.from_json(obj)
+
+    @classmethod
     def load(cls, path: str | os.PathLike) -> "TokenSpace":
         """Read and validate ``token_space.json`` (a file, or a directory holding one)."""
         path = Path(path)
@@ -266,11 +299,7 @@ class TokenSpace:
             raw = path.read_bytes()
         except FileNotFoundError:
             raise FileNotFoundError(f"token space file not found: {path}") from None
-        try:
-            obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-            raise TokenSpaceError("schema", f"{path} is not valid JSON: {e}") from None
-        return cls.from_json(obj)
+        return cls.from_json_bytes(raw, source=str(path))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``token_space.json`` atomically (temp file + rename); returns the path."""
@@ -342,6 +371,19 @@ class TokenSpace:
     def region_bounds(self) -> np.ndarray:
         """``[R + 1]`` int64 starts of ``regions`` plus the final end (for ``classify``)."""
         return self._bounds
+
+    def check_text_tokenizer(self, tokenizer: Any) -> None:
+        """Raise ``TokenSpaceError`` (rule ``base``) unless ``tokenizer`` has exactly
+        ``text_vocab_size`` IDs: text IDs beyond the tokenizer could not be
+        decoded, and tokenizer IDs beyond ``text_vocab_size`` would land on
+        padding or UTI rows."""
+        have = tokenizer.vocab_size
+        if have != self.text_vocab_size:
+            raise TokenSpaceError(
+                "base",
+                f"base.text_vocab_size is {self.text_vocab_size} but the text tokenizer "
+                f"{self.tokenizer.get('name', '?')!r} has {have} token IDs; they must be equal",
+            )
 
     def has_block(self, name: str) -> bool:
         return name in self._by_name
@@ -465,8 +507,24 @@ def _reject_constant(name: str) -> Any:
 
 def _int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TokenSpaceError("block", f"{what} must be an integer, got {value!r}")
+        raise TokenSpaceError("block", f"{what} must be an integer, got {_short(value)}")
     return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` for an error message, cut to ``limit`` characters (values may be huge or deep)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<deeply nested {type(value).__name__}>"
+    except ValueError:  # an int with more digits than Python will print
+        text = f"<an int of about {value.bit_length() * 3 // 10} digits>" if isinstance(value, int) else "<unprintable>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_limit(rule: str, what: str, value: int, limit: int) -> None:
+    if value > limit:
+        raise TokenSpaceError(rule, f"{what} is {_short(value)}, beyond the limit of {limit}")
 
 
 def _without_fingerprint(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -504,12 +562,15 @@ def _validate(data: Mapping[str, Any]) -> dict[str, Any]:
     """Check every ABI rule; returns a normalised deep copy. Raises TokenSpaceError."""
     if not isinstance(data, Mapping):
         raise TokenSpaceError("schema", f"expected a JSON object, got {type(data).__name__}")
-    d = json.loads(json.dumps(dict(data), allow_nan=False))
+    try:
+        d = json.loads(json.dumps(dict(data), allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as e:
+        raise TokenSpaceError("schema", f"not JSON-serialisable: {_short(e)}") from None
     if d.get("schema") != SCHEMA:
-        raise TokenSpaceError("schema", f"expected schema {SCHEMA!r}, got {d.get('schema')!r}")
+        raise TokenSpaceError("schema", f"expected schema {SCHEMA!r}, got {_short(d.get('schema'))}")
     ver = d.get("schema_version")
     if not (isinstance(ver, list) and len(ver) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in ver)):
-        raise TokenSpaceError("version", f"schema_version must be [major, minor], got {ver!r}")
+        raise TokenSpaceError("version", f"schema_version must be [major, minor], got {_short(ver)}")
     if ver[0] != SCHEMA_VERSION[0]:
         raise TokenSpaceError(
             "version", f"unsupported schema major version {ver[0]} (this library reads {SCHEMA_VERSION[0]}.x)"
@@ -518,18 +579,19 @@ def _validate(data: Mapping[str, Any]) -> dict[str, Any]:
         if key not in d:
             raise TokenSpaceError("schema", f"missing field {key!r}")
     if not isinstance(d["name"], str):
-        raise TokenSpaceError("schema", f"name must be a string, got {d['name']!r}")
+        raise TokenSpaceError("schema", f"name must be a string, got {_short(d['name'])}")
 
     base = d["base"]
     if not isinstance(base, dict):
         raise TokenSpaceError("base", "base must be an object")
     tok = base.get("tokenizer")
     if not isinstance(tok, dict) or not isinstance(tok.get("kind"), str) or not isinstance(tok.get("hash"), str):
-        raise TokenSpaceError("base", f"base.tokenizer must be an object with 'kind' and 'hash', got {tok!r}")
+        raise TokenSpaceError("base", f"base.tokenizer must be an object with 'kind' and 'hash', got {_short(tok)}")
     text_vocab, base_rows = base.get("text_vocab_size"), base.get("base_rows")
     for what, v in (("text_vocab_size", text_vocab), ("base_rows", base_rows)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise TokenSpaceError("base", f"base.{what} must be an integer >= 1, got {v!r}")
+            raise TokenSpaceError("base", f"base.{what} must be an integer >= 1, got {_short(v)}")
+        _check_limit("base", f"base.{what}", v, MAX_VOCAB_SIZE)
     if base_rows < text_vocab:
         raise TokenSpaceError("base", f"base_rows {base_rows} < text_vocab_size {text_vocab}")
     specials = base.setdefault("special_tokens", {})
@@ -537,7 +599,7 @@ def _validate(data: Mapping[str, Any]) -> dict[str, Any]:
         raise TokenSpaceError("base", "base.special_tokens must be an object name -> ID")
     for tname, tid in specials.items():
         if isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < text_vocab:
-            raise TokenSpaceError("base", f"base special {tname!r} has ID {tid!r} outside [0, {text_vocab})")
+            raise TokenSpaceError("base", f"base special {tname!r} has ID {_short(tid)} outside [0, {text_vocab})")
 
     blocks = d["blocks"]
     if not isinstance(blocks, list):
@@ -552,7 +614,12 @@ def _validate(data: Mapping[str, Any]) -> dict[str, Any]:
         if blk.kind not in BLOCK_KINDS:
             raise TokenSpaceError("block", f"block {blk.name!r}: unknown kind {blk.kind!r} (known: {BLOCK_KINDS})")
         if blk.size < 1:
-            raise TokenSpaceError("block", f"block {blk.name!r}: size must be >= 1, got {blk.size}")
+            raise TokenSpaceError("block", f"block {blk.name!r}: size must be >= 1, got {_short(blk.size)}")
+        _check_limit("block", f"block {blk.name!r}: size", blk.size, MAX_VOCAB_SIZE)
+        _check_limit("block", f"block {blk.name!r}: codebook_size", blk.codebook_size, MAX_VOCAB_SIZE)
+        _check_limit("block", f"block {blk.name!r}: num_codebooks", blk.num_codebooks, MAX_CODEBOOKS)
+        if not 0 <= blk.offset <= MAX_VOCAB_SIZE:
+            raise TokenSpaceError("block", f"block {blk.name!r}: offset must be in [0, {MAX_VOCAB_SIZE}], got {_short(blk.offset)}")
         if blk.offset < cursor:
             raise TokenSpaceError(
                 "overlap", f"block {blk.name!r} starts at {blk.offset}, inside the IDs before it (which end at {cursor})"
@@ -562,6 +629,7 @@ def _validate(data: Mapping[str, Any]) -> dict[str, Any]:
                 "gap", f"block {blk.name!r} starts at {blk.offset}, leaving a gap after {cursor} (blocks are contiguous)"
             )
         cursor = blk.offset + blk.size
+        _check_limit("vocab", f"the end of block {blk.name!r} (vocab_size)", cursor, MAX_VOCAB_SIZE)
         if blk.kind in ("special", "grid"):
             if blk.kind in kinds_seen:
                 raise TokenSpaceError("block", f"two {blk.kind} blocks: {kinds_seen[blk.kind]!r} and {blk.name!r}")
@@ -600,14 +668,15 @@ def _validate(data: Mapping[str, Any]) -> dict[str, Any]:
         raise TokenSpaceError("block", "an image block needs a grid block for the image size tokens")
 
     if d["vocab_size"] != cursor:
-        raise TokenSpaceError("vocab", f"vocab_size {d['vocab_size']} != end of the last block {cursor}")
+        raise TokenSpaceError("vocab", f"vocab_size {_short(d['vocab_size'])} != end of the last block {cursor}")
     pad_to = d["pad_to_multiple_of"]
     if isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 1:
-        raise TokenSpaceError("vocab", f"pad_to_multiple_of must be an integer >= 1, got {pad_to!r}")
+        raise TokenSpaceError("vocab", f"pad_to_multiple_of must be an integer >= 1, got {_short(pad_to)}")
     want_padded = -(-cursor // pad_to) * pad_to
+    _check_limit("vocab", f"padded_vocab_size (vocab_size {cursor} rounded up to {pad_to})", want_padded, MAX_VOCAB_SIZE)
     if d["padded_vocab_size"] != want_padded:
         raise TokenSpaceError(
-            "vocab", f"padded_vocab_size {d['padded_vocab_size']} != vocab_size rounded up to {pad_to} ({want_padded})"
+            "vocab", f"padded_vocab_size {_short(d['padded_vocab_size'])} != vocab_size rounded up to {pad_to} ({want_padded})"
         )
     if not isinstance(d["codecs"], dict) or not all(isinstance(v, dict) for v in d["codecs"].values()):
         raise TokenSpaceError("schema", "codecs must be an object modality -> identity object")
