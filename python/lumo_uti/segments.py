@@ -11,18 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from ._ids import as_int64_codes
+
 
 def _as_int64_codes(codes: Any, what: str, ndims: tuple[int, ...], axes: str) -> np.ndarray:
-    if hasattr(codes, "detach") and hasattr(codes, "cpu"):  # torch.Tensor, without importing torch
-        codes = codes.detach().cpu().numpy()
-    arr = np.asarray(codes)
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-        raise TypeError(f"{what}: expected integer codes, got dtype {arr.dtype}")
+    arr = as_int64_codes(codes, what)
     if arr.ndim not in ndims:
         raise ValueError(f"{what}: expected codes of shape {axes}, got shape {tuple(arr.shape)}")
-    if arr.size and (arr.min() < 0):
-        raise ValueError(f"{what}: codes must be >= 0, got {int(arr.min())}")
-    out = np.array(arr, dtype=np.int64, copy=True, order="C")
+    out = np.ascontiguousarray(arr)
     out.setflags(write=False)  # value objects: hashable, safe to share
     return out
 
@@ -30,6 +26,15 @@ def _as_int64_codes(codes: Any, what: str, ndims: tuple[int, ...], axes: str) ->
 class _Codes:
     __slots__ = ("_codes",)
     _codes: np.ndarray
+
+    @classmethod
+    def _checked(cls, codes: np.ndarray):
+        """Wrap int64 codes that the caller made and checked (the decoder): no copy, no checks."""
+        obj = cls.__new__(cls)
+        arr = np.ascontiguousarray(codes, dtype=np.int64)
+        arr.setflags(write=False)
+        obj._codes = arr
+        return obj
 
     @property
     def codes(self) -> np.ndarray:
@@ -67,6 +72,13 @@ class ImageCodes(_Codes):
             raise ValueError(f"ImageCodes: every axis must be >= 1, got shape {tuple(arr.shape)}")
         # One layer is always stored as [H, W], so [1, H, W] and [H, W] compare equal.
         self._codes = arr[0] if arr.ndim == 3 and arr.shape[0] == 1 else arr
+
+    @classmethod
+    def _checked(cls, codes: np.ndarray) -> "ImageCodes":
+        obj = super()._checked(codes)
+        if obj._codes.ndim == 3 and obj._codes.shape[0] == 1:
+            obj._codes = obj._codes[0]
+        return obj
 
     @property
     def layers(self) -> np.ndarray:

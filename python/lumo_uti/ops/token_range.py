@@ -27,9 +27,13 @@ __all__ = ["classify_ids"]
 _OP = "classify_ids"
 _INT64_MAX = np.iinfo(np.int64).max
 
-# Integer dtypes accepted for ids; the kernels read int32/int64 directly and the
-# others are widened to int64 first (lossless).
+# Integer dtypes the op accepts for ids; the kernels read int32/int64 directly
+# and the others are widened to int64 first (lossless). The front also takes
+# uint16/32/64 tensors (_TORCH_WIDE_UNSIGNED) and widens them before the op.
 _TORCH_ID_DTYPES = frozenset({torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8})
+_TORCH_WIDE_UNSIGNED = frozenset(
+    getattr(torch, name) for name in ("uint16", "uint32", "uint64") if hasattr(torch, name)
+)
 _TORCH_KERNEL_ITEMSIZE = {torch.int32: 4, torch.int64: 8}
 _NUMPY_KERNEL_ITEMSIZE = {np.dtype(np.int32): 4, np.dtype(np.int64): 8}
 
@@ -40,8 +44,9 @@ def classify_ids(ids: torch.Tensor | np.ndarray, boundaries: Boundaries) -> Any:
     """Block index of every token ID.
 
     Args:
-        ids: ``[*S]`` integer IDs: a ``torch.Tensor`` (int8/16/32/64 or uint8,
-            any device, any strides) or a numpy integer array.
+        ids: ``[*S]`` integer IDs: a ``torch.Tensor`` (int8/16/32/64 or
+            uint8/16/32/64, any device, any strides) or a numpy integer array.
+            Unsigned IDs beyond int64 lie past every boundary (-1).
         boundaries: ``[R+1]`` strictly increasing integers (tensor, ndarray or
             list); ``R >= 0``. A tensor must be on the device of ``ids``.
 
@@ -59,6 +64,7 @@ def classify_ids(ids: torch.Tensor | np.ndarray, boundaries: Boundaries) -> Any:
     if isinstance(ids, np.ndarray):
         return _classify_numpy(ids, boundaries)
     if isinstance(ids, torch.Tensor):
+        ids = _widen_unsigned(ids)
         _check_ids_dtype(ids.dtype)
         return _classify_op(ids, _bounds_tensor(boundaries, ids.device))
     raise TypeError(
@@ -83,6 +89,20 @@ def _check_ids_dtype(dtype: torch.dtype) -> None:
             f"{_OP}: expected ids of dtype int8, int16, int32, int64 or uint8, "
             f"got {_dtype_name(dtype)}"
         )
+
+
+def _widen_unsigned(ids: torch.Tensor) -> torch.Tensor:
+    """uint16/32/64 tensors -> int64 (the op takes uint8 and signed types only).
+
+    uint64 values >= 2^63 become int64 max, which lies past any int64
+    boundary, as they do; a plain cast would wrap them to negative IDs.
+    """
+    if ids.dtype not in _TORCH_WIDE_UNSIGNED:
+        return ids
+    if ids.dtype == torch.uint64:
+        as_signed = ids.view(torch.int64)
+        return torch.where(as_signed < 0, torch.full_like(as_signed, _INT64_MAX), as_signed)
+    return ids.to(torch.int64)
 
 
 def _check_op_args(ids: torch.Tensor, boundaries: torch.Tensor) -> None:
