@@ -16,7 +16,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .layout import INVALID_KINDS, START_KINDS, Kind, Layout, run_end
+from .layout import INVALID_KINDS, START_KINDS, K, Kind, Layout, kind_table, ordered_run
 
 
 class Mode(IntEnum):
@@ -44,6 +44,23 @@ class State:
 
 TEXT = State()
 
+# Kinds that leave each mode's state as it is: a run of them is skipped at once.
+# Strict: only text and placeholders in text. Lenient: also every token that
+# lenient_step drops (see there); start markers, and the tokens a mode takes,
+# always change the state. (Codes of the wrong codebook are dropped too, but
+# that depends on the ID, not the kind, so they go one by one.)
+_ALL = set(Kind)
+_KEEPS_STRICT = {mode: kind_table({Kind.TEXT, Kind.IMAGE_PATCH} if mode == Mode.TEXT else ()) for mode in Mode}
+_KEEPS_LENIENT = {
+    Mode.TEXT: kind_table(_ALL - START_KINDS),
+    Mode.IMAGE_HEIGHT: kind_table(_ALL - START_KINDS - {Kind.GRID, Kind.IMAGE_END}),
+    Mode.IMAGE_WIDTH: kind_table(_ALL - START_KINDS - {Kind.GRID, Kind.IMAGE_END}),
+    Mode.IMAGE_CODES: kind_table(_ALL - START_KINDS - {Kind.IMAGE_CODE, Kind.IMAGE_END}),
+    Mode.IMAGE_END: kind_table(INVALID_KINDS | {Kind.IMAGE_CODE}),
+    Mode.AUDIO: kind_table(_ALL - START_KINDS - {Kind.AUDIO_CODE, Kind.AUDIO_END}),
+}
+_MAX_CACHED_MASKS = 64
+
 
 class Constraints:
     """Transitions and next-token masks for one layout."""
@@ -57,34 +74,34 @@ class Constraints:
         """The state after ``token_id`` (of ``kind``), or None when it is illegal."""
         lay, mode = self.layout, state.mode
         if mode == Mode.TEXT:
-            if kind == Kind.TEXT or kind == Kind.IMAGE_PATCH:
+            if kind == K.TEXT or kind == K.IMAGE_PATCH:
                 return TEXT
-            if kind == Kind.IMAGE_START:
+            if kind == K.IMAGE_START:
                 return State(Mode.IMAGE_HEIGHT)
-            if kind == Kind.AUDIO_START:
+            if kind == K.AUDIO_START:
                 return State(Mode.AUDIO, index=0)
             return None
         if mode == Mode.IMAGE_HEIGHT:
-            return State(Mode.IMAGE_WIDTH, height=lay.grid_value(token_id)) if kind == Kind.GRID else None
+            return State(Mode.IMAGE_WIDTH, height=lay.grid_value(token_id)) if kind == K.GRID else None
         if mode == Mode.IMAGE_WIDTH:
-            if kind != Kind.GRID:
+            if kind != K.GRID:
                 return None
             count = state.height * lay.grid_value(token_id) * lay.image.num_codebooks
             return State(Mode.IMAGE_CODES, remaining=count, index=0)
         if mode == Mode.IMAGE_CODES:
             blk = lay.image
-            if kind != Kind.IMAGE_CODE or (token_id - blk.offset) // blk.codebook_size != state.index:
+            if kind != K.IMAGE_CODE or (token_id - blk.offset) // blk.codebook_size != state.index:
                 return None
             if state.remaining == 1:
                 return State(Mode.IMAGE_END)
             return State(Mode.IMAGE_CODES, remaining=state.remaining - 1, index=(state.index + 1) % blk.num_codebooks)
         if mode == Mode.IMAGE_END:
-            return TEXT if kind == Kind.IMAGE_END else None
+            return TEXT if kind == K.IMAGE_END else None
         # Mode.AUDIO
         blk = lay.audio
-        if kind == Kind.AUDIO_CODE and (token_id - blk.offset) // blk.codebook_size == state.index:
+        if kind == K.AUDIO_CODE and (token_id - blk.offset) // blk.codebook_size == state.index:
             return State(Mode.AUDIO, index=(state.index + 1) % blk.num_codebooks)
-        if kind == Kind.AUDIO_END and state.index == 0:
+        if kind == K.AUDIO_END and state.index == 0:
             return TEXT
         return None
 
@@ -98,11 +115,11 @@ class Constraints:
         if kind in START_KINDS:  # closes the open span, opens a new one
             return self.step(TEXT, kind, token_id)
         mode = state.mode
-        if kind == Kind.IMAGE_END and mode in (Mode.IMAGE_HEIGHT, Mode.IMAGE_WIDTH, Mode.IMAGE_CODES):
+        if kind == K.IMAGE_END and mode in (Mode.IMAGE_HEIGHT, Mode.IMAGE_WIDTH, Mode.IMAGE_CODES):
             return TEXT  # image dropped or padded
-        if kind == Kind.AUDIO_END and mode == Mode.AUDIO:
+        if kind == K.AUDIO_END and mode == Mode.AUDIO:
             return TEXT  # partial frame dropped
-        if mode == Mode.IMAGE_END and kind != Kind.IMAGE_CODE:
+        if mode == Mode.IMAGE_END and kind != K.IMAGE_CODE:
             return self.step(TEXT, kind, token_id) or TEXT  # complete image closed here
         return state  # dropped
 
@@ -110,61 +127,60 @@ class Constraints:
         """Run the machine over ``ids`` (int64 [N]).
 
         Returns ``(state, -1)``, or when strict and a token is illegal,
-        ``(last legal state, position of that token)``.
+        ``(last legal state, position of that token)``. Linear in ``len(ids)``:
+        runs of tokens that leave the state as it is, and runs of codes in
+        codebook order, are skipped in one vectorised step each.
         """
         kinds = self.layout.kinds(ids)
+        keeps = _KEEPS_LENIENT if lenient else _KEEPS_STRICT
+        stops: dict[Mode, np.ndarray] = {}  # per mode: positions of the tokens that may change the state
+        image, audio = self.layout.image, self.layout.audio
         state, n, i = TEXT, len(ids), 0
-        text_or_patch = (kinds == Kind.TEXT) | (kinds == Kind.IMAGE_PATCH)
         while i < n:
-            if state.mode == Mode.TEXT and text_or_patch[i]:
-                nxt = np.flatnonzero(~text_or_patch[i:])  # skip the text run at once
-                i = n if len(nxt) == 0 else i + int(nxt[0])
+            mode = state.mode
+            if keeps[mode][kinds[i]]:
+                at = stops.get(mode)
+                if at is None:
+                    at = stops[mode] = np.flatnonzero(~keeps[mode][kinds])
+                k = np.searchsorted(at, i)
+                i = int(at[k]) if k < len(at) else n
                 continue
-            if state.mode == Mode.IMAGE_CODES and state.remaining > 1 and self._image_run_ok(ids, kinds, i, state):
-                i += state.remaining - 1
-                state = State(Mode.IMAGE_CODES, remaining=1, index=(state.index + state.remaining - 1) % self.layout.image.num_codebooks)
-                continue
-            if state.mode == Mode.AUDIO and kinds[i] == Kind.AUDIO_CODE:
-                run = self._audio_run(ids, kinds, i, state.index)
-                if run > 1:
+            if mode == Mode.IMAGE_CODES or mode == Mode.AUDIO:
+                image_mode = mode == Mode.IMAGE_CODES
+                blk, kind = (image, K.IMAGE_CODE) if image_mode else (audio, K.AUDIO_CODE)
+                geometry = (blk.num_codebooks, blk.offset, blk.codebook_size, state.index)
+                run = ordered_run(ids, kinds, i, kind, *geometry, state.remaining if image_mode else n)
+                if run:
                     i += run
-                    state = State(Mode.AUDIO, index=(state.index + run) % self.layout.audio.num_codebooks)
+                    left, index = state.remaining - run, (state.index + run) % blk.num_codebooks
+                    if not image_mode:
+                        state = State(Mode.AUDIO, index=index)
+                    else:
+                        state = State(Mode.IMAGE_END) if left == 0 else State(Mode.IMAGE_CODES, remaining=left, index=index)
                     continue
-            kind, tid = Kind(kinds[i]), int(ids[i])
+                if lenient:  # codes of another codebook: dropped, the state waits
+                    run = ordered_run(ids, kinds, i, kind, *geometry, n, in_order=False)
+                    if run:
+                        i += run
+                        continue
+            kind, tid = Kind(int(kinds[i])), int(ids[i])
             nxt_state = self.lenient_step(state, kind, tid) if lenient else self.step(state, kind, tid)
             if nxt_state is None:
                 return state, i
             state, i = nxt_state, i + 1
         return state, -1
 
-    def _image_run_ok(self, ids, kinds, i, state: State) -> bool:
-        """Whether the next ``remaining - 1`` tokens are the image codes expected (fast path)."""
-        blk, m = self.layout.image, state.remaining - 1
-        if i + m > len(ids):
-            return False
-        seg = ids[i : i + m]
-        if not (kinds[i : i + m] == Kind.IMAGE_CODE).all():
-            return False
-        layers = (seg - blk.offset) // blk.codebook_size
-        return bool((layers == (state.index + np.arange(m)) % blk.num_codebooks).all())
-
-    def _audio_run(self, ids, kinds, i, index: int) -> int:
-        """Length of the run of audio codes from ``i`` in the expected codebook order (fast path)."""
-        blk = self.layout.audio
-        end = run_end(kinds, i, Kind.AUDIO_CODE)
-        codebooks = (ids[i:end] - blk.offset) // blk.codebook_size
-        wrong = codebooks != (index + np.arange(end - i)) % blk.num_codebooks
-        return int(np.argmax(wrong)) if wrong.any() else end - i
-
     # -- masks --------------------------------------------------------------------------
     def mask(self, state: State) -> np.ndarray:
         """Read-only bool [padded_vocab_size]: True for each ID legal after ``state``."""
         key = (state.mode, state.index if state.mode in (Mode.IMAGE_CODES, Mode.AUDIO) else 0)
-        cached = self._masks.get(key)
+        cached = self._masks.pop(key, None)
         if cached is None:
             cached = self._build_mask(*key)
             cached.setflags(write=False)
-            self._masks[key] = cached
+            if len(self._masks) >= _MAX_CACHED_MASKS:  # one per codebook at most: bound it
+                del self._masks[next(iter(self._masks))]
+        self._masks[key] = cached  # most recently used last
         return cached
 
     def _build_mask(self, mode: Mode, index: int) -> np.ndarray:

@@ -14,16 +14,21 @@ reports each one (runs of the same repair are merged into one report):
 - a start marker inside an open span closes that span first (as if its end
   marker had been there), then opens the new one;
 - an image with fewer than H*W*L codes at its end (end marker, nested start or
-  end of stream) is padded with code 0; codes beyond H*W*L are dropped; an
-  image with all its codes followed by anything but a code or ``<|image_end|>``
-  is closed there and decoding goes on;
+  end of stream) is padded with code 0, provided the codes it lacks are at
+  most ``PAD_LIMIT`` (4) times the tokens it has (its start marker, two grid
+  tokens and the codes kept); one that lacks more is dropped whole, so that
+  repairs never create more than 4 codes per input token; codes beyond H*W*L
+  are dropped; an image with all its codes followed by anything but a code or
+  ``<|image_end|>`` is closed there and decoding goes on;
 - an image whose two grid tokens are missing is dropped whole;
 - an audio span ending inside a frame drops that partial frame;
 - text IDs decode like the base tokenizer (invalid UTF-8 becomes U+FFFD), with
   the text on both sides of a dropped token joined.
 
-A span that is valid is decoded by vectorised checks; the per-token repair
-loop runs only on a span that fails them.
+A span that is valid is decoded by vectorised checks. Repairs work on runs:
+a run of dropped tokens is skipped in one vectorised step and reported once
+per rule, so lenient decoding stays linear in the input (only out-of-order
+codes inside a run of codes are looked at one by one, over a plain list).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import numpy as np
 
 from ..errors import UTIDecodeError
 from ..segments import AudioCodes, ImageCodes, ImagePlaceholder
-from .layout import INVALID_ID_RULES, INVALID_KINDS, START_KINDS, Kind, Layout, run_end
+from .layout import INVALID_ID_RULES, INVALID_KINDS, START_KINDS, K, Kind, Layout, kind_table, run_end, scan
 
 RULES = {
     "id.negative": "a negative token ID",
@@ -55,6 +60,39 @@ RULES = {
     "audio.codebook": "an audio code of the wrong codebook for its place in the frame",
     "audio.truncated_frame": "an audio span ending inside a frame",
 }
+
+# A padded image may gain at most PAD_LIMIT codes per token it has in the input.
+PAD_LIMIT = 4
+
+_RULE_NAMES = list(RULES)
+
+
+def _drop_rules(default: str, **by_kind: str) -> np.ndarray:
+    """int8 [len(Kind)]: index into ``_RULE_NAMES`` of the rule for dropping each kind.
+
+    Invalid IDs always report their own rule; ``by_kind`` maps kind names to rules.
+    """
+    table = np.full(len(Kind), _RULE_NAMES.index(default), dtype=np.int8)
+    for name, rule in by_kind.items():
+        table[Kind[name]] = _RULE_NAMES.index(rule)
+    for kind, (rule, _) in INVALID_ID_RULES.items():
+        table[kind] = _RULE_NAMES.index(rule)
+    return table
+
+
+_OUTSIDE_RULES = _drop_rules(
+    "code.outside_span", IMAGE_END="span.unopened", AUDIO_END="span.unopened", GRID="grid.outside_image"
+)
+_HEADER_RULES = _drop_rules("image.grid")
+_SPAN_RULES = _drop_rules("span.foreign")
+
+# What ends a run of dropped tokens, by where it stands.
+_KEPT_OUTSIDE = kind_table({Kind.TEXT, Kind.IMAGE_PATCH, *START_KINDS})
+_HEADER_STOPS = kind_table({Kind.GRID, Kind.IMAGE_END, *START_KINDS})
+_IMAGE_BODY_STOPS = kind_table({Kind.IMAGE_CODE, Kind.IMAGE_END, *START_KINDS})
+_AUDIO_BODY_STOPS = kind_table({Kind.AUDIO_CODE, Kind.AUDIO_END, *START_KINDS})
+_NOT_INVALID = kind_table(set(Kind) - INVALID_KINDS)
+_STARTS = (K.IMAGE_START, K.AUDIO_START)
 
 
 @dataclass(frozen=True)
@@ -79,9 +117,16 @@ class DecodeResult(NamedTuple):
 
 
 class _SpanError(Exception):
-    def __init__(self, position: int, rule: str, message: str):
-        super().__init__(message)
-        self.position, self.rule, self.message = position, rule, message
+    """A span fails the strict check. ``message`` may be a callable: lenient decoding
+    catches these by the thousand and never reads it."""
+
+    def __init__(self, position: int, rule: str, message: str | Callable[[], str]):
+        super().__init__(position, rule)
+        self.position, self.rule, self._message = position, rule, message
+
+    @property
+    def message(self) -> str:
+        return self._message() if callable(self._message) else self._message
 
 
 class Decoder:
@@ -97,7 +142,7 @@ class Decoder:
         kinds = self.layout.kinds(ids)
         out = _Output(self.decode_text)
         report = _Report()
-        nontext = np.flatnonzero(kinds != Kind.TEXT)
+        nontext = np.flatnonzero(kinds != K.TEXT)
         n, i = len(ids), 0
         while i < n:
             k = np.searchsorted(nontext, i)
@@ -106,28 +151,29 @@ class Decoder:
                 out.text(ids[i:j])
                 i = j
                 continue
-            kind = kinds[i]
-            if kind == Kind.IMAGE_START or kind == Kind.AUDIO_START:
-                strict_span = self._image_strict if kind == Kind.IMAGE_START else self._audio_strict
+            kind = int(kinds[i])
+            if kind in _STARTS:
+                strict_span = self._image_strict if kind == K.IMAGE_START else self._audio_strict
                 try:
                     segment, i = strict_span(ids, kinds, i)
                 except _SpanError as e:
                     if strict:
                         raise UTIDecodeError(e.position, e.rule, e.message) from None
-                    lenient_span = self._image_lenient if kind == Kind.IMAGE_START else self._audio_lenient
+                    lenient_span = self._image_lenient if kind == K.IMAGE_START else self._audio_lenient
                     segment, i = lenient_span(ids, kinds, i, report)
                 if segment is not None:
                     out.add(segment)
-            elif kind == Kind.IMAGE_PATCH:
-                e = run_end(kinds, i, Kind.IMAGE_PATCH)
+            elif kind == K.IMAGE_PATCH:
+                e = run_end(kinds, i, K.IMAGE_PATCH)
                 out.add(ImagePlaceholder(e - i))
                 i = e
-            else:
+            elif strict:
                 rule, message = self._outside_span(ids, kinds, i)
-                if strict:
-                    raise UTIDecodeError(i, rule, message)
-                report.add(i, rule, "dropped")
-                i += 1
+                raise UTIDecodeError(i, rule, message)
+            else:  # the whole run of tokens that cannot stand outside a span
+                e = scan(kinds, i, _KEPT_OUTSIDE)
+                _drop(kinds, i, e, _OUTSIDE_RULES, report)
+                i = e
         return DecodeResult(out.finish(), report.repairs)
 
     # -- strict spans (vectorised) ------------------------------------------------------
@@ -139,7 +185,7 @@ class Decoder:
         for what in ("height", "width"):
             if p >= n:
                 raise _SpanError(n, "span.unterminated", f"the stream ends inside the image header opened at {i}")
-            if kinds[p] != Kind.GRID:
+            if kinds[p] != K.GRID:
                 raise self._violation(
                     ids, kinds, p, "image.grid", f"expected the grid {what} token of the image opened at {i}"
                 )
@@ -149,26 +195,26 @@ class Decoder:
         count = height * width * num_layers
         end = p + count
         stop = min(end, n)
-        body = ids[p:stop]
-        bad = kinds[p:stop] != Kind.IMAGE_CODE
-        if num_layers > 1 and stop > p:
-            layer = (body - blk.offset) // blk.codebook_size
-            bad |= layer != (np.arange(stop - p) % num_layers)
-        if bad.any():
-            b = p + int(np.argmax(bad))
-            if kinds[b] == Kind.IMAGE_CODE:
+        e = run_end(kinds, p, K.IMAGE_CODE, limit=stop)  # only the codes present: O(e - p), not O(count)
+        body = ids[p:e]
+        if num_layers > 1 and e > p:
+            wrong = (body - blk.offset) // blk.codebook_size != (np.arange(e - p) % num_layers)
+            if wrong.any():
+                b = p + int(np.argmax(wrong))
                 raise _SpanError(b, "image.layer", f"expected a code of layer {(b - p) % num_layers} (image opened at {i})")
-            if kinds[b] == Kind.IMAGE_END:
+        if e < stop:
+            b = e
+            if kinds[b] == K.IMAGE_END:
                 raise _SpanError(
                     b, "image.count", f"image {height}x{width}x{num_layers} needs {count} codes, got {b - p} (opened at {i})"
                 )
             raise self._violation(ids, kinds, b, "span.foreign", f"inside the image opened at {i}")
         if end >= n:
             raise _SpanError(n, "span.unterminated", f"the stream ends inside the image opened at {i}")
-        if kinds[end] == Kind.IMAGE_END:
+        if kinds[end] == K.IMAGE_END:
             codes = ((body - blk.offset) % blk.codebook_size).reshape(height, width, num_layers)
-            return ImageCodes(codes.transpose(2, 0, 1)), end + 1
-        if kinds[end] == Kind.IMAGE_CODE:
+            return ImageCodes._checked(codes.transpose(2, 0, 1)), end + 1
+        if kinds[end] == K.IMAGE_CODE:
             raise _SpanError(end, "image.count", f"image {height}x{width}x{num_layers} needs {count} codes, got more")
         raise self._violation(ids, kinds, end, "span.missing_end", f"expected <|image_end|> after {count} codes")
 
@@ -176,7 +222,7 @@ class Decoder:
         blk, n = self.layout.audio, len(ids)
         q = blk.num_codebooks
         p = i + 1
-        e = run_end(kinds, p, Kind.AUDIO_CODE)
+        e = run_end(kinds, p, K.AUDIO_CODE)
         body = ids[p:e]
         if len(body):
             codebook = (body - blk.offset) // blk.codebook_size
@@ -188,108 +234,119 @@ class Decoder:
                 )
         if e >= n:
             raise _SpanError(n, "span.unterminated", f"the stream ends inside the audio span opened at {i}")
-        if kinds[e] == Kind.AUDIO_END:
+        if kinds[e] == K.AUDIO_END:
             if len(body) % q:
                 raise _SpanError(
                     e,
                     "audio.truncated_frame",
                     f"audio span ends after {len(body) % q} of the {q} codes of frame {len(body) // q}",
                 )
-            return AudioCodes(((body - blk.offset) % blk.codebook_size).reshape(-1, q)), e + 1
+            return AudioCodes._checked(((body - blk.offset) % blk.codebook_size).reshape(-1, q)), e + 1
         raise self._violation(ids, kinds, e, "span.foreign", f"inside the audio span opened at {i}")
 
-    # -- lenient spans (per token, only for spans that fail the strict check) -----------
+    # -- lenient spans (runs, only for spans that fail the strict check) ------------------
     def _image_lenient(self, ids, kinds, i, report: "_Report") -> tuple[ImageCodes | None, int]:
         lay, n = self.layout, len(ids)
         blk = lay.image
-        num_layers, dims, codes = blk.num_codebooks, [], []
-        p, closed_by = i + 1, None
-        while p < n:
-            kind = kinds[p]
-            if kind == Kind.IMAGE_END:
-                closed_by, p = "end", p + 1
+        num_layers, dims = blk.num_codebooks, []
+        p = i + 1
+        while p < n and len(dims) < 2:  # the header: two grid tokens
+            kind = int(kinds[p])
+            if kind == K.IMAGE_END or kind in _STARTS:
                 break
-            if kind in START_KINDS:
-                closed_by = "nested"
-                report.add(p, "span.nested", f"closed the image opened at {i} before the new span")
-                break
-            if len(dims) < 2:
-                if kind == Kind.GRID:
-                    dims.append(lay.grid_value(ids[p]))
-                else:
-                    report.add(p, self._drop_rule(kind, "image.grid"), "dropped")
+            if kind == K.GRID:
+                dims.append(lay.grid_value(ids[p]))
                 p += 1
-                continue
+            else:
+                e = scan(kinds, p, _HEADER_STOPS)
+                _drop(kinds, p, e, _HEADER_RULES, report)
+                p = e
+        parts: list[np.ndarray] = []
+        have = need = 0
+        if len(dims) == 2:
             need = dims[0] * dims[1] * num_layers
-            if kind == Kind.IMAGE_CODE:
-                if len(codes) == need:
-                    report.add(p, "image.count", f"dropped a code beyond the {need} the image needs")
-                elif (ids[p] - blk.offset) // blk.codebook_size == len(codes) % num_layers:
-                    codes.append((int(ids[p]) - blk.offset) % blk.codebook_size)
+            while p < n:  # the codes
+                kind = int(kinds[p])
+                if kind == K.IMAGE_END or kind in _STARTS:
+                    break
+                if kind == K.IMAGE_CODE:
+                    e = run_end(kinds, p, K.IMAGE_CODE)
+                    have = _take_codes(ids, p, e, blk, have, need, "image.layer", parts, report)
+                    p = e
+                elif have < need:
+                    e = scan(kinds, p, _IMAGE_BODY_STOPS)
+                    _drop(kinds, p, e, _SPAN_RULES, report)
+                    p = e
+                elif kind in INVALID_KINDS:
+                    e = scan(kinds, p, _NOT_INVALID)
+                    _drop(kinds, p, e, _SPAN_RULES, report)
+                    p = e
                 else:
-                    report.add(p, "image.layer", "dropped")
-                p += 1
-                continue
-            if len(codes) == need and kind not in INVALID_KINDS:
-                closed_by = "missing_end"
-                report.add(p, "span.missing_end", f"closed the complete image opened at {i}")
-                break
-            report.add(p, self._drop_rule(kind, "span.foreign"), "dropped")
-            p += 1
-        if closed_by is None:
+                    break  # complete, and something else follows: closed here
+        if p >= n:
             report.add(n, "span.unterminated", f"closed the image opened at {i} at the end of the stream")
+        elif kinds[p] == K.IMAGE_END:
+            p += 1
+        elif kinds[p] in _STARTS:
+            report.add(p, "span.nested", f"closed the image opened at {i} before the new span")
+        else:
+            report.add(p, "span.missing_end", f"closed the complete image opened at {i}")
         if len(dims) < 2:
             report.add(i, "image.grid", "dropped the image: no grid size")
             return None, p
-        height, width = dims
-        need = height * width * num_layers
-        if len(codes) < need:
-            report.add(i, "image.count", f"padded {need - len(codes)} missing codes with code 0")
-            codes += [0] * (need - len(codes))
-        grid = np.array(codes, dtype=np.int64).reshape(height, width, num_layers).transpose(2, 0, 1)
-        return ImageCodes(grid), p
+        if have < need:
+            present = 3 + have  # its start marker, two grid tokens and the codes kept
+            if need - have > PAD_LIMIT * present:
+                report.add(
+                    i, "image.count",
+                    f"dropped the image: {have} of its {need} codes present, too few to pad "
+                    f"(padding may add at most {PAD_LIMIT} codes per token of the image, {PAD_LIMIT * present})",
+                )
+                return None, p
+            report.add(i, "image.count", f"padded {need - have} missing codes with code 0")
+            parts.append(np.zeros(need - have, dtype=np.int64))
+        grid = np.concatenate(parts).reshape(dims[0], dims[1], num_layers).transpose(2, 0, 1)
+        return ImageCodes._checked(grid), p
 
     def _audio_lenient(self, ids, kinds, i, report: "_Report") -> tuple[AudioCodes, int]:
         blk, n = self.layout.audio, len(ids)
         q = blk.num_codebooks
-        codes: list[int] = []
-        p, closed = i + 1, False
+        parts: list[np.ndarray] = []
+        p, have = i + 1, 0
         while p < n:
-            kind = kinds[p]
-            if kind == Kind.AUDIO_END:
-                closed, p = True, p + 1
+            kind = int(kinds[p])
+            if kind == K.AUDIO_END or kind in _STARTS:
                 break
-            if kind in START_KINDS:
-                closed = True
-                report.add(p, "span.nested", f"closed the audio span opened at {i} before the new span")
-                break
-            if kind == Kind.AUDIO_CODE and (ids[p] - blk.offset) // blk.codebook_size == len(codes) % q:
-                codes.append((int(ids[p]) - blk.offset) % blk.codebook_size)
-            elif kind == Kind.AUDIO_CODE:
-                report.add(p, "audio.codebook", "dropped")
+            if kind == K.AUDIO_CODE:
+                e = run_end(kinds, p, K.AUDIO_CODE)
+                have = _take_codes(ids, p, e, blk, have, None, "audio.codebook", parts, report)
+                p = e
             else:
-                report.add(p, self._drop_rule(kind, "span.foreign"), "dropped")
-            p += 1
-        if not closed:
+                e = scan(kinds, p, _AUDIO_BODY_STOPS)
+                _drop(kinds, p, e, _SPAN_RULES, report)
+                p = e
+        if p >= n:
             report.add(n, "span.unterminated", f"closed the audio span opened at {i} at the end of the stream")
-        partial = len(codes) % q
+        elif kinds[p] == K.AUDIO_END:
+            p += 1
+        else:
+            report.add(p, "span.nested", f"closed the audio span opened at {i} before the new span")
+        codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        partial = have % q
         if partial:
             report.add(i, "audio.truncated_frame", f"dropped the {partial} codes of the last, partial frame")
-            del codes[len(codes) - partial :]
-        return AudioCodes(np.array(codes, dtype=np.int64).reshape(-1, q)), p
+            codes = codes[: have - partial]
+        return AudioCodes._checked(codes.reshape(-1, q)), p
 
     # -- rules --------------------------------------------------------------------------
-    def _drop_rule(self, kind: Kind, default: str) -> str:
-        return INVALID_ID_RULES[kind][0] if kind in INVALID_KINDS else default
-
     def _violation(self, ids, kinds, p: int, rule: str, context: str) -> _SpanError:
         """The error for token ``p`` in a span: invalid IDs and nesting first, then ``rule``."""
-        kind = kinds[p]
-        if kind in INVALID_KINDS:
-            rule = INVALID_ID_RULES[kind][0]
-        elif kind in START_KINDS:
+        kind = int(kinds[p])
+        if kind in _STARTS:
             rule = "span.nested"
-        return _SpanError(p, rule, f"unexpected {self.describe(int(ids[p]), kind)} {context}")
+        elif kind in INVALID_KINDS:
+            rule = INVALID_ID_RULES[Kind(kind)][0]
+        return _SpanError(p, rule, lambda: f"unexpected {self.describe(int(ids[p]), Kind(kind))} {context}")
 
     def _outside_span(self, ids, kinds, i: int) -> tuple[str, str]:
         kind = kinds[i]
@@ -358,15 +415,81 @@ class _Output:
         return self.segments
 
 
+def _drop(kinds: np.ndarray, p: int, e: int, rules: np.ndarray, report: "_Report") -> None:
+    """Report tokens ``[p, e)`` as dropped: one repair per stretch of the same rule."""
+    codes = rules[kinds[p:e]]
+    cuts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+    starts = np.concatenate(([0], cuts))
+    names = [_RULE_NAMES[c] for c in codes[starts].tolist()]
+    report.add_runs((starts + p).tolist(), (cuts + p).tolist() + [e], names, "dropped")
+
+
+def _take_codes(ids, p: int, e: int, blk, have: int, need: int | None, rule: str,
+                parts: list[np.ndarray], report: "_Report") -> int:
+    """Keep the codes of the run ``ids[p:e]`` that come in codebook order; returns the new count.
+
+    ``have`` codes were kept before; a code is kept when its codebook is
+    ``have % num_codebooks`` and, for an image, fewer than ``need`` are kept.
+    Out-of-order codes are dropped under ``rule``, those past ``need`` under
+    ``image.count``. In order (the usual case) is one vectorised check.
+    """
+    q, run = blk.num_codebooks, ids[p:e]
+    room = len(run) if need is None else min(len(run), need - have)
+    if room <= 0:
+        report.add(p, "image.count", f"dropped a code beyond the {need} the image needs", end=e)
+        return have
+    codebooks = (run - blk.offset) // blk.codebook_size
+    if q == 1 or bool((codebooks[:room] == (have + np.arange(room)) % q).all()):
+        keep, stop = np.ones(room, dtype=bool), room
+    else:  # out of order: which codes are kept depends on those kept before, one by one
+        keep, stop, h = np.zeros(len(run), dtype=bool), len(run), have
+        for t, c in enumerate(codebooks.tolist()):
+            if h == need:
+                stop = t
+                break
+            if c == h % q:
+                keep[t] = True
+                h += 1
+        keep = keep[:stop]
+        edges = np.flatnonzero(np.diff(np.concatenate(([True], keep, [True])).astype(np.int8))) + p
+        for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+            report.add(a, rule, "dropped", end=b)
+    parts.append((run[:stop][keep] - blk.offset) % blk.codebook_size)
+    if stop < len(run):
+        report.add(p + stop, "image.count", f"dropped a code beyond the {need} the image needs", end=e)
+    return have + int(np.count_nonzero(keep))
+
+
 class _Report:
     """Repairs, merging consecutive ones with the same rule and action."""
 
     def __init__(self):
-        self.repairs: list[Repair] = []
+        # Parallel lists, not one object per repair: cheap to extend by the million.
+        self._pos: list[int] = []
+        self._end: list[int] = []
+        self._rule: list[str] = []
+        self._action: list[str] = []
 
-    def add(self, position: int, rule: str, action: str) -> None:
-        last = self.repairs[-1] if self.repairs else None
-        if last is not None and last.rule == rule and last.action == action and last.end == position:
-            self.repairs[-1] = Repair(last.position, position + 1, rule, action)
+    def add(self, position: int, rule: str, action: str, *, end: int | None = None) -> None:
+        """Tokens ``[position, end)`` (``end`` defaults to ``position + 1``)."""
+        end = position + 1 if end is None else end
+        if self._pos and self._end[-1] == position and self._rule[-1] == rule and self._action[-1] == action:
+            self._end[-1] = end
         else:
-            self.repairs.append(Repair(position, position + 1, rule, action))
+            self._pos.append(position)
+            self._end.append(end)
+            self._rule.append(rule)
+            self._action.append(action)
+
+    def add_runs(self, starts: list[int], ends: list[int], rules: list[str], action: str) -> None:
+        """Many ``add`` calls at once: stretches ``[starts[k], ends[k])``, in order, none adjacent
+        with the same rule (so only the first may merge with the last repair so far)."""
+        self.add(starts[0], rules[0], action, end=ends[0])
+        self._pos += starts[1:]
+        self._end += ends[1:]
+        self._rule += rules[1:]
+        self._action += [action] * (len(starts) - 1)
+
+    @property
+    def repairs(self) -> list[Repair]:
+        return list(map(Repair, self._pos, self._end, self._rule, self._action))

@@ -9,6 +9,8 @@ masks never look at token strings.
 from __future__ import annotations
 
 from enum import IntEnum
+from types import SimpleNamespace
+from typing import Iterable
 
 import numpy as np
 
@@ -32,6 +34,10 @@ class Kind(IntEnum):
     OUT_OF_RANGE = 11  # >= padded_vocab_size
     NEGATIVE = 12
 
+
+# The kinds as plain ints, for code that runs per token or per span (looking up
+# an IntEnum member and comparing with it is several times slower).
+K = SimpleNamespace(**{kind.name: int(kind) for kind in Kind})
 
 _MARKER_KINDS = {
     IMAGE_START: Kind.IMAGE_START,
@@ -120,13 +126,59 @@ class Layout:
         return int(token_id) - self.grid.offset + 1
 
 
-def run_end(kinds: np.ndarray, i: int, kind: Kind) -> int:
-    """First position >= i whose kind is not ``kind`` (len when none); amortised O(run)."""
-    n, chunk = len(kinds), 256
+def kind_table(kinds: Iterable[Kind]) -> np.ndarray:
+    """Bool lookup table over ``Kind`` values: True for ``kinds`` (index it with a kinds array)."""
+    table = np.zeros(len(Kind), dtype=bool)
+    table[[int(k) for k in kinds]] = True
+    return table
+
+
+def scan(kinds: np.ndarray, i: int, stop: np.ndarray, limit: int | None = None) -> int:
+    """First position in ``[i, limit)`` whose kind is in the table ``stop``; ``limit`` when none.
+
+    ``limit`` defaults to ``len(kinds)``. The window grows geometrically, so a
+    call costs O(result - i) amortised, however long the rest of the array is.
+    """
+    n, chunk = len(kinds) if limit is None else min(limit, len(kinds)), 256
     while i < n:
-        seg = kinds[i : i + chunk] != kind
+        seg = stop[kinds[i : min(n, i + chunk)]]
         if seg.any():
             return i + int(np.argmax(seg))
         i += chunk
         chunk *= 2
     return n
+
+
+def run_end(kinds: np.ndarray, i: int, kind: Kind, limit: int | None = None) -> int:
+    """First position in ``[i, limit)`` whose kind is not ``kind`` (``limit`` or len when none); O(run)."""
+    n, chunk, kind = len(kinds) if limit is None else min(limit, len(kinds)), 256, int(kind)
+    while i < n:
+        seg = kinds[i : min(n, i + chunk)] != kind
+        if seg.any():
+            return i + int(np.argmax(seg))
+        i += chunk
+        chunk *= 2
+    return n
+
+
+def ordered_run(ids: np.ndarray, kinds: np.ndarray, i: int, kind: Kind, num_codebooks: int,
+                offset: int, codebook_size: int, index: int, limit: int, *, in_order: bool = True) -> int:
+    """How many tokens from ``i`` (at most ``limit``) are codes of ``kind`` in codebook order.
+
+    The first must be of codebook ``index``, the next of ``index + 1`` (mod
+    ``num_codebooks``) and so on. With ``in_order=False``: how many are codes
+    of ``kind`` *not* of codebook ``index`` (the codes lenient parsing drops
+    while it waits for that codebook). O(result) amortised, like ``run_end``.
+    """
+    n, start, chunk, kind = min(len(ids), i + limit), i, 64, int(kind)
+    while i < n:
+        j = min(n, i + chunk)
+        ok = kinds[i:j] == kind
+        if in_order and num_codebooks > 1:
+            ok &= (ids[i:j] - offset) // codebook_size == (index + np.arange(i - start, j - start)) % num_codebooks
+        elif not in_order:
+            ok &= (ids[i:j] - offset) // codebook_size != index
+        if not ok.all():
+            return i + int(np.argmin(ok)) - start
+        i, chunk = j, chunk * 2
+    return n - start
