@@ -14,12 +14,21 @@ from typing import Any
 import numpy as np
 
 
+# More channels than this, with fewer samples than channels, is a [T, C] array
+# read the wrong way round rather than real audio.
+MAX_PLAUSIBLE_CHANNELS = 16
+
+
 class Audio:
     """A waveform ``[C, T]`` (float32 torch tensor, nominally in [-1, 1]) at ``sample_rate`` Hz.
 
     Args:
         waveform: ``[C, T]`` or ``[T]`` (mono) array-like or tensor, float.
         sample_rate: samples per second, a positive integer.
+
+    Raises ValueError for a waveform that looks like ``[T, C]``: more than
+    ``MAX_PLAUSIBLE_CHANNELS`` channels and fewer samples than channels (pass
+    ``waveform.T``; ``soundfile`` and most readers give ``[T, C]``).
     """
 
     __slots__ = ("waveform", "sample_rate")
@@ -36,6 +45,12 @@ class Audio:
             wave = wave[None]
         if wave.dim() != 2 or wave.shape[0] < 1:
             raise ValueError(f"Audio: expected a waveform of shape [C, T] or [T], got {tuple(wave.shape)}")
+        channels, samples = wave.shape
+        if channels > MAX_PLAUSIBLE_CHANNELS and samples < channels:
+            raise ValueError(
+                f"Audio: expected a waveform of shape [C, T] (channels first), got {tuple(wave.shape)}, which "
+                f"reads as {channels} channels of {samples} samples; this looks like [T, C]: pass waveform.T"
+            )
         self.waveform = wave.detach().to(torch.float32)
         self.sample_rate = int(sample_rate)
 

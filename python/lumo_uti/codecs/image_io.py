@@ -1,9 +1,10 @@
 """Images in and out of codec pixel space, with one documented policy.
 
 Mode policy (``to_rgb``): RGB as is; L, 1, CMYK, YCbCr, LAB, HSV converted to
-RGB; anything with alpha (RGBA, LA, PA, P with transparency) composited over
-white; 16-bit and 32-bit integer modes (I;16*, I) scaled by 1/257 (65535 ->
-255); float mode F clipped to [0, 255].
+RGB; anything with alpha (RGBA, LA, PA, P with transparency, and the
+premultiplied RGBa and La) composited over white; 16-bit and 32-bit integer
+modes (I;16*, I) scaled by 1/257 (65535 -> 255); float mode F clipped to
+[0, 255], and refused when a pixel is NaN or infinite (no colour to give it).
 
 Size policy (``fit_square``): for codecs with a fixed input resolution R, the
 shorter side is resized to R (bicubic, antialiased) and the centre R x R square
@@ -34,6 +35,8 @@ def to_rgb(image, where: str = "image"):
         if mode == "RGB":
             return image
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        if mode == "La":  # Pillow converts La (premultiplied) to LA only
+            image = image.convert("LA")
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -42,6 +45,13 @@ def to_rgb(image, where: str = "image"):
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
     if mode == "F":
         arr = np.asarray(image, dtype=np.float64)
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            y, x = (int(v) for v in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{where}: float image has {int(bad.sum())} NaN or infinite pixel(s), the first at x={x}, y={y} "
+                f"(value {arr[y, x]}); expected finite values in [0, 255]"
+            )
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
