@@ -19,12 +19,10 @@ mode), and a flat ``int32`` token file for any framework that reads one
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import struct
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -52,44 +50,6 @@ def index_bytes(lengths: np.ndarray) -> bytes:
         pointers.astype("<i8").tobytes(),
         np.arange(count + 1, dtype="<i8").tobytes(),
     ))
-
-
-def write_shard(bin_path: Path, idx_path: Path, sequences: Iterable[np.ndarray]) -> dict[str, object]:
-    """Write one shard atomically: both files appear complete, or neither is touched.
-
-    Returns ``{"documents", "tokens", "bin_sha256", "idx_sha256"}``. The ``.idx``
-    is renamed into place last, so a ``.idx`` on disk always has its ``.bin``.
-    """
-    from .._io import atomic_write_bytes
-
-    lengths, digest = [], hashlib.sha256()
-    tmp = bin_path.with_name(f".{bin_path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for seq in sequences:
-                data = np.ascontiguousarray(seq, dtype="<i4").tobytes()
-                f.write(data)
-                digest.update(data)
-                lengths.append(len(data) // 4)
-            f.flush()
-            os.fsync(f.fileno())
-        _match_umask(tmp)
-        os.replace(tmp, bin_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    idx = index_bytes(np.array(lengths, dtype=np.int64))
-    atomic_write_bytes(idx_path, idx)
-    _match_umask(idx_path)
-    return {"documents": len(lengths), "tokens": int(sum(lengths)), "bin_sha256": digest.hexdigest(),
-            "idx_sha256": hashlib.sha256(idx).hexdigest()}
-
-
-def _match_umask(path: Path) -> None:
-    """Temp files are created 0600; a dataset is shared, so give it the umask's usual mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 class IndexedShard:

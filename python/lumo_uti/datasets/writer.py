@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write_text
+from .._io import atomic_write_bytes, atomic_write_text
 from .encoding import Encoded
-from .indexed import _match_umask, index_bytes
+from .indexed import index_bytes
 
 SCHEMA = "lumo-token-shards"
 SCHEMA_VERSION = 1
@@ -179,10 +179,9 @@ class ShardWriter:
                  "tokens_per_block": {n: int(c) for n, c in zip(self.region_names, shard["regions"]) if c},
                  "errors": shard["errors"]}
         if len(lengths):  # an empty .bin cannot be memory-mapped: a shard without documents has no files
-            _match_umask(self._tmp)
             os.replace(self._tmp, self.out / f"{name}.bin")
             idx = index_bytes(lengths)
-            atomic_write_text_bytes(self.out / f"{name}.idx", idx)
+            atomic_write_bytes(self.out / f"{name}.idx", idx)
             entry.update(bin=f"{name}.bin", idx=f"{name}.idx", bin_sha256=self._digest.hexdigest(),
                          idx_sha256=hashlib.sha256(idx).hexdigest())
         else:
@@ -199,7 +198,6 @@ class ShardWriter:
             self._finish_shard()
         errors = [e for s in self.done for e in s["errors"]]
         atomic_write_text(self.out / ERRORS, "".join(json.dumps(e) + "\n" for e in errors))
-        _match_umask(self.out / ERRORS)
         per_block: dict[str, int] = {}
         for s in self.done:
             for k, v in s["tokens_per_block"].items():
@@ -215,7 +213,6 @@ class ShardWriter:
             "shards": shards, "errors_file": ERRORS, "run": run_info,
         }
         atomic_write_text(self.out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        _match_umask(self.out / MANIFEST)
         self.close()
         (self.out / JOURNAL).unlink(missing_ok=True)
         return manifest
@@ -229,13 +226,6 @@ class ShardWriter:
         if getattr(self, "_journal", None) is not None:
             self._journal.close()
             self._journal = None
-
-
-def atomic_write_text_bytes(path: Path, data: bytes) -> None:
-    from .._io import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
-    _match_umask(path)
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
