@@ -90,6 +90,9 @@ def run_ray(inp: DatasetInput, start: int, uti: Any, settings: EncodeSettings, *
     device = str(device)
     if device.startswith("cuda") and device not in ("cuda", "cuda:0"):
         raise ValueError(f"ray engine: expected device 'cuda' (each actor gets one GPU of its own), got {device!r}")
+    total = inp.known_length()
+    if total is not None and start >= total:
+        return  # a resumed run with nothing left: no actors to start
     started_here = not ray.is_initialized()
     if started_here:
         ray.init()  # RAY_ADDRESS, when set, names the cluster; else a local instance
@@ -130,7 +133,6 @@ def run_ray(inp: DatasetInput, start: int, uti: Any, settings: EncodeSettings, *
                                        "(results out of input order)")
                 expected += 1
                 yield result
-        total = inp.known_length()
         if total is not None and expected != total:
             raise RuntimeError(f"ray engine: the input has {total} documents, the run gave results up to {expected}")
     finally:
