@@ -75,6 +75,9 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, OSError, ShardFolderError, BundleError, TokenSpaceError, TokenizerMismatchError) as e:
         print(f"lumo tokenize-dataset: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a worker or actor died: finished shards are kept
+        print(f"lumo tokenize-dataset: failed: {e}", file=sys.stderr)
+        return 1
     totals = manifest["totals"]
     run = manifest.get("run", {})
     print(json.dumps({"out": args.out, **totals, "seconds": run.get("seconds")}))

@@ -112,6 +112,7 @@ class HFInput(DatasetInput):
             raise ValueError(f"{origin}: a DatasetDict; pass one split (dataset['train'])")
         if isinstance(dataset, datasets.IterableDataset):
             raise ValueError(f"{origin}: an IterableDataset; pass a map-style Dataset (positions must be stable)")
+        dataset = dataset.with_format(None)  # plain Python values, whatever format the caller set
         for name, feature in dataset.features.items():  # bytes to the workers, not decoded in this process
             if isinstance(feature, (datasets.Image, datasets.Audio)) and getattr(feature, "decode", False):
                 dataset = dataset.cast_column(name, type(feature)(decode=False))
