@@ -111,7 +111,11 @@ class MdctRVQ(nn.Module):
                  codebook_size: int = 1024, postfilter_channels: int = 256, postfilter_blocks: int = 2):
         super().__init__()
         self.sample_rate, self.hop = sample_rate, hop
-        self.register_buffer("basis", mdct_basis(hop), persistent=False)
+        # Built on the meta device to learn its shapes (the config check), the basis is a placeholder: a
+        # meta arange would import torch's decompositions, ~2 s of every process's first load.
+        on_meta = torch.empty(0).device.type == "meta"
+        basis = torch.empty(2 * hop, hop, device="meta") if on_meta else mdct_basis(hop)
+        self.register_buffer("basis", basis, persistent=False)
         self.register_buffer("codebooks", torch.zeros(num_codebooks, codebook_size, hop))
         self.postfilter = PostFilter(hop, postfilter_channels, postfilter_blocks) if postfilter_blocks > 0 else None
 
