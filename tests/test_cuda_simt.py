@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import simt_build
+from test_ops_resampler_attention import NAN_CASES, check_nan_propagation
 from lumo_uti import ops
 from lumo_uti.ops import _native
 from lumo_uti.ops.reference import classify_ids_reference
@@ -210,6 +211,10 @@ def test_cuda_path_overflow_is_an_error(on_simt):
     x, cb = torch.full((2, 4), 1e20), torch.full((3, 4), -1e20)
     with pytest.raises(ValueError, match="overflow fp32 for row 0"):
         ops.vq_search(x, cb)
+    # A finite score, but the returned distance sqnorm(x) + score overflows.
+    x[0], cb = 1.0, torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="overflow fp32 for row 1"):
+        ops.vq_search(x, cb, return_distance=True)
 
 
 def test_vq_kernel_argument_errors(on_simt):
@@ -221,21 +226,28 @@ def test_vq_kernel_argument_errors(on_simt):
     best = torch.empty(4)
     cn = torch.empty(5)
 
-    def call(k=5, splits=1, x_dtype=0, norms=0):
-        on_simt.vq_search(x.data_ptr(), x_dtype, 4, 3, cb.data_ptr(), 0, k, norms, cn.data_ptr(),
-                          codes.data_ptr(), best.data_ptr(), scratch.data_ptr(), idx.data_ptr(),
-                          splits, 0, 0)
+    def call(k=5, splits=1, x_dtype=0, norms=0, n=4, cb=cb, cn=cn):
+        buf = _native.buffer
+        on_simt.vq_search(buf(x), x_dtype, n, 3, buf(cb), 0, k, norms, buf(cn), buf(codes), buf(best),
+                          buf(scratch[: splits * n]), buf(idx[: splits * n]), splits, 0, 0)
 
     call()
     assert torch.equal(codes, torch.cdist(x, cb).argmin(1))
     with pytest.raises(ValueError, match="k >= 1"):
-        call(k=0)
+        call(k=0, cb=cb[:0], cn=cn[:0])
     with pytest.raises(ValueError, match="splits"):
         call(splits=0)
     with pytest.raises(ValueError, match="dtype"):
         call(x_dtype=7)
     with pytest.raises(ValueError, match="norms"):
         call(norms=3)
+    # Sizes that disagree with the buffers: an error before any kernel runs.
+    with pytest.raises(ValueError, match=r"expected cb of k \* d = 18 elements, got 15"):
+        call(k=6, cn=torch.empty(6))
+    with pytest.raises(ValueError, match=r"expected x of n \* d = 15 elements, got 12"):
+        call(n=5)
+    with pytest.raises(ValueError, match=r"expected cn of k = 5 elements, got 4"):
+        call(cn=cn[:4])
 
 
 # ---------------------------------------------------------------------------
@@ -312,6 +324,21 @@ def test_resampler_attention_lse_and_masked_keys(on_simt):
     assert torch.all(leaves[2].grad.transpose(1, 2)[~mask] == 0)
     want, _ = resampler_attention_reference(q, kc, vc, kl, vl, mask, 40**-0.5)
     torch.testing.assert_close(out, want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("where", NAN_CASES)
+@pytest.mark.parametrize("D", [40, 160], ids=["tiled", "rowwise"])
+def test_resampler_attention_nan_propagates_as_in_the_reference(on_simt, where, D):
+    # A NaN query used to give zeros (the max over its scores skipped NaN);
+    # masked keys' NaN values now reach the row-wise kernels' sums too.
+    on_simt.simt_configure(2, 5, 132)
+    check_nan_propagation(where, D, torch.float32)
+
+
+def test_resampler_attention_head_dim_zero_is_an_error(on_simt):
+    q, kv, lat = torch.randn(1, 2, 3, 0), torch.randn(1, 1, 4, 0), torch.randn(1, 1, 3, 0)
+    with pytest.raises(ValueError, match=r"expected head dim D >= 1"):
+        ops.resampler_attention(q, kv, kv, lat, lat)
 
 
 # ---------------------------------------------------------------------------

@@ -183,6 +183,91 @@ def test_bad_inputs():
         resampler_attention(q, kc, vc, kl, vl.to("meta"))
 
 
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_head_dim_zero_is_an_error_on_every_backend(monkeypatch, backend):
+    # D = 0 has no default scale (D ** -0.5) and nothing to attend with.
+    if backend == "reference":
+        monkeypatch.setenv("LUMO_FORCE_REFERENCE", "1")
+    q, kc, vc, kl, vl, mask = make_inputs(1, 2, 1, 3, 4, 0, torch.float32)
+    match = r"^resampler_attention: expected head dim D >= 1, got q of shape \(1, 2, 3, 0\)$"
+    for scale in (None, 1.0):
+        with pytest.raises(ValueError, match=match):
+            resampler_attention(q, kc, vc, kl, vl, mask, scale=scale)
+    with pytest.raises(ValueError, match=match):
+        _fwd_op(q, kc, vc, kl, vl, mask, 1.0)
+
+
+# Where one NaN (or inf) is planted by nan_case, and what it reaches in the reference.
+NAN_CASES = ["q", "k_ctx", "k_ctx_first_32", "k_ctx_all", "k_ctx_masked", "v_ctx", "v_ctx_masked", "k_lat",
+             "v_lat", "scores_all_-inf"]
+
+
+def nan_case(where, D, dtype, seed=0):
+    """Inputs (B=2, Hq=4, Hkv=2, L=5, N=40, a random mask with key 3 masked and key 4
+    real) with NaN planted; "k_ctx_first_32": in the first 32 context keys of a KV
+    head (a whole first tile of the CUDA kernels), "k_ctx_all": in all of them;
+    "scores_all_-inf": an infinite query element whose every score is -inf (the
+    reference's probabilities are then NaN too)."""
+    q, kc, vc, kl, vl, mask = make_inputs(2, 4, 2, 5, 40, D, dtype, mask_kind="random", seed=seed)
+    mask[:, 3], mask[:, 4] = False, True
+    nan = float("nan")
+    if where == "q":
+        q[1, 2, 3, D // 2] = nan
+    elif where == "k_ctx":
+        kc[0, 1, 4, 0] = nan
+    elif where == "k_ctx_first_32":
+        kc[1, 0, :32, 1] = nan
+    elif where == "k_ctx_all":
+        kc[1, 1, :, 0] = nan
+    elif where == "k_ctx_masked":
+        kc[0, 1, 3, 0] = nan
+    elif where == "v_ctx":
+        vc[1, 0, 4, D - 1] = nan
+    elif where == "v_ctx_masked":
+        vc[1, 0, 3, D - 1] = nan
+    elif where == "k_lat":
+        kl[1, 1, 2, 0] = nan
+    elif where == "v_lat":
+        vl[0, 0, 0, 0] = nan
+    else:  # query row (0, 1, 2) reads kv head 0: every key of it negative along dim 0
+        q[0, 1, 2, 0] = float("inf")
+        kc[0, 0, :, 0] = -1.0 - kc[0, 0, :, 0].abs()
+        kl[0, 0, :, 0] = -1.0 - kl[0, 0, :, 0].abs()
+    return q, kc, vc, kl, vl, mask
+
+
+def assert_same_nans(got, want, tol, what):
+    """got is NaN exactly where want is, and close to it elsewhere."""
+    assert torch.equal(got.isnan(), want.isnan()), f"{what}: NaN positions differ"
+    keep = ~want.isnan()
+    size = max(1.0, float(want[keep].float().abs().amax())) if keep.any() else 1.0
+    torch.testing.assert_close(got[keep].float(), want[keep].float(), atol=tol["atol"] * size,
+                               rtol=tol["rtol"], msg=lambda m: f"{what}: {m}")
+
+
+def check_nan_propagation(where, D, dtype):
+    """The public op (forward and backward) against the reference, NaN positions included."""
+    inputs = nan_case(where, D, dtype)
+    scale = D ** -0.5
+    leaves = [t.clone().requires_grad_(True) for t in inputs[:5]]
+    out = resampler_attention(*leaves, inputs[5])
+    want_out, want_lse = resampler_attention_reference(*inputs, scale)
+    assert want_out.isnan().any() or where == "k_ctx_masked"  # a masked key is never read
+    assert_same_nans(out.detach(), want_out, TOL[dtype], "out")
+    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out.backward(go)
+    want = resampler_attention_backward_reference(go, *inputs, want_out, want_lse, scale)
+    for name, leaf, w in zip(["q", "k_ctx", "v_ctx", "k_lat", "v_lat"], leaves, want):
+        assert_same_nans(leaf.grad, w, TOL[dtype], name)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("where", NAN_CASES)
+def test_nan_propagates_as_in_the_reference(where, dtype):
+    check_nan_propagation(where, 24, dtype)
+
+
 def test_fake_tensor_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import lumo_uti.ops as ops
 from lumo_uti.ops import _native, rowmask
+from lumo_uti.ops._native import buffer
 from lumo_uti.ops.rowmask import rowmask_embedding_backward_reference as reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -106,8 +107,8 @@ def test_cpu_kernel_direct_equals_reference(case) -> None:
     g = grad.reshape(ids.numel(), grad.shape[-1]).contiguous()
     out = torch.full((num_rows, g.shape[1]), float("nan"))
     module.rowmask_embedding_backward(
-        flat_ids.data_ptr(), 8, flat_ids.numel(), g.data_ptr(), _CODE[g.dtype], g.shape[1], g.shape[1],
-        row_start, num_rows, out.data_ptr(), 1,
+        buffer(flat_ids), 8, flat_ids.numel(), buffer(g), _CODE[g.dtype], g.shape[1], g.shape[1],
+        row_start, num_rows, buffer(out), 1,
     )
     torch.testing.assert_close(out, reference(ids, grad, row_start, num_rows), rtol=0, atol=0)
 
@@ -174,7 +175,7 @@ def test_deterministic_across_runs_and_thread_counts() -> None:
     g = grad.contiguous()
     for threads in (1, 2, 3, 8, 0):
         out = torch.empty(512, 96)
-        module.rowmask_embedding_backward(ids.data_ptr(), 8, ids.numel(), g.data_ptr(), 2, 96, 96, 151936, 512, out.data_ptr(), threads)
+        module.rowmask_embedding_backward(buffer(ids), 8, ids.numel(), buffer(g), 2, 96, 96, 151936, 512, buffer(out), threads)
         assert torch.equal(out, want), threads
     old = torch.get_num_threads()
     try:
@@ -230,21 +231,30 @@ def test_native_checks_sizes_and_pointers() -> None:
     ids = torch.arange(4)
     g = torch.ones(4, 3)
     out = torch.empty(4, 3)
-    args = dict(ids_ptr=ids.data_ptr(), ids_itemsize=8, n=4, grad_ptr=g.data_ptr(), dtype=0, dim=3,
-                grad_row_stride=3, row_start=0, num_rows=4, out_ptr=out.data_ptr(), num_threads=1)
+    args = dict(ids=buffer(ids), ids_itemsize=8, n=4, grad=buffer(g), dtype=0, dim=3,
+                grad_row_stride=3, row_start=0, num_rows=4, out=buffer(out), num_threads=1)
     for key, bad, msg in [
         ("n", -1, r"^rowmask_embedding_backward: expected n >= 0, got -1$"),
         ("ids_itemsize", 2, r"expected ids_itemsize 4 \(int32\) or 8 \(int64\), got 2"),
         ("dtype", 5, r"expected dtype 0 \(float32\), 1 \(float16\) or 2 \(bfloat16\), got 5"),
         ("grad_row_stride", 2, r"expected grad_row_stride >= dim, got 2"),
         ("num_threads", -1, r"expected num_threads >= 0, got -1"),
-        ("out_ptr", 0, r"expected a non-null out pointer"),
-        ("grad_ptr", 0, r"expected a non-null grad pointer"),
+        ("out", (0, 12), r"expected a non-null out pointer"),
+        ("grad", (0, 12), r"expected a non-null grad pointer"),
+        # Sizes that disagree with the buffers they describe.
+        ("n", 5, r"expected ids of n = 5 elements, got 4"),
+        ("num_rows", 5, r"expected out of num_rows \* dim = 15 elements, got 12"),
+        ("grad_row_stride", 4, r"expected grad of \(n - 1\) \* grad_row_stride \+ dim = 15 elements, got 12"),
+        ("grad", (g.data_ptr(), 11), r"expected grad of .* = 12 elements, got 11"),
     ]:
         with pytest.raises(ValueError, match=msg):
             module.rowmask_embedding_backward(**{**args, key: bad})
+    with pytest.raises(IndexError, match=r"expected sizes whose product num_rows \* dim fits int64"):
+        module.rowmask_embedding_backward(**{**args, "num_rows": 2**62})
     with pytest.raises(IndexError, match=r"expected row_start \+ num_rows within int64"):
-        module.rowmask_embedding_backward(**{**args, "row_start": 2**62, "num_rows": 2**62})
+        module.rowmask_embedding_backward(
+            **{**args, "grad": (0, 0), "dim": 0, "out": (0, 0), "row_start": 2**62, "num_rows": 2**62}
+        )
 
 
 # ---------------------------------------------------------------------------

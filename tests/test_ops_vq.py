@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import lumo_uti.ops as ops
 from lumo_uti.ops import _native
+from lumo_uti.ops._native import buffer
 from lumo_uti.ops.vq import PackedCodebook
 from lumo_uti.ops.vq_reference import sqnorm_seq, vq_search_reference
 
@@ -246,28 +247,20 @@ def test_native_packed_codebook_is_a_copy() -> None:
     native_cpu()
     module = _native.cpu()
     x, cb = torch.randn(300, 12), torch.randn(999, 12)
-    packed = module.vq_pack(cb.data_ptr(), 0, 999, 12, 0, 0, 0)
+    packed = module.vq_pack(buffer(cb), 0, 999, 12, 0, (0, 0), 0)
     assert (packed.k, packed.d, packed.bad_row) == (999, 12, -1) and packed.nbytes >= 999 * 13 * 4
     want = vq_search_reference(x, cb)
     cb.zero_()  # the packed copy does not change
     codes, best = torch.empty(300, dtype=torch.int64), torch.empty(300)
-    status = module.vq_search_packed(
-        packed, x.data_ptr(), 0, 300, 12, codes.data_ptr(), best.data_ptr(), 2
-    )
+    status = module.vq_search_packed(packed, buffer(x), 0, 300, 12, buffer(codes), buffer(best), 2)
     assert status == -1 and torch.equal(codes, want[0]) and torch.equal(best, want[1])
     x[17, 3] = float("inf")
-    assert (
-        module.vq_search_packed(
-            packed, x.data_ptr(), 0, 300, 12, codes.data_ptr(), best.data_ptr(), 1
-        )
-        == 17
-    )
+    assert module.vq_search_packed(packed, buffer(x), 0, 300, 12, buffer(codes), buffer(best), 1) == 17
     with pytest.raises(ValueError, match="packed codebook's dimension"):
-        module.vq_search_packed(
-            packed, x.data_ptr(), 0, 300, 11, codes.data_ptr(), best.data_ptr(), 1
-        )
+        x11 = x[:, :11].contiguous()
+        module.vq_search_packed(packed, buffer(x11), 0, 300, 11, buffer(codes), buffer(best), 1)
     cb[5, 0] = float("nan")
-    assert module.vq_pack(cb.data_ptr(), 0, 999, 12, 0, 0, 0).bad_row == 5
+    assert module.vq_pack(buffer(cb), 0, 999, 12, 0, (0, 0), 0).bad_row == 5
 
 
 def test_codebook_norms_and_cosine() -> None:
@@ -362,6 +355,23 @@ def test_overflow_is_an_error() -> None:
     x, cb = torch.full((2, 4), 1e20), torch.full((3, 4), -1e20)
     with pytest.raises(ValueError, match="overflow fp32 for row 0"):
         ops.vq_search(x, cb)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_returned_distance_that_overflows_is_an_error(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    # The ranking score cn - 2 dot is 0 (finite), but sqnorm(x) + score, the
+    # returned squared distance, overflows fp32 for rows 1 and 2.
+    if backend == "reference":
+        monkeypatch.setenv("LUMO_FORCE_REFERENCE", "1")
+    x, cb = torch.full((3, 4), 1e20), torch.zeros(2, 4)
+    x[0] = 1.0
+    assert ops.vq_search(x, cb).tolist() == [0, 0, 0]  # the codes themselves are exact
+    with pytest.raises(ValueError, match=r"^vq_search: distances overflow fp32 for row 1 "):
+        ops.vq_search(x, cb, return_distance=True)
+    with pytest.raises(ValueError, match=r"^vq_search: distances overflow fp32 for row 1 "):
+        PackedCodebook(cb).search(x, return_distance=True)
+    codes, dist = ops.vq_search(x[:1], cb, return_distance=True)
+    assert codes.tolist() == [0] and dist.tolist() == [4.0]
 
 
 def test_opcheck_and_compile() -> None:

@@ -1,14 +1,15 @@
 // Bindings of the resampler cross-attention in lumo_uti._C.
 //
-// SAFETY: every pointer argument is an address (int) of C-contiguous host
-// memory that the Python caller keeps alive and sized as documented in
-// cpu/resampler_attn.h for the whole call; nothing is kept after return. The
-// GIL is released while the kernels run. A null mask pointer (0) means "all
-// positions real".
+// SAFETY: every buffer argument is a tuple (address, extent) of C-contiguous
+// host memory that the Python caller keeps alive for the whole call; each
+// extent is checked against the sizes given (bindings/buffer.h, shapes in
+// cpu/resampler_attn.h); nothing is kept after return. The GIL is released
+// while the kernels run. A mask (0, 0) means "all positions real".
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 
+#include "bindings/buffer.h"
 #include "bindings/registry.h"
 #include "cpu/resampler_attn.h"
 
@@ -16,33 +17,63 @@ namespace py = pybind11;
 
 namespace {
 
-template <typename T>
-T* ptr(uintptr_t p) {
-  return reinterpret_cast<T*>(p);
+using lumo::bindings::Buffer;
+using lumo::bindings::product;
+using lumo::bindings::take;
+using lumo::bindings::take_optional;
+
+// The extents of the resampler's buffers, from its sizes.
+struct Extents {
+  lumo::bindings::Extent rows, qs, ctx, lat, mask;
+  Extents(const char* op, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N, int64_t D)
+      : rows(product(op, {{"B", B}, {"Hq", Hq}, {"L", L}})),
+        qs(product(op, {{"B", B}, {"Hq", Hq}, {"L", L}, {"D", D}})),
+        ctx(product(op, {{"B", B}, {"Hkv", Hkv}, {"N", N}, {"D", D}})),
+        lat(product(op, {{"B", B}, {"Hkv", Hkv}, {"L", L}, {"D", D}})),
+        mask(product(op, {{"B", B}, {"N", N}})) {}
+};
+
+void forward(Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat, Buffer ctx_mask,
+             Buffer out, Buffer lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N,
+             int64_t D, double scale, int64_t dtype, int64_t num_threads, int64_t isa) {
+  constexpr const char* op = "resampler_attention (cpu)";
+  const Extents e(op, B, Hq, Hkv, L, N, D);
+  const auto* qp = take<const void>(op, "q", q, e.qs);
+  const auto* kcp = take<const void>(op, "k_ctx", k_ctx, e.ctx);
+  const auto* vcp = take<const void>(op, "v_ctx", v_ctx, e.ctx);
+  const auto* klp = take<const void>(op, "k_lat", k_lat, e.lat);
+  const auto* vlp = take<const void>(op, "v_lat", v_lat, e.lat);
+  const auto* maskp = take_optional<const uint8_t>(op, "ctx_mask", ctx_mask, e.mask);
+  auto* outp = take<void>(op, "out", out, e.qs);
+  auto* lsep = take<float>(op, "lse", lse, e.rows);
+  lumo::cpu::resampler_attn_forward(qp, kcp, vcp, klp, vlp, maskp, outp, lsep, B, Hq, Hkv, L, N, D,
+                                    scale, dtype, num_threads, isa);
 }
 
-void forward(uintptr_t q, uintptr_t k_ctx, uintptr_t v_ctx, uintptr_t k_lat, uintptr_t v_lat,
-             uintptr_t ctx_mask, uintptr_t out, uintptr_t lse, int64_t B, int64_t Hq, int64_t Hkv,
-             int64_t L, int64_t N, int64_t D, double scale, int64_t dtype, int64_t num_threads,
-             int64_t isa) {
-  lumo::cpu::resampler_attn_forward(ptr<const void>(q), ptr<const void>(k_ctx),
-                                    ptr<const void>(v_ctx), ptr<const void>(k_lat),
-                                    ptr<const void>(v_lat), ptr<const uint8_t>(ctx_mask),
-                                    ptr<void>(out), ptr<float>(lse), B, Hq, Hkv, L, N, D, scale,
-                                    dtype, num_threads, isa);
-}
-
-void backward(uintptr_t dout, uintptr_t q, uintptr_t k_ctx, uintptr_t v_ctx, uintptr_t k_lat,
-              uintptr_t v_lat, uintptr_t ctx_mask, uintptr_t out, uintptr_t lse, uintptr_t dq,
-              uintptr_t dk_ctx, uintptr_t dv_ctx, uintptr_t dk_lat, uintptr_t dv_lat, int64_t B,
-              int64_t Hq, int64_t Hkv, int64_t L, int64_t N, int64_t D, double scale,
-              int64_t dtype, int64_t num_threads, int64_t isa) {
-  lumo::cpu::resampler_attn_backward(
-      ptr<const void>(dout), ptr<const void>(q), ptr<const void>(k_ctx), ptr<const void>(v_ctx),
-      ptr<const void>(k_lat), ptr<const void>(v_lat), ptr<const uint8_t>(ctx_mask),
-      ptr<const void>(out), ptr<const float>(lse), ptr<void>(dq), ptr<void>(dk_ctx),
-      ptr<void>(dv_ctx), ptr<void>(dk_lat), ptr<void>(dv_lat), B, Hq, Hkv, L, N, D, scale, dtype,
-      num_threads, isa);
+void backward(Buffer dout, Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat,
+              Buffer ctx_mask, Buffer out, Buffer lse, Buffer dq, Buffer dk_ctx, Buffer dv_ctx,
+              Buffer dk_lat, Buffer dv_lat, int64_t B, int64_t Hq, int64_t Hkv, int64_t L,
+              int64_t N, int64_t D, double scale, int64_t dtype, int64_t num_threads,
+              int64_t isa) {
+  constexpr const char* op = "resampler_attention_backward (cpu)";
+  const Extents e(op, B, Hq, Hkv, L, N, D);
+  const auto* doutp = take<const void>(op, "dout", dout, e.qs);
+  const auto* qp = take<const void>(op, "q", q, e.qs);
+  const auto* kcp = take<const void>(op, "k_ctx", k_ctx, e.ctx);
+  const auto* vcp = take<const void>(op, "v_ctx", v_ctx, e.ctx);
+  const auto* klp = take<const void>(op, "k_lat", k_lat, e.lat);
+  const auto* vlp = take<const void>(op, "v_lat", v_lat, e.lat);
+  const auto* maskp = take_optional<const uint8_t>(op, "ctx_mask", ctx_mask, e.mask);
+  const auto* outp = take<const void>(op, "out", out, e.qs);
+  const auto* lsep = take<const float>(op, "lse", lse, e.rows);
+  auto* dqp = take<void>(op, "dq", dq, e.qs);
+  auto* dkcp = take<void>(op, "dk_ctx", dk_ctx, e.ctx);
+  auto* dvcp = take<void>(op, "dv_ctx", dv_ctx, e.ctx);
+  auto* dklp = take<void>(op, "dk_lat", dk_lat, e.lat);
+  auto* dvlp = take<void>(op, "dv_lat", dv_lat, e.lat);
+  lumo::cpu::resampler_attn_backward(doutp, qp, kcp, vcp, klp, vlp, maskp, outp, lsep, dqp, dkcp,
+                                     dvcp, dklp, dvlp, B, Hq, Hkv, L, N, D, scale, dtype,
+                                     num_threads, isa);
 }
 
 }  // namespace
@@ -54,7 +85,7 @@ LUMO_BIND(bind_resampler_attn) {
         py::arg("scale"), py::arg("dtype"), py::arg("num_threads"), py::arg("isa") = 0,
         py::call_guard<py::gil_scoped_release>(),
         "Resampler attention forward: out [B,Hq,L,D] (dtype) and lse [B,Hq,L] fp32.\n"
-        "dtype: 0 fp32, 1 bf16, 2 fp16. ctx_mask: [B,N] bytes or 0 for none.\n"
+        "dtype: 0 fp32, 1 bf16, 2 fp16. ctx_mask: [B,N] bytes or (0, 0) for none.\n"
         "isa: 0 auto, 1 scalar, 2 AVX2, 3 AVX-512 (same results).");
   m.def("resampler_attn_backward", &backward, py::arg("dout"), py::arg("q"), py::arg("k_ctx"),
         py::arg("v_ctx"), py::arg("k_lat"), py::arg("v_lat"), py::arg("ctx_mask"), py::arg("out"),

@@ -1,14 +1,16 @@
 // Bindings of the VQ ops in lumo_uti._C.
 //
-// SAFETY: every pointer argument is an address (int) of C-contiguous host
-// memory that the Python caller keeps alive, sized as stated, for the whole
-// call; the functions keep no pointer after they return. The GIL is released
-// while they run.
+// SAFETY: every buffer argument is a tuple (address, extent) of C-contiguous
+// host memory that the Python caller keeps alive for the whole call; each
+// extent is checked against the sizes given (bindings/buffer.h) and the
+// functions keep no pointer after they return. The GIL is released while they
+// run.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 #include <memory>
 
+#include "bindings/buffer.h"
 #include "bindings/registry.h"
 #include "cpu/vq.h"
 
@@ -16,63 +18,97 @@ namespace py = pybind11;
 
 namespace {
 
-int64_t vq_search(uintptr_t x, int x_dtype, int64_t n, int64_t d, uintptr_t cb, int cb_dtype,
-                  int64_t k, int norms, uintptr_t cn, uintptr_t codes, uintptr_t best,
-                  int64_t num_threads, int isa) {
-  return lumo::cpu::vq_search(reinterpret_cast<const void*>(x), x_dtype, n, d,
-                       reinterpret_cast<const void*>(cb), cb_dtype, k, norms,
-                       reinterpret_cast<const float*>(cn), reinterpret_cast<int64_t*>(codes),
-                       reinterpret_cast<float*>(best), num_threads, isa);
+using lumo::bindings::Buffer;
+using lumo::bindings::product;
+using lumo::bindings::take;
+
+// The extent of a buffer of rows [rows, d].
+lumo::bindings::Extent rows_of(const char* op, const char* rows, int64_t r, int64_t d) {
+  return product(op, {{rows, r}, {"d", d}});
+}
+
+// The extent of codebooks [num_q, k, d].
+lumo::bindings::Extent stack_of(const char* op, int64_t num_q, int64_t k, int64_t d) {
+  return product(op, {{"num_q", num_q}, {"k", k}, {"d", d}});
+}
+
+// The extent of the given norms: [k] in norms mode 1 (given), none otherwise.
+lumo::bindings::Extent given_norms(const char* op, int norms, int64_t k) {
+  return norms == lumo::cpu::kNormsGiven ? product(op, {{"k", k}}) : lumo::bindings::none();
+}
+
+int64_t vq_search(Buffer x, int x_dtype, int64_t n, int64_t d, Buffer cb, int cb_dtype, int64_t k,
+                  int norms, Buffer cn, Buffer codes, Buffer best, int64_t num_threads, int isa) {
+  constexpr const char* op = "vq_search";
+  const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
+  const auto* cbp = take<const void>(op, "cb", cb, rows_of(op, "k", k, d));
+  const auto* cnp = take<const float>(op, "cn", cn, given_norms(op, norms, k));
+  auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}}));
+  auto* bestp = take<float>(op, "best", best, product(op, {{"n", n}}));
+  return lumo::cpu::vq_search(xp, x_dtype, n, d, cbp, cb_dtype, k, norms, cnp, codesp, bestp,
+                              num_threads, isa);
 }
 
 // The holder is non-const for pybind11; Python never gets a mutator.
-std::shared_ptr<lumo::cpu::VqPacked> vq_pack(uintptr_t cb, int cb_dtype, int64_t k, int64_t d,
-                                             int norms, uintptr_t cn, int isa, int64_t num_threads) {
+std::shared_ptr<lumo::cpu::VqPacked> vq_pack(Buffer cb, int cb_dtype, int64_t k, int64_t d, int norms,
+                                             Buffer cn, int isa, int64_t num_threads) {
+  constexpr const char* op = "vq_pack";
+  const auto* cbp = take<const void>(op, "cb", cb, rows_of(op, "k", k, d));
+  const auto* cnp = take<const float>(op, "cn", cn, given_norms(op, norms, k));
   return std::const_pointer_cast<lumo::cpu::VqPacked>(
-      lumo::cpu::vq_pack(reinterpret_cast<const void*>(cb), cb_dtype, k, d, norms,
-                         reinterpret_cast<const float*>(cn), isa, num_threads));
+      lumo::cpu::vq_pack(cbp, cb_dtype, k, d, norms, cnp, isa, num_threads));
 }
 
-std::shared_ptr<lumo::cpu::RvqPacked> rvq_pack(uintptr_t cbs, int dtype, int64_t num_q, int64_t k,
+std::shared_ptr<lumo::cpu::RvqPacked> rvq_pack(Buffer cbs, int dtype, int64_t num_q, int64_t k,
                                                int64_t d, int isa, int64_t num_threads) {
+  constexpr const char* op = "rvq_pack";
+  const auto* cbsp = take<const void>(op, "cbs", cbs, stack_of(op, num_q, k, d));
   return std::const_pointer_cast<lumo::cpu::RvqPacked>(
-      lumo::cpu::rvq_pack(reinterpret_cast<const void*>(cbs), dtype, num_q, k, d, isa, num_threads));
+      lumo::cpu::rvq_pack(cbsp, dtype, num_q, k, d, isa, num_threads));
 }
 
-int64_t rvq_encode_packed(const lumo::cpu::RvqPacked& p, uintptr_t x, int x_dtype, int64_t n, int64_t d,
-                          int64_t n_q, uintptr_t codes, int64_t num_threads) {
-  return lumo::cpu::rvq_encode_packed(p, reinterpret_cast<const void*>(x), x_dtype, n, d, n_q,
-                                      reinterpret_cast<int64_t*>(codes), num_threads);
+int64_t rvq_encode_packed(const lumo::cpu::RvqPacked& p, Buffer x, int x_dtype, int64_t n, int64_t d,
+                          int64_t n_q, Buffer codes, int64_t num_threads) {
+  constexpr const char* op = "rvq_encode";
+  const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
+  auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}, {"n_q", n_q}}));
+  return lumo::cpu::rvq_encode_packed(p, xp, x_dtype, n, d, n_q, codesp, num_threads);
 }
 
-int64_t vq_search_packed(const lumo::cpu::VqPacked& p, uintptr_t x, int x_dtype, int64_t n, int64_t d,
-                         uintptr_t codes, uintptr_t best, int64_t num_threads) {
-  return lumo::cpu::vq_search_packed(p, reinterpret_cast<const void*>(x), x_dtype, n, d,
-                                     reinterpret_cast<int64_t*>(codes), reinterpret_cast<float*>(best),
-                                     num_threads);
+int64_t vq_search_packed(const lumo::cpu::VqPacked& p, Buffer x, int x_dtype, int64_t n, int64_t d,
+                         Buffer codes, Buffer best, int64_t num_threads) {
+  constexpr const char* op = "vq_search";
+  const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
+  auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}}));
+  auto* bestp = take<float>(op, "best", best, product(op, {{"n", n}}));
+  return lumo::cpu::vq_search_packed(p, xp, x_dtype, n, d, codesp, bestp, num_threads);
 }
 
-int64_t rvq_encode(uintptr_t x, int dtype, int64_t n, int64_t d, uintptr_t cbs, int64_t num_q,
-                   int64_t k, int64_t n_q, uintptr_t codes, int64_t num_threads, int isa) {
-  return lumo::cpu::rvq_encode(reinterpret_cast<const void*>(x), dtype, n, d,
-                        reinterpret_cast<const void*>(cbs), num_q, k, n_q,
-                        reinterpret_cast<int64_t*>(codes), num_threads, isa);
+int64_t rvq_encode(Buffer x, int dtype, int64_t n, int64_t d, Buffer cbs, int64_t num_q, int64_t k,
+                   int64_t n_q, Buffer codes, int64_t num_threads, int isa) {
+  constexpr const char* op = "rvq_encode";
+  const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
+  const auto* cbsp = take<const void>(op, "cbs", cbs, stack_of(op, num_q, k, d));
+  auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}, {"n_q", n_q}}));
+  return lumo::cpu::rvq_encode(xp, dtype, n, d, cbsp, num_q, k, n_q, codesp, num_threads, isa);
 }
 
-int64_t rvq_decode(uintptr_t codes, int64_t codes_itemsize, int64_t n, int64_t n_q, uintptr_t cbs,
-                   int dtype, int64_t num_q, int64_t k, int64_t d, uintptr_t out,
-                   int64_t num_threads) {
-  return lumo::cpu::rvq_decode(reinterpret_cast<const void*>(codes), codes_itemsize, n, n_q,
-                               reinterpret_cast<const void*>(cbs), dtype, num_q, k, d,
-                               reinterpret_cast<float*>(out), num_threads);
+int64_t rvq_decode(Buffer codes, int64_t codes_itemsize, int64_t n, int64_t n_q, Buffer cbs, int dtype,
+                   int64_t num_q, int64_t k, int64_t d, Buffer out, int64_t num_threads) {
+  constexpr const char* op = "rvq_decode";
+  const auto* codesp = take<const void>(op, "codes", codes, product(op, {{"n", n}, {"n_q", n_q}}));
+  const auto* cbsp = take<const void>(op, "cbs", cbs, stack_of(op, num_q, k, d));
+  auto* outp = take<float>(op, "out", out, rows_of(op, "n", n, d));
+  return lumo::cpu::rvq_decode(codesp, codes_itemsize, n, n_q, cbsp, dtype, num_q, k, d, outp,
+                               num_threads);
 }
 
 }  // namespace
 
 LUMO_BIND(bind_vq) {
-  m.def("vq_search", &vq_search, py::arg("x_ptr"), py::arg("x_dtype"), py::arg("n"), py::arg("d"),
-        py::arg("cb_ptr"), py::arg("cb_dtype"), py::arg("k"), py::arg("norms"), py::arg("cn_ptr"),
-        py::arg("codes_ptr"), py::arg("best_ptr"), py::arg("num_threads"), py::arg("isa"),
+  m.def("vq_search", &vq_search, py::arg("x"), py::arg("x_dtype"), py::arg("n"), py::arg("d"),
+        py::arg("cb"), py::arg("cb_dtype"), py::arg("k"), py::arg("norms"), py::arg("cn"),
+        py::arg("codes"), py::arg("best"), py::arg("num_threads"), py::arg("isa"),
         py::call_guard<py::gil_scoped_release>(),
         "codes[i] = lowest argmin_k (cn[k] - 2 x[i].cb[k]), best[i] = that score.\n\n"
         "x: [n, d], cb: [k, d] (dtype codes 0 fp32, 1 fp16, 2 bf16); norms: 0 compute\n"
@@ -87,12 +123,12 @@ LUMO_BIND(bind_vq) {
       .def_property_readonly("isa", [](const lumo::cpu::VqPacked& p) { return p.isa; })
       .def_property_readonly("bad_row", [](const lumo::cpu::VqPacked& p) { return p.bad_row; })
       .def_property_readonly("nbytes", &lumo::cpu::VqPacked::nbytes);
-  m.def("vq_pack", &vq_pack, py::arg("cb_ptr"), py::arg("cb_dtype"), py::arg("k"), py::arg("d"),
-        py::arg("norms"), py::arg("cn_ptr"), py::arg("isa"), py::arg("num_threads") = 1,
+  m.def("vq_pack", &vq_pack, py::arg("cb"), py::arg("cb_dtype"), py::arg("k"), py::arg("d"),
+        py::arg("norms"), py::arg("cn"), py::arg("isa"), py::arg("num_threads") = 1,
         py::call_guard<py::gil_scoped_release>(),
         "Pack cb [k, d] for vq_search_packed (copies the data: cb may change afterwards).");
-  m.def("vq_search_packed", &vq_search_packed, py::arg("packed"), py::arg("x_ptr"), py::arg("x_dtype"),
-        py::arg("n"), py::arg("d"), py::arg("codes_ptr"), py::arg("best_ptr"), py::arg("num_threads"),
+  m.def("vq_search_packed", &vq_search_packed, py::arg("packed"), py::arg("x"), py::arg("x_dtype"),
+        py::arg("n"), py::arg("d"), py::arg("codes"), py::arg("best"), py::arg("num_threads"),
         py::call_guard<py::gil_scoped_release>(),
         "vq_search of x [n, d] against a VqPacked; returns -1, the first non-finite x row r,\n"
         "or -2 - r for the first row r whose best score overflowed fp32.");
@@ -104,22 +140,22 @@ LUMO_BIND(bind_vq) {
       .def_property_readonly("isa", [](const lumo::cpu::RvqPacked& p) { return p.isa; })
       .def_property_readonly("bad_row", [](const lumo::cpu::RvqPacked& p) { return p.bad_row; })
       .def_property_readonly("nbytes", &lumo::cpu::RvqPacked::nbytes);
-  m.def("rvq_pack", &rvq_pack, py::arg("cbs_ptr"), py::arg("dtype"), py::arg("num_q"), py::arg("k"),
+  m.def("rvq_pack", &rvq_pack, py::arg("cbs"), py::arg("dtype"), py::arg("num_q"), py::arg("k"),
         py::arg("d"), py::arg("isa"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
         "Pack cbs [num_q, k, d] for rvq_encode_packed (copies the data).");
-  m.def("rvq_encode_packed", &rvq_encode_packed, py::arg("packed"), py::arg("x_ptr"), py::arg("x_dtype"),
-        py::arg("n"), py::arg("d"), py::arg("n_q"), py::arg("codes_ptr"), py::arg("num_threads"),
+  m.def("rvq_encode_packed", &rvq_encode_packed, py::arg("packed"), py::arg("x"), py::arg("x_dtype"),
+        py::arg("n"), py::arg("d"), py::arg("n_q"), py::arg("codes"), py::arg("num_threads"),
         py::call_guard<py::gil_scoped_release>(),
         "rvq_encode of x [n, d] against the first n_q stages of an RvqPacked; returns -1 or the\n"
         "first non-finite x row.");
-  m.def("rvq_encode", &rvq_encode, py::arg("x_ptr"), py::arg("dtype"), py::arg("n"), py::arg("d"),
-        py::arg("cbs_ptr"), py::arg("num_q"), py::arg("k"), py::arg("n_q"), py::arg("codes_ptr"),
+  m.def("rvq_encode", &rvq_encode, py::arg("x"), py::arg("dtype"), py::arg("n"), py::arg("d"),
+        py::arg("cbs"), py::arg("num_q"), py::arg("k"), py::arg("n_q"), py::arg("codes"),
         py::arg("num_threads"), py::arg("isa"), py::call_guard<py::gil_scoped_release>(),
         "Residual VQ codes [n, n_q] int64 of x [n, d] against cbs [num_q, k, d].\n"
         "Returns as vq_search, codebook rows numbered q * k + c.");
-  m.def("rvq_decode", &rvq_decode, py::arg("codes_ptr"), py::arg("codes_itemsize"), py::arg("n"),
-        py::arg("n_q"), py::arg("cbs_ptr"), py::arg("dtype"), py::arg("num_q"), py::arg("k"),
-        py::arg("d"), py::arg("out_ptr"), py::arg("num_threads"),
+  m.def("rvq_decode", &rvq_decode, py::arg("codes"), py::arg("codes_itemsize"), py::arg("n"),
+        py::arg("n_q"), py::arg("cbs"), py::arg("dtype"), py::arg("num_q"), py::arg("k"),
+        py::arg("d"), py::arg("out"), py::arg("num_threads"),
         py::call_guard<py::gil_scoped_release>(),
         "out [n, d] fp32 = sum_q cbs[q, codes[i, q]]; returns -1 or the flat index of the\n"
         "first code outside [0, k).");

@@ -1,14 +1,16 @@
 // Bindings of the resampler cross-attention in lumo_uti._C_cuda.
 //
-// SAFETY: pointer arguments are device addresses (int) on `device` that the
-// Python caller keeps alive until the work enqueued on `stream` has finished
-// (PyTorch's caching allocator does this for tensors used on their current
-// stream). A null mask pointer (0) means "all positions real". The GIL is
+// SAFETY: buffer arguments are tuples (device address, extent) on `device`
+// that the Python caller keeps alive until the work enqueued on `stream` has
+// finished (PyTorch's caching allocator does this for tensors used on their
+// current stream); each extent is checked against the sizes given
+// (bindings/buffer.h). A mask (0, 0) means "all positions real". The GIL is
 // released while the functions run.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 
+#include "bindings/buffer.h"
 #include "bindings/registry.h"
 #include "cuda/resampler_attn.h"
 
@@ -16,33 +18,64 @@ namespace py = pybind11;
 
 namespace {
 
-template <typename T>
-T* ptr(uintptr_t p) {
-  return reinterpret_cast<T*>(p);
+using lumo::bindings::Buffer;
+using lumo::bindings::product;
+using lumo::bindings::take;
+using lumo::bindings::take_optional;
+
+// The extents of the resampler's buffers, from its sizes.
+struct Extents {
+  lumo::bindings::Extent rows, qs, ctx, lat, mask;
+  Extents(const char* op, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N, int64_t D)
+      : rows(product(op, {{"B", B}, {"Hq", Hq}, {"L", L}})),
+        qs(product(op, {{"B", B}, {"Hq", Hq}, {"L", L}, {"D", D}})),
+        ctx(product(op, {{"B", B}, {"Hkv", Hkv}, {"N", N}, {"D", D}})),
+        lat(product(op, {{"B", B}, {"Hkv", Hkv}, {"L", L}, {"D", D}})),
+        mask(product(op, {{"B", B}, {"N", N}})) {}
+};
+
+void forward(Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat, Buffer ctx_mask,
+             Buffer out, Buffer lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N,
+             int64_t D, double scale, int64_t dtype, uintptr_t stream, int device) {
+  constexpr const char* op = "resampler_attention (cuda)";
+  const Extents e(op, B, Hq, Hkv, L, N, D);
+  const auto* qp = take<const void>(op, "q", q, e.qs);
+  const auto* kcp = take<const void>(op, "k_ctx", k_ctx, e.ctx);
+  const auto* vcp = take<const void>(op, "v_ctx", v_ctx, e.ctx);
+  const auto* klp = take<const void>(op, "k_lat", k_lat, e.lat);
+  const auto* vlp = take<const void>(op, "v_lat", v_lat, e.lat);
+  const auto* maskp = take_optional<const uint8_t>(op, "ctx_mask", ctx_mask, e.mask);
+  auto* outp = take<void>(op, "out", out, e.qs);
+  auto* lsep = take<float>(op, "lse", lse, e.rows);
+  lumo::cuda::resampler_attn_forward(qp, kcp, vcp, klp, vlp, maskp, outp, lsep, B, Hq, Hkv, L, N, D,
+                                    scale, dtype, stream, device);
 }
 
-void forward(uintptr_t q, uintptr_t k_ctx, uintptr_t v_ctx, uintptr_t k_lat, uintptr_t v_lat,
-             uintptr_t ctx_mask, uintptr_t out, uintptr_t lse, int64_t B, int64_t Hq, int64_t Hkv,
-             int64_t L, int64_t N, int64_t D, double scale, int64_t dtype, uintptr_t stream,
-             int device) {
-  lumo::cuda::resampler_attn_forward(ptr<const void>(q), ptr<const void>(k_ctx),
-                                     ptr<const void>(v_ctx), ptr<const void>(k_lat),
-                                     ptr<const void>(v_lat), ptr<const uint8_t>(ctx_mask),
-                                     ptr<void>(out), ptr<float>(lse), B, Hq, Hkv, L, N, D, scale,
-                                     dtype, stream, device);
-}
-
-void backward(uintptr_t dout, uintptr_t q, uintptr_t k_ctx, uintptr_t v_ctx, uintptr_t k_lat,
-              uintptr_t v_lat, uintptr_t ctx_mask, uintptr_t out, uintptr_t lse, uintptr_t dq,
-              uintptr_t dk_ctx, uintptr_t dv_ctx, uintptr_t dk_lat, uintptr_t dv_lat, int64_t B,
-              int64_t Hq, int64_t Hkv, int64_t L, int64_t N, int64_t D, double scale,
-              int64_t dtype, uintptr_t delta, uintptr_t stream, int device) {
-  lumo::cuda::resampler_attn_backward(
-      ptr<const void>(dout), ptr<const void>(q), ptr<const void>(k_ctx), ptr<const void>(v_ctx),
-      ptr<const void>(k_lat), ptr<const void>(v_lat), ptr<const uint8_t>(ctx_mask),
-      ptr<const void>(out), ptr<const float>(lse), ptr<void>(dq), ptr<void>(dk_ctx),
-      ptr<void>(dv_ctx), ptr<void>(dk_lat), ptr<void>(dv_lat), B, Hq, Hkv, L, N, D, scale, dtype,
-      ptr<float>(delta), stream, device);
+void backward(Buffer dout, Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat,
+              Buffer ctx_mask, Buffer out, Buffer lse, Buffer dq, Buffer dk_ctx, Buffer dv_ctx,
+              Buffer dk_lat, Buffer dv_lat, int64_t B, int64_t Hq, int64_t Hkv, int64_t L,
+              int64_t N, int64_t D, double scale, int64_t dtype, Buffer delta,
+              uintptr_t stream, int device) {
+  constexpr const char* op = "resampler_attention_backward (cuda)";
+  const Extents e(op, B, Hq, Hkv, L, N, D);
+  const auto* doutp = take<const void>(op, "dout", dout, e.qs);
+  const auto* qp = take<const void>(op, "q", q, e.qs);
+  const auto* kcp = take<const void>(op, "k_ctx", k_ctx, e.ctx);
+  const auto* vcp = take<const void>(op, "v_ctx", v_ctx, e.ctx);
+  const auto* klp = take<const void>(op, "k_lat", k_lat, e.lat);
+  const auto* vlp = take<const void>(op, "v_lat", v_lat, e.lat);
+  const auto* maskp = take_optional<const uint8_t>(op, "ctx_mask", ctx_mask, e.mask);
+  const auto* outp = take<const void>(op, "out", out, e.qs);
+  const auto* lsep = take<const float>(op, "lse", lse, e.rows);
+  auto* dqp = take<void>(op, "dq", dq, e.qs);
+  auto* dkcp = take<void>(op, "dk_ctx", dk_ctx, e.ctx);
+  auto* dvcp = take<void>(op, "dv_ctx", dv_ctx, e.ctx);
+  auto* dklp = take<void>(op, "dk_lat", dk_lat, e.lat);
+  auto* dvlp = take<void>(op, "dv_lat", dv_lat, e.lat);
+  auto* deltap = take<float>(op, "delta", delta, e.rows);
+  lumo::cuda::resampler_attn_backward(doutp, qp, kcp, vcp, klp, vlp, maskp, outp, lsep, dqp, dkcp,
+                                     dvcp, dklp, dvlp, B, Hq, Hkv, L, N, D, scale, dtype,
+                                     deltap, stream, device);
 }
 
 }  // namespace

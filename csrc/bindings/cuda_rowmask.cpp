@@ -1,13 +1,16 @@
 // Bindings of the row-masked embedding gradient in lumo_uti._C_cuda.
 //
-// SAFETY: pointer arguments are device addresses (int) on `device` that the
-// Python caller keeps alive until the work enqueued on `stream` has finished
-// (the caching allocator of PyTorch does this for tensors used on their
-// current stream). The GIL is released while the function runs.
+// SAFETY: buffer arguments are tuples (device address, extent) on `device`
+// that the Python caller keeps alive until the work enqueued on `stream` has
+// finished (the caching allocator of PyTorch does this for tensors used on
+// their current stream); each extent is checked against the sizes given
+// (bindings/buffer.h). The GIL is released while the function runs.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <limits>
 
+#include "bindings/buffer.h"
 #include "bindings/registry.h"
 #include "cuda/rowmask.h"
 
@@ -15,23 +18,35 @@ namespace py = pybind11;
 
 namespace {
 
-void rowmask_segment_reduce(uintptr_t positions_ptr, int64_t num_hits, uintptr_t offsets_ptr,
-                            uintptr_t grad_ptr, int64_t dtype, int64_t n, int64_t dim,
-                            int64_t grad_row_stride, int64_t num_rows, uintptr_t out_ptr,
-                            uintptr_t stream, int device) {
-  lumo::cuda::rowmask_segment_reduce(
-      reinterpret_cast<const int64_t*>(positions_ptr), num_hits,
-      reinterpret_cast<const int64_t*>(offsets_ptr), reinterpret_cast<const void*>(grad_ptr),
-      dtype, n, dim, grad_row_stride, num_rows, reinterpret_cast<float*>(out_ptr), stream, device);
+using lumo::bindings::Buffer;
+using lumo::bindings::product;
+using lumo::bindings::take;
+
+void rowmask_segment_reduce(Buffer positions, int64_t num_hits, Buffer offsets, Buffer grad,
+                            int64_t dtype, int64_t n, int64_t dim, int64_t grad_row_stride,
+                            int64_t num_rows, Buffer out, uintptr_t stream, int device) {
+  constexpr const char* op = "rowmask_segment_reduce (cuda)";
+  const auto grad_extent = lumo::bindings::strided_rows(op, n, dim, grad_row_stride);
+  lumo::bindings::size_arg(op, "num_rows", num_rows);
+  LUMO_CHECK_RANGE(num_rows < std::numeric_limits<int64_t>::max(), op, "num_rows < 2^63 - 1",
+                   num_rows);
+  const lumo::bindings::Extent offsets_extent{num_rows + 1, "num_rows + 1"};
+  const auto* posp =
+      take<const int64_t>(op, "positions", positions, product(op, {{"num_hits", num_hits}}));
+  const auto* offp = take<const int64_t>(op, "offsets", offsets, offsets_extent);
+  const auto* gradp = take<const void>(op, "grad", grad, grad_extent);
+  auto* outp = take<float>(op, "out", out, product(op, {{"num_rows", num_rows}, {"dim", dim}}));
+  lumo::cuda::rowmask_segment_reduce(posp, num_hits, offp, gradp, dtype, n, dim, grad_row_stride,
+                                     num_rows, outp, stream, device);
 }
 
 }  // namespace
 
 LUMO_BIND(bind_rowmask) {
-  m.def("rowmask_segment_reduce", &rowmask_segment_reduce, py::arg("positions_ptr"),
-        py::arg("num_hits"), py::arg("offsets_ptr"), py::arg("grad_ptr"), py::arg("dtype"),
+  m.def("rowmask_segment_reduce", &rowmask_segment_reduce, py::arg("positions"),
+        py::arg("num_hits"), py::arg("offsets"), py::arg("grad"), py::arg("dtype"),
         py::arg("n"), py::arg("dim"), py::arg("grad_row_stride"), py::arg("num_rows"),
-        py::arg("out_ptr"), py::arg("stream"), py::arg("device"),
+        py::arg("out"), py::arg("stream"), py::arg("device"),
         py::call_guard<py::gil_scoped_release>(),
         "Enqueue out[r] = sum_{j in [offsets[r], offsets[r+1])} grad[positions[j]] (fp32) on\n"
         "`stream`. positions: [num_hits] int64 sorted by (row, position); offsets:\n"

@@ -146,7 +146,8 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // Softmax partial of one score row over M keys (masked keys: p = 0), turning
 // s into exp(s - m) in place. Sums use 16 fixed lanes, so the order is a
-// function of M only.
+// function of M only. A NaN score of a real key makes the partial NaN (the
+// reference's softmax is NaN then); with a finite max it does so through l.
 LUMO_RA_CLONES void partial_softmax(float* s, int64_t M, const uint8_t* mask, Partial* out) {
   constexpr int64_t kLanes = 16;
   if (mask) {
@@ -154,9 +155,11 @@ LUMO_RA_CLONES void partial_softmax(float* s, int64_t M, const uint8_t* mask, Pa
   }
   float m = -INFINITY;
   for (int64_t j = 0; j < M; ++j) m = s[j] > m ? s[j] : m;
-  if (m == -INFINITY) {  // empty or fully masked block
-    std::fill(s, s + M, 0.f);
-    *out = Partial{-INFINITY, 0.f};
+  if (m == -INFINITY) {  // empty or fully masked block, or every real score -inf or NaN
+    bool nan = false;
+    for (int64_t j = 0; j < M; ++j) nan |= s[j] != s[j];
+    std::fill(s, s + M, nan ? NAN : 0.f);
+    *out = nan ? Partial{NAN, NAN} : Partial{-INFINITY, 0.f};
     return;
   }
   for (int64_t j = 0; j < M; ++j) s[j] = resampler::exp_nonpos(s[j] - m);
@@ -334,7 +337,7 @@ void forward_item(const Kernels& ker, uint64_t call, int64_t bg, int64_t rb, con
     for (int64_t r = 0; r < nr; ++r) {
       float a1, a2;
       const Partial m = resampler::merge_weights(p1[r], p2[r], &a1, &a2);
-      const float inv = m.l > 0.f ? 1.0f / m.l : 0.f;
+      const float inv = resampler::row_inverse(m);
       float* o = acc1 + r * Dp;
       const float* o2 = acc2 + r * Dp;
       for (int64_t d = 0; d < D; ++d) o[d] = (a1 * o[d] + a2 * o2[d]) * inv;

@@ -61,7 +61,7 @@ __global__ void forward_kernel(const void* __restrict__ q, const void* __restric
       for (int64_t d = 0; d < s.D; ++d) dot += qs[d] * ra::load<DT>(kb, off + d);
       sc = dot * s.scale;
     }
-    const float m_new = fmaxf(m, warp_max(sc));
+    const float m_new = max_nan(m, warp_max(sc));
     if (m_new == -INFINITY) continue;  // every key so far masked
     const float alpha = m == -INFINITY ? 0.f : expf(m - m_new);
     const float p = sc == -INFINITY ? 0.f : expf(sc - m_new);
@@ -70,8 +70,8 @@ __global__ void forward_kernel(const void* __restrict__ q, const void* __restric
     for (int k = 0; k < kMaxPerLane; ++k) acc[k] *= alpha;
     const int n_keys = static_cast<int>(T - tile < kWarp ? T - tile : kWarp);
     for (int t = 0; t < n_keys; ++t) {
+      // Masked keys too (pt = 0): a NaN value propagates, as in the reference.
       const float pt = __shfl_sync(kFull, p, t);
-      if (pt == 0.f) continue;  // warp-uniform branch
       int64_t off;
       const void* vb = key_base(v_ctx, v_lat, bg, tile + t, s, &off);
 #pragma unroll
@@ -83,7 +83,7 @@ __global__ void forward_kernel(const void* __restrict__ q, const void* __restric
     m = m_new;
   }
   const float l = warp_sum(l_lane);
-  const float inv = l > 0.f ? 1.f / l : 0.f;
+  const float inv = ra::row_inverse(ra::Partial{m, l});
 #pragma unroll
   for (int k = 0; k < kMaxPerLane; ++k) {
     const int64_t d = lane + k * kWarp;
@@ -127,7 +127,8 @@ __global__ void dq_kernel(const void* __restrict__ dout, const void* __restrict_
   for (int64_t tile = 0; tile < T && lse_i != -INFINITY; tile += kWarp) {
     const int64_t j = tile + lane;
     float ds = 0.f;
-    if (j < T && !(j < s.N && mask && !mask[b * s.N + j])) {
+    if (j < T) {
+      // Masked keys too (p = 0), so that NaN values propagate as in the reference.
       int64_t off;
       const void* kb = key_base(k_ctx, k_lat, bg, j, s, &off);
       const void* vb = key_base(v_ctx, v_lat, bg, j, s, &off);
@@ -136,13 +137,13 @@ __global__ void dq_kernel(const void* __restrict__ dout, const void* __restrict_
         dot += qs[d] * ra::load<DT>(kb, off + d);
         dp += dos[d] * ra::load<DT>(vb, off + d);
       }
-      const float p = expf(dot * s.scale - lse_i);
+      const bool masked = j < s.N && mask && !mask[b * s.N + j];
+      const float p = masked ? 0.f : expf(dot * s.scale - lse_i);
       ds = p * (dp - dlt);
     }
     const int n_keys = static_cast<int>(T - tile < kWarp ? T - tile : kWarp);
     for (int t = 0; t < n_keys; ++t) {
       const float dst = __shfl_sync(kFull, ds, t);
-      if (dst == 0.f) continue;
       int64_t off;
       const void* kb = key_base(k_ctx, k_lat, bg, tile + t, s, &off);
 #pragma unroll
@@ -190,7 +191,8 @@ __global__ void dkv_kernel(const void* __restrict__ dout, const void* __restrict
   }
   const bool masked = j < s.N && mask && !mask[b * s.N + j];
   const int64_t group = s.Hq / s.Hkv;
-  for (int64_t r = 0; r < group && !masked; ++r) {
+  // Masked keys too (p = 0), so that NaN values propagate as in the reference.
+  for (int64_t r = 0; r < group; ++r) {
     const int64_t h = g * group + r;
     for (int64_t i = 0; i < s.L; ++i) {
       const int64_t row = (b * s.Hq + h) * s.L + i;
@@ -206,7 +208,8 @@ __global__ void dkv_kernel(const void* __restrict__ dout, const void* __restrict
         sp += qi[k] * kj[k];
         dpp += doi[k] * vj[k];
       }
-      const float p = expf(warp_sum(sp) * s.scale - lse_i);
+      const float score = warp_sum(sp) * s.scale;
+      const float p = masked ? 0.f : expf(score - lse_i);
       const float ds = p * (warp_sum(dpp) - delta[row]) * s.scale;
 #pragma unroll
       for (int k = 0; k < kMaxPerLane; ++k) {

@@ -25,9 +25,13 @@ __device__ inline float warp_sum(float v) {
   return __shfl_sync(kFull, v, 0);
 }
 
+// Max that propagates NaN (fmaxf drops it): a NaN score makes its query row
+// NaN, as in the reference. Any NaN gives the one canonical NaN.
+__device__ inline float max_nan(float a, float b) { return a != a || b != b ? NAN : fmaxf(a, b); }
+
 // Max over the warp (a butterfly: every lane ends with the same value).
 __device__ inline float warp_max(float v) {
-  for (int off = kWarp / 2; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(kFull, v, off));
+  for (int off = kWarp / 2; off > 0; off /= 2) v = max_nan(v, __shfl_xor_sync(kFull, v, off));
   return v;
 }
 

@@ -160,7 +160,7 @@ forward_tiled_kernel(const void* __restrict__ q, const void* __restrict__ k_ctx,
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const float score = valid ? sc[r] * s.scale : -INFINITY;
-      const float m_new = fmaxf(m[r], warp_max(score));
+      const float m_new = max_nan(m[r], warp_max(score));
       float p = 0.f, alpha = 1.f;
       if (m_new != -INFINITY) {  // warp-uniform: every key so far masked otherwise
         alpha = m[r] == -INFINITY ? 0.f : expf(m[r] - m_new);
@@ -182,7 +182,7 @@ forward_tiled_kernel(const void* __restrict__ q, const void* __restrict__ k_ctx,
     const int64_t local = first + warp * kRowsPerWarp + r;
     if (local >= rows) continue;  // warp-uniform
     const int64_t row = row0 + local;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float inv = ra::row_inverse(ra::Partial{m[r], l});
 #pragma unroll
     for (int k = 0; k < kSlices; ++k) {
       const int d = lane + k * kWarp;

@@ -146,6 +146,24 @@ def queue(device: torch.device) -> tuple[int, int]:
     return torch.cuda.current_stream(device).cuda_stream, device.index
 
 
+def buffer(t: torch.Tensor | None) -> tuple[int, int]:
+    """``(address, extent)`` of a tensor for the native modules; ``(0, 0)`` for None.
+
+    The extent counts the elements the tensor covers from its address (its
+    numel when contiguous, 0 when empty). The bindings check it against the
+    sizes they are given, so a buffer that does not match them raises instead
+    of being read out of bounds (csrc/bindings/buffer.h).
+    """
+    if t is None:
+        return (0, 0)
+    numel = t.numel()
+    if numel == 0:
+        return (0, 0)
+    if t.is_contiguous():
+        return (t.data_ptr(), numel)
+    return (t.data_ptr(), 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())))
+
+
 def cpu_reason() -> str | None:
     cpu()
     return _cpu_reason

@@ -140,6 +140,9 @@ def _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale) -> None:
         if t.device != q.device:
             raise ValueError(f"{_OP}: expected {n} on {q.device} (the device of q), got {t.device}")
     B, Hq, L, D = q.shape
+    if D == 0:
+        # No default scale (D ** -0.5) and nothing to attend with: an error on every backend.
+        raise ValueError(f"{_OP}: expected head dim D >= 1, got q of shape {tuple(q.shape)}")
     if k_ctx.shape[0] != B or k_ctx.shape[3] != D:
         raise ValueError(
             f"{_OP}: expected k_ctx of shape [B={B}, Hkv, N, D={D}], got {tuple(k_ctx.shape)}"
@@ -165,6 +168,26 @@ def _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale) -> None:
         raise ValueError(f"{_OP}: expected a finite float scale, got {scale!r}")
 
 
+def _check_bwd_args(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale) -> None:
+    """The forward's checks plus what the backward reads: grad_out and out
+    ``[B, Hq, L, D]`` (out in the dtype of q), lse ``[B, Hq, L]`` fp32, on the device of q."""
+    _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale)
+    B, Hq, L, D = q.shape
+    for n, t, dtypes in (("grad_out", grad_out, _DTYPE_CODE), ("out", out, (q.dtype,)),
+                         ("lse", lse, (torch.float32,))):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{_OP}: expected {n} as a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in dtypes:
+            names = [_name(d) for d in dtypes]
+            want = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+            raise TypeError(f"{_OP}: expected {n} of dtype {want}, got {_name(t.dtype)}")
+        if t.device != q.device:
+            raise ValueError(f"{_OP}: expected {n} on {q.device} (the device of q), got {t.device}")
+        shape = (B, Hq, L) if n == "lse" else (B, Hq, L, D)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{_OP}: expected {n} of shape {shape}, got {tuple(t.shape)}")
+
+
 def resampler_attention(
     q: torch.Tensor,
     k_ctx: torch.Tensor,
@@ -187,11 +210,16 @@ def resampler_attention(
     Returns:
         ``[B, Hq, L, D]`` in the dtype of ``q``; differentiable in q, k_*, v_*.
 
+    NaN propagates as in the reference: a NaN query gives a NaN output row, a
+    NaN in a real key or in any value (masked keys' values included: their
+    probability 0 times NaN) gives NaN in the rows that read it.
+
     Raises:
         TypeError: a non-tensor, unsupported dtype, mixed dtypes, non-bool mask.
-        ValueError: bad shapes, ``Hq`` not a multiple of ``Hkv``, mixed devices, bad scale.
+        ValueError: bad shapes, ``D == 0``, ``Hq`` not a multiple of ``Hkv``,
+            mixed devices, bad scale.
     """
-    if scale is None and isinstance(q, torch.Tensor) and q.dim() == 4:
+    if scale is None and isinstance(q, torch.Tensor) and q.dim() == 4 and q.shape[-1] > 0:
         scale = q.shape[-1] ** -0.5
     _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale)
     out, _lse = _fwd_op(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, float(scale))
@@ -213,10 +241,6 @@ def _module(device: torch.device, D: int):
     return None
 
 
-def _ptr(t: Optional[torch.Tensor]) -> int:
-    return 0 if t is None or t.numel() == 0 else t.data_ptr()
-
-
 def _fwd_impl(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale):
     _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale)
     B, Hq, L, D = q.shape
@@ -231,8 +255,9 @@ def _fwd_impl(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale):
     lse = torch.empty((B, Hq, L), dtype=torch.float32, device=q.device)
     if B * L == 0:
         return out, lse
-    args = [_ptr(q), _ptr(k_ctx), _ptr(v_ctx), _ptr(k_lat), _ptr(v_lat), _ptr(mask), _ptr(out),
-            _ptr(lse), B, Hq, Hkv, L, N, D, scale, _DTYPE_CODE[q.dtype]]
+    buf = _native.buffer
+    args = [buf(q), buf(k_ctx), buf(v_ctx), buf(k_lat), buf(v_lat), buf(mask), buf(out), buf(lse),
+            B, Hq, Hkv, L, N, D, scale, _DTYPE_CODE[q.dtype]]
     # SAFETY: every tensor above is contiguous, lives in this frame until the
     # call returns (CPU) or is used on its device's current stream (CUDA), and
     # has the sizes given.
@@ -244,6 +269,7 @@ def _fwd_impl(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale):
 
 
 def _bwd_impl(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale):
+    _check_bwd_args(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale)
     B, Hq, L, D = q.shape
     Hkv, N = k_ctx.shape[1], k_ctx.shape[2]
     module = _module(q.device, D)
@@ -257,14 +283,15 @@ def _bwd_impl(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale
     if B * L == 0:  # no query attended to any key
         return tuple(torch.zeros_like(t) for t in ts[1:])
     grads = [torch.empty_like(t) for t in ts[1:]]
-    args = [*(_ptr(t) for t in ts), _ptr(mask), _ptr(out), _ptr(lse), *(_ptr(g) for g in grads),
+    buf = _native.buffer
+    args = [*(buf(t) for t in ts), buf(mask), buf(out), buf(lse), *(buf(g) for g in grads),
             B, Hq, Hkv, L, N, D, scale, _DTYPE_CODE[q.dtype]]
     # SAFETY: as in _fwd_impl; the gradients are fresh contiguous tensors.
     if module is _native.cpu():
         module.resampler_attn_backward(*args, torch.get_num_threads(), _isa())
     else:
         delta = torch.empty((B, Hq, L), dtype=torch.float32, device=q.device)  # workspace
-        module.resampler_attn_backward(*args, _ptr(delta), *_native.queue(q.device))
+        module.resampler_attn_backward(*args, buf(delta), *_native.queue(q.device))
     return tuple(grads)
 
 
@@ -306,6 +333,7 @@ def _bwd_op(
 
 @_bwd_op.register_fake
 def _bwd_fake(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale):
+    _check_bwd_args(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale)
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k_ctx, v_ctx, k_lat, v_lat))
 
 

@@ -146,10 +146,11 @@ def _cpu(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: in
     out = torch.empty(num_rows, grad_out.shape[-1], dtype=torch.float32)
     # SAFETY: flat_ids, g and out are CPU tensors referenced here until the
     # synchronous call returns; g rows are _row_stride(g) elements apart.
+    buf = _native.buffer
     module.rowmask_embedding_backward(
-        flat_ids.data_ptr(), flat_ids.element_size(), flat_ids.numel(), g.data_ptr(),
+        buf(flat_ids), flat_ids.element_size(), flat_ids.numel(), buf(g),
         _GRAD_DTYPES[g.dtype], g.shape[1], _row_stride(g), row_start, num_rows,
-        out.data_ptr(), torch.get_num_threads(),
+        buf(out), torch.get_num_threads(),
     )
     return out
 
@@ -185,9 +186,10 @@ def _cuda(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: i
     out = torch.empty(num_rows, grad_out.shape[-1], dtype=torch.float32, device=device)
     # SAFETY: pos, offsets, g and out live on `device` and are used on its
     # current stream, so the caching allocator keeps them until the kernel ran.
+    buf = _native.buffer
     module.rowmask_segment_reduce(
-        pos.data_ptr(), pos.numel(), offsets.data_ptr(), g.data_ptr(), _GRAD_DTYPES[g.dtype],
-        g.shape[0], g.shape[1], _row_stride(g), num_rows, out.data_ptr(), *_native.queue(device),
+        buf(pos), pos.numel(), buf(offsets), buf(g), _GRAD_DTYPES[g.dtype],
+        g.shape[0], g.shape[1], _row_stride(g), num_rows, buf(out), *_native.queue(device),
     )
     return out
 

@@ -11,8 +11,9 @@ native call; ``rvq_decode`` sums the looked-up vectors. Backends:
 
 Each op is a ``torch.library`` custom op (``lumo_uti::vq_search``,
 ``lumo_uti::rvq_encode``, ``lumo_uti::rvq_decode``) with a fake
-implementation, so ``torch.compile`` traces through it; value checks (finite
-inputs, code ranges) run inside the ops.
+implementation, so ``torch.compile`` traces through it. The ops and their
+fakes check every tensor they read again (``torch.ops.lumo_uti.*`` is public);
+value checks (finite inputs, code ranges) run inside the ops.
 
 The ops keep no state between calls: the CPU kernel converts and packs the
 codebook in every call. ``PackedCodebook`` holds a packed copy for callers
@@ -82,7 +83,8 @@ def vq_search(
         TypeError: not tensors, or unsupported / mixed dtypes.
         ValueError: shape or device mismatch, ``K == 0``, unknown metric,
             non-finite values (the message names the row), or distances that
-            overflow fp32.
+            overflow fp32 (a ranking score, or with ``return_distance`` the
+            returned squared distance; never an inf in the result).
     """
     op = "vq_search"
     _check_float(op, "x", x)
@@ -280,12 +282,12 @@ class PackedCodebook:
                     mode = _NORMS_GIVEN
                 k, d = cbc.shape
                 packed = module.vq_pack(
-                    cbc.data_ptr(),
+                    _native.buffer(cbc),
                     _DTYPE_CODE[cbc.dtype],
                     k,
                     d,
                     mode,
-                    self._cn.data_ptr() if self._cn is not None else 0,
+                    _native.buffer(self._cn if mode == _NORMS_GIVEN else None),
                     isa,
                     torch.get_num_threads(),
                 )
@@ -293,7 +295,7 @@ class PackedCodebook:
             else:
                 q_total, k, d = cbc.shape
                 packed = module.rvq_pack(
-                    cbc.data_ptr(),
+                    _native.buffer(cbc),
                     _DTYPE_CODE[cbc.dtype],
                     q_total,
                     k,
@@ -366,12 +368,12 @@ class PackedCodebook:
                 # for the synchronous call; self._packed is immutable.
                 status = module.vq_search_packed(
                     self._packed,
-                    xc.data_ptr(),
+                    _native.buffer(xc),
                     _DTYPE_CODE[xc.dtype],
                     n,
                     d,
-                    codes.data_ptr(),
-                    best.data_ptr(),
+                    _native.buffer(codes),
+                    _native.buffer(best),
                     torch.get_num_threads(),
                 )
                 if status >= 0:
@@ -412,12 +414,12 @@ class PackedCodebook:
                 # synchronous call; self._packed is immutable.
                 status = module.rvq_encode_packed(
                     self._packed,
-                    xc.data_ptr(),
+                    _native.buffer(xc),
                     _DTYPE_CODE[xc.dtype],
                     n,
                     d,
                     n_q,
-                    codes.data_ptr(),
+                    _native.buffer(codes),
                     torch.get_num_threads(),
                 )
                 _raise_status(op, "codebooks", status)
@@ -491,18 +493,24 @@ def _check_search_options(
             raise ValueError(
                 f"{op}: codebook_norms apply to metric 'l2' only, got metric {metric!r}"
             )
-        _check_float(op, "codebook_norms", codebook_norms)
-        if codebook_norms.shape != (k,):
-            raise ValueError(
-                f"{op}: expected codebook_norms of shape [{k}], got {tuple(codebook_norms.shape)}"
-            )
-        if codebook_norms.device != device:
-            raise ValueError(
-                f"{op}: expected codebook_norms on {device} (the device of x), "
-                f"got {codebook_norms.device}"
-            )
+        _check_norms(op, codebook_norms, k, device)
     if normalized and metric != "cosine":
         raise ValueError(f"{op}: normalized=True applies to metric 'cosine' only")
+
+
+def _check_norms(op: str, codebook_norms: object, k: int, device: torch.device) -> None:
+    """codebook_norms is a float [K] tensor on ``device``."""
+    _check_float(op, "codebook_norms", codebook_norms)
+    if codebook_norms.shape != (k,):
+        raise ValueError(
+            f"{op}: expected codebook_norms of shape [{k}] (K of the codebook), "
+            f"got {tuple(codebook_norms.shape)}"
+        )
+    if codebook_norms.device != device:
+        raise ValueError(
+            f"{op}: expected codebook_norms on {device} (the device of x), "
+            f"got {codebook_norms.device}"
+        )
 
 
 def _check_rows(op: str, x: torch.Tensor, codebook: torch.Tensor) -> None:
@@ -547,7 +555,9 @@ def _search_result(
     if metric == "cosine":
         value = best * -0.5  # best = -2 dot exactly
     else:
+        # The score is finite (checked), but sqnorm(x) + score may still overflow.
         value = torch.clamp_min(sqnorm_seq(x2) + best, 0.0)
+        _check_overflow("vq_search", value)
     return codes, value.reshape(lead)
 
 
@@ -610,6 +620,20 @@ def _raise_status(op: str, what: str, status: int) -> None:
 # ---------------------------------------------------------------------------
 
 
+def _check_search_op(
+    op: str, x: object, codebook: object, codebook_norms: object
+) -> None:
+    """What ``lumo_uti::vq_search`` reads: x [N, D] and codebook [K, D] of one
+    float dtype on one device, K, D >= 1, codebook_norms None or float [K]."""
+    _check_float(op, "x", x)
+    _check_float(op, "codebook", codebook)
+    _check_same(op, "codebook", codebook, x)
+    if x.dim() != 2:
+        raise ValueError(f"{op}: expected x of shape [N, D], got {tuple(x.shape)}")
+    _check_search_options(op, codebook, "l2", codebook_norms, False, x.device)
+    _check_rows(op, x, codebook)
+
+
 def _vq_search_impl(
     x: torch.Tensor,
     codebook: torch.Tensor,
@@ -617,6 +641,7 @@ def _vq_search_impl(
     inner_product: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     op = "vq_search"
+    _check_search_op(op, x, codebook, codebook_norms)
     n, d = x.shape
     k = codebook.shape[0]
     if n == 0:
@@ -638,17 +663,17 @@ def _vq_search_impl(
         # writes that bypass its version counter (``.data``, numpy views);
         # PackedCodebook is the explicit cache.
         status = module.vq_search(
-            xc.data_ptr(),
+            _native.buffer(xc),
             _DTYPE_CODE[xc.dtype],
             n,
             d,
-            cbc.data_ptr(),
+            _native.buffer(cbc),
             _DTYPE_CODE[cbc.dtype],
             k,
             mode,
-            norms.data_ptr() if norms is not None else 0,
-            codes.data_ptr(),
-            best.data_ptr(),
+            _native.buffer(norms),
+            _native.buffer(codes),
+            _native.buffer(best),
             torch.get_num_threads(),
             _isa(),
         )
@@ -675,6 +700,7 @@ def _vq_search_fake(
     codebook_norms: torch.Tensor | None,
     inner_product: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_search_op("vq_search", x, codebook, codebook_norms)
     n = x.shape[0]
     return x.new_empty(n, dtype=torch.int64), x.new_empty(n, dtype=torch.float32)
 
@@ -684,8 +710,21 @@ def _vq_search_fake(
 # ---------------------------------------------------------------------------
 
 
+def _check_rvq_encode_op(op: str, x: object, codebooks: object, n_q: object) -> None:
+    """What ``lumo_uti::rvq_encode`` reads: x [N, D] and codebooks [Q, K, D] of
+    one float dtype on one device, Q, K, D >= 1, 1 <= n_q <= Q."""
+    _check_float(op, "x", x)
+    _check_float(op, "codebooks", codebooks)
+    _check_same(op, "codebooks", codebooks, x)
+    _check_codebooks(op, codebooks)
+    if x.dim() != 2:
+        raise ValueError(f"{op}: expected x of shape [N, D], got {tuple(x.shape)}")
+    _check_rvq_rows(op, x, codebooks, n_q)
+
+
 def _rvq_encode_impl(x: torch.Tensor, codebooks: torch.Tensor, n_q: int) -> torch.Tensor:
     op = "rvq_encode"
+    _check_rvq_encode_op(op, x, codebooks, n_q)
     n, d = x.shape
     q_total, k, _ = codebooks.shape
     if n == 0:
@@ -696,15 +735,15 @@ def _rvq_encode_impl(x: torch.Tensor, codebooks: torch.Tensor, n_q: int) -> torc
         codes = torch.empty(n, n_q, dtype=torch.int64)
         # SAFETY: contiguous CPU tensors referenced until the call returns.
         status = module.rvq_encode(
-            xc.data_ptr(),
+            _native.buffer(xc),
             _DTYPE_CODE[xc.dtype],
             n,
             d,
-            cbc.data_ptr(),
+            _native.buffer(cbc),
             q_total,
             k,
             n_q,
-            codes.data_ptr(),
+            _native.buffer(codes),
             torch.get_num_threads(),
             _isa(),
         )
@@ -720,6 +759,7 @@ def _rvq_encode_impl(x: torch.Tensor, codebooks: torch.Tensor, n_q: int) -> torc
 
 
 def _rvq_encode_fake(x: torch.Tensor, codebooks: torch.Tensor, n_q: int) -> torch.Tensor:
+    _check_rvq_encode_op("rvq_encode", x, codebooks, n_q)
     return x.new_empty(x.shape[0], n_q, dtype=torch.int64)
 
 
@@ -732,7 +772,27 @@ def _range_error(codes: torch.Tensor, flat: int, k: int) -> ValueError:
     )
 
 
+def _check_rvq_decode_op(op: str, codes: object, codebooks: object) -> None:
+    """What ``lumo_uti::rvq_decode`` reads: codes [N, q] int32/int64 and
+    codebooks [Q, K, D] (float, Q, K, D >= 1) on one device, q <= Q."""
+    if not isinstance(codes, torch.Tensor):
+        raise TypeError(f"{op}: expected codes as a torch.Tensor, got {type(codes).__name__}")
+    if codes.dtype not in _CODE_DTYPES:
+        raise TypeError(f"{op}: expected int32 or int64 codes, got {_name(codes.dtype)}")
+    _check_float(op, "codebooks", codebooks)
+    if codebooks.device != codes.device:
+        raise ValueError(
+            f"{op}: expected codebooks on {codes.device} (the device of codes), got {codebooks.device}"
+        )
+    q_total = _check_codebooks(op, codebooks)[0]
+    if codes.dim() != 2 or codes.shape[1] > q_total:
+        raise ValueError(
+            f"{op}: expected codes of shape [N, q] with q <= {q_total} (Q), got {tuple(codes.shape)}"
+        )
+
+
 def _rvq_decode_impl(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    _check_rvq_decode_op("rvq_decode", codes, codebooks)
     n, n_q = codes.shape
     _, k, d = codebooks.shape
     module = _module(codes.device)
@@ -750,16 +810,16 @@ def _rvq_decode_impl(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tens
     # SAFETY: contiguous CPU tensors referenced until the call returns; the
     # kernel bounds-checks every code before any lookup.
     bad = module.rvq_decode(
-        cc.data_ptr(),
+        _native.buffer(cc),
         cc.element_size(),
         n,
         n_q,
-        cbc.data_ptr(),
+        _native.buffer(cbc),
         _DTYPE_CODE[cbc.dtype],
         cbc.shape[0],
         k,
         d,
-        out.data_ptr(),
+        _native.buffer(out),
         torch.get_num_threads(),
     )
     if bad >= 0:
@@ -768,6 +828,7 @@ def _rvq_decode_impl(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tens
 
 
 def _rvq_decode_fake(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    _check_rvq_decode_op("rvq_decode", codes, codebooks)
     return codebooks.new_empty(codes.shape[0], codebooks.shape[2])
 
 

@@ -41,19 +41,19 @@ def vq_search_cuda(
     splits, part_val, part_idx = _workspace(module, n, k, dev)
     # SAFETY: every tensor lives on dev and is used on its current stream.
     module.vq_search(
-        x.data_ptr(),
+        _native.buffer(x),
         _DTYPE_CODE[x.dtype],
         n,
         d,
-        cb.data_ptr(),
+        _native.buffer(cb),
         _DTYPE_CODE[cb.dtype],
         k,
         mode,
-        cn.data_ptr(),
-        codes.data_ptr(),
-        best.data_ptr(),
-        part_val.data_ptr(),
-        part_idx.data_ptr(),
+        _native.buffer(cn),
+        _native.buffer(codes),
+        _native.buffer(best),
+        _native.buffer(part_val),
+        _native.buffer(part_idx),
         splits,
         *_native.queue(dev),
     )
@@ -73,19 +73,19 @@ def rvq_encode_cuda(
     splits, part_val, part_idx = _workspace(module, n, k, dev)
     # SAFETY: as above.
     module.rvq_encode(
-        x.data_ptr(),
+        _native.buffer(x),
         _DTYPE_CODE[x.dtype],
         n,
         d,
-        cbs.data_ptr(),
+        _native.buffer(cbs),
         q_total,
         k,
         n_q,
-        codes.data_ptr(),
-        residual.data_ptr(),
-        cn.data_ptr(),
-        part_val.data_ptr(),
-        part_idx.data_ptr(),
+        _native.buffer(codes),
+        _native.buffer(residual),
+        _native.buffer(cn),
+        _native.buffer(part_val),
+        _native.buffer(part_idx),
         splits,
         *_native.queue(dev),
     )
@@ -100,16 +100,16 @@ def rvq_decode_cuda(module: ModuleType, codes: torch.Tensor, cbs: torch.Tensor) 
     out = torch.empty(n, d, dtype=torch.float32, device=dev)
     # SAFETY: as above.
     module.rvq_decode(
-        codes.data_ptr(),
+        _native.buffer(codes),
         codes.element_size(),
         n,
         n_q,
-        cbs.data_ptr(),
+        _native.buffer(cbs),
         _DTYPE_CODE[cbs.dtype],
         q_total,
         k,
         d,
-        out.data_ptr(),
+        _native.buffer(out),
         *_native.queue(dev),
     )
     return out.to(cbs.dtype)
