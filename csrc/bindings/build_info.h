@@ -24,6 +24,11 @@ inline pybind11::dict build_info(const char* module) {
   info["cuda_archs"] = LUMO_BI_CUDA_ARCHS;
   info["cuda_toolkit"] = LUMO_BI_CUDA_TOOLKIT;
   info["links_libtorch"] = false;
+#ifdef LUMO_BI_SANITIZE
+  info["sanitize"] = LUMO_BI_SANITIZE;  // LUMO_SANITIZE: the -fsanitize= list of this module
+#else
+  info["sanitize"] = "";
+#endif
   return info;
 }
 
