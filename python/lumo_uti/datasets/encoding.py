@@ -122,7 +122,7 @@ class BatchEncoder:
                     seconds += item.duration
                 elif isinstance(item, self._image_type):
                     images += 1
-        arr = np.array(ids, dtype=np.int32)
+        arr = np.fromiter(ids, dtype=np.int32, count=len(ids))
         regions = np.bincount(np.searchsorted(self._region_starts, arr, side="right") - 1,
                               minlength=len(self._region_starts))
         return Encoded(position, arr, None, images, seconds, regions)
