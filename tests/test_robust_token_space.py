@@ -149,3 +149,12 @@ def test_load_checks_text_vocab_size_against_the_tokenizer(tmp_path, delta):
     assert info.value.rule == "base"
     assert f"base.text_vocab_size is {151669 + delta} but the text tokenizer" in str(info.value)
     assert "has 151669 token IDs" in str(info.value)
+
+
+def test_a_hand_built_uti_checks_text_vocab_size_too():
+    tok = qwen_base()
+    size = tok.text_vocab_size - 100
+    specials = {name: i for name, i in tok.special_tokens.items() if i < size}
+    ts = TokenSpace.build(BaseSpec(tok.tokenizer, size, 151936, specials), default_blocks(), name="bad-text")
+    with pytest.raises(TokenSpaceError, match="base.text_vocab_size is 151569"):
+        lumo_uti.UTI(ts, lumo_uti.load().text_tokenizer)

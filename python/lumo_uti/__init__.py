@@ -20,7 +20,14 @@ from __future__ import annotations
 from typing import Any
 
 from .bundle import build_default_token_space, create_bundle, default_bundle_dir, load
-from .errors import BundleError, TokenizerMismatchError, TokenSpaceError, UTIDecodeError
+from .errors import (
+    BundleError,
+    BundleHashMismatchError,
+    BundleTokenizerMismatchError,
+    TokenizerMismatchError,
+    TokenSpaceError,
+    UTIDecodeError,
+)
 from .grammar import DecodeResult, Repair
 from .media import Audio
 from .segments import AudioCodes, ImageCodes, ImagePlaceholder
@@ -35,6 +42,8 @@ __all__ = [
     "AudioCodes",
     "Block",
     "BundleError",
+    "BundleHashMismatchError",
+    "BundleTokenizerMismatchError",
     "DecodeResult",
     "ImageCodes",
     "ImagePlaceholder",

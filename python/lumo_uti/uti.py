@@ -54,6 +54,7 @@ class UTI:
         image_codec: Any = None,
         audio_codec: Any = None,
     ):
+        token_space.check_text_tokenizer(text_tokenizer)  # TokenSpaceError unless the text IDs agree
         self._token_space = token_space
         self.text_tokenizer = text_tokenizer
         self.grammar = Grammar(token_space, text_tokenizer.encode, text_tokenizer.decode)
