@@ -157,16 +157,7 @@ def rvq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
         ValueError: shapes, devices, or a code outside ``[0, K)`` (named).
     """
     op = "rvq_decode"
-    if not isinstance(codes, torch.Tensor):
-        raise TypeError(f"{op}: expected codes as a torch.Tensor, got {type(codes).__name__}")
-    if codes.dtype not in _CODE_DTYPES:
-        raise TypeError(f"{op}: expected int32 or int64 codes, got {_name(codes.dtype)}")
-    _check_float(op, "codebooks", codebooks)
-    if codebooks.device != codes.device:
-        raise ValueError(
-            f"{op}: expected codebooks on {codes.device} (the device of codes), got {codebooks.device}"
-        )
-    q_total, k, d = _check_codebooks(op, codebooks)
+    q_total, k, d = _check_codes_and_codebooks(op, codes, codebooks)
     if codes.dim() < 1 or codes.shape[-1] > q_total:
         raise ValueError(
             f"{op}: expected codes [..., q] with q <= {q_total} (Q), got {tuple(codes.shape)}"
@@ -772,9 +763,8 @@ def _range_error(codes: torch.Tensor, flat: int, k: int) -> ValueError:
     )
 
 
-def _check_rvq_decode_op(op: str, codes: object, codebooks: object) -> None:
-    """What ``lumo_uti::rvq_decode`` reads: codes [N, q] int32/int64 and
-    codebooks [Q, K, D] (float, Q, K, D >= 1) on one device, q <= Q."""
+def _check_codes_and_codebooks(op: str, codes: object, codebooks: object) -> tuple[int, int, int]:
+    """Codes int32/int64 and float codebooks [Q, K, D] on one device -> (Q, K, D)."""
     if not isinstance(codes, torch.Tensor):
         raise TypeError(f"{op}: expected codes as a torch.Tensor, got {type(codes).__name__}")
     if codes.dtype not in _CODE_DTYPES:
@@ -784,7 +774,13 @@ def _check_rvq_decode_op(op: str, codes: object, codebooks: object) -> None:
         raise ValueError(
             f"{op}: expected codebooks on {codes.device} (the device of codes), got {codebooks.device}"
         )
-    q_total = _check_codebooks(op, codebooks)[0]
+    return _check_codebooks(op, codebooks)
+
+
+def _check_rvq_decode_op(op: str, codes: object, codebooks: object) -> None:
+    """What ``lumo_uti::rvq_decode`` reads: codes [N, q] int32/int64 and
+    codebooks [Q, K, D] (float, Q, K, D >= 1) on one device, q <= Q."""
+    q_total = _check_codes_and_codebooks(op, codes, codebooks)[0]
     if codes.dim() != 2 or codes.shape[1] > q_total:
         raise ValueError(
             f"{op}: expected codes of shape [N, q] with q <= {q_total} (Q), got {tuple(codes.shape)}"
