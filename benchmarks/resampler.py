@@ -26,6 +26,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from machine import machine
 from peak_memory import peak_bytes
 
 from lumo_uti.ops import backends, resampler_attention
@@ -138,14 +139,16 @@ def main() -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     batches = [int(b) for b in args.batch.split(",")]
     be = backends()
+    info = machine()
     print(json.dumps({"bench": "info", "device": str(device), "threads": torch.get_num_threads(),
-                      "cpu_kernel": be["cpu"], "cuda_kernel": be["cuda"], "reference_forced": be["reference_forced"]}),
+                      "cpu_kernel": be["cpu"], "cuda_kernel": be["cuda"], "reference_forced": be["reference_forced"],
+                      "machine": info}),
           flush=True)
     for row in attention_cases(device, dtype, batches, args.reps):
-        print(json.dumps(row), flush=True)
+        print(json.dumps({**row, "machine": info}), flush=True)
     if not args.skip_connector:
         for row in connector_cases(device, dtype, batches, args.reps, args.text_dim):
-            print(json.dumps(row), flush=True)
+            print(json.dumps({**row, "machine": info}), flush=True)
 
 
 if __name__ == "__main__":

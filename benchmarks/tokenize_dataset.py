@@ -25,7 +25,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -36,27 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine  # noqa: E402
+
 WORDS = ("the of and a to in is was for on that with as by at from his an were are which this be "
          "photograph river mountain sound voice caption image audio token model data train quickly "
          "Zürich naïve 東京 42 3.14 #tag https://example.org/x?y=1 don't it's").split()
-
-
-def machine() -> dict[str, object]:
-    import torch
-
-    model, flags = "unknown", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "scalar"
-    return {"cpu": model, "isa": os.environ.get("LUMO_VQ_ISA") or isa, "isa_available": isa,
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
 def _text(rng: np.random.Generator, n_words: int) -> str:

@@ -38,6 +38,7 @@ import time
 from typing import Callable
 
 import torch
+from machine import machine
 from peak_memory import peak_bytes
 
 from lumo_uti.ops import rvq_encode, vq_search
@@ -396,8 +397,9 @@ def main(argv: list[str] | None = None) -> int:
             pass
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
+    info = machine()  # after --threads, so it records the threads the cases ran with
     for name in args.cases:
-        print(json.dumps(run_case(name, args.dtype, args.device, args.repeat)), flush=True)
+        print(json.dumps({**run_case(name, args.dtype, args.device, args.repeat), "machine": info}), flush=True)
     return 0
 
 
