@@ -11,6 +11,7 @@
 
 #include "bindings/buffer.h"
 #include "bindings/registry.h"
+#include "bindings/resampler_attn_buffers.h"
 #include "cpu/resampler_attn.h"
 
 namespace py = pybind11;
@@ -18,36 +19,21 @@ namespace py = pybind11;
 namespace {
 
 using lumo::bindings::Buffer;
-using lumo::bindings::product;
+using lumo::bindings::ResamplerExtents;
+using lumo::bindings::ResamplerGradients;
+using lumo::bindings::ResamplerInputs;
 using lumo::bindings::take;
-using lumo::bindings::take_optional;
-
-// The extents of the resampler's buffers, from its sizes.
-struct Extents {
-  lumo::bindings::Extent rows, qs, ctx, lat, mask;
-  Extents(const char* op, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N, int64_t D)
-      : rows(product(op, {{"B", B}, {"Hq", Hq}, {"L", L}})),
-        qs(product(op, {{"B", B}, {"Hq", Hq}, {"L", L}, {"D", D}})),
-        ctx(product(op, {{"B", B}, {"Hkv", Hkv}, {"N", N}, {"D", D}})),
-        lat(product(op, {{"B", B}, {"Hkv", Hkv}, {"L", L}, {"D", D}})),
-        mask(product(op, {{"B", B}, {"N", N}})) {}
-};
 
 void forward(Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat, Buffer ctx_mask,
              Buffer out, Buffer lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N,
              int64_t D, double scale, int64_t dtype, int64_t num_threads, int64_t isa) {
   constexpr const char* op = "resampler_attention (cpu)";
-  const Extents e(op, B, Hq, Hkv, L, N, D);
-  const auto* qp = take<const void>(op, "q", q, e.qs);
-  const auto* kcp = take<const void>(op, "k_ctx", k_ctx, e.ctx);
-  const auto* vcp = take<const void>(op, "v_ctx", v_ctx, e.ctx);
-  const auto* klp = take<const void>(op, "k_lat", k_lat, e.lat);
-  const auto* vlp = take<const void>(op, "v_lat", v_lat, e.lat);
-  const auto* maskp = take_optional<const uint8_t>(op, "ctx_mask", ctx_mask, e.mask);
+  const ResamplerExtents e(op, B, Hq, Hkv, L, N, D);
+  const ResamplerInputs in(op, e, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask);
   auto* outp = take<void>(op, "out", out, e.qs);
   auto* lsep = take<float>(op, "lse", lse, e.rows);
-  lumo::cpu::resampler_attn_forward(qp, kcp, vcp, klp, vlp, maskp, outp, lsep, B, Hq, Hkv, L, N, D,
-                                    scale, dtype, num_threads, isa);
+  lumo::cpu::resampler_attn_forward(in.q, in.k_ctx, in.v_ctx, in.k_lat, in.v_lat, in.mask, outp,
+                                    lsep, B, Hq, Hkv, L, N, D, scale, dtype, num_threads, isa);
 }
 
 void backward(Buffer dout, Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat,
@@ -56,24 +42,15 @@ void backward(Buffer dout, Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, B
               int64_t N, int64_t D, double scale, int64_t dtype, int64_t num_threads,
               int64_t isa) {
   constexpr const char* op = "resampler_attention_backward (cpu)";
-  const Extents e(op, B, Hq, Hkv, L, N, D);
+  const ResamplerExtents e(op, B, Hq, Hkv, L, N, D);
   const auto* doutp = take<const void>(op, "dout", dout, e.qs);
-  const auto* qp = take<const void>(op, "q", q, e.qs);
-  const auto* kcp = take<const void>(op, "k_ctx", k_ctx, e.ctx);
-  const auto* vcp = take<const void>(op, "v_ctx", v_ctx, e.ctx);
-  const auto* klp = take<const void>(op, "k_lat", k_lat, e.lat);
-  const auto* vlp = take<const void>(op, "v_lat", v_lat, e.lat);
-  const auto* maskp = take_optional<const uint8_t>(op, "ctx_mask", ctx_mask, e.mask);
+  const ResamplerInputs in(op, e, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask);
   const auto* outp = take<const void>(op, "out", out, e.qs);
   const auto* lsep = take<const float>(op, "lse", lse, e.rows);
-  auto* dqp = take<void>(op, "dq", dq, e.qs);
-  auto* dkcp = take<void>(op, "dk_ctx", dk_ctx, e.ctx);
-  auto* dvcp = take<void>(op, "dv_ctx", dv_ctx, e.ctx);
-  auto* dklp = take<void>(op, "dk_lat", dk_lat, e.lat);
-  auto* dvlp = take<void>(op, "dv_lat", dv_lat, e.lat);
-  lumo::cpu::resampler_attn_backward(doutp, qp, kcp, vcp, klp, vlp, maskp, outp, lsep, dqp, dkcp,
-                                     dvcp, dklp, dvlp, B, Hq, Hkv, L, N, D, scale, dtype,
-                                     num_threads, isa);
+  const ResamplerGradients g(op, e, dq, dk_ctx, dv_ctx, dk_lat, dv_lat);
+  lumo::cpu::resampler_attn_backward(doutp, in.q, in.k_ctx, in.v_ctx, in.k_lat, in.v_lat,
+                                     in.mask, outp, lsep, g.dq, g.dk_ctx, g.dv_ctx, g.dk_lat, g.dv_lat,
+                                     B, Hq, Hkv, L, N, D, scale, dtype, num_threads, isa);
 }
 
 }  // namespace

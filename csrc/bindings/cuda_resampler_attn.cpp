@@ -12,6 +12,7 @@
 
 #include "bindings/buffer.h"
 #include "bindings/registry.h"
+#include "bindings/resampler_attn_buffers.h"
 #include "cuda/resampler_attn.h"
 
 namespace py = pybind11;
@@ -19,36 +20,21 @@ namespace py = pybind11;
 namespace {
 
 using lumo::bindings::Buffer;
-using lumo::bindings::product;
+using lumo::bindings::ResamplerExtents;
+using lumo::bindings::ResamplerGradients;
+using lumo::bindings::ResamplerInputs;
 using lumo::bindings::take;
-using lumo::bindings::take_optional;
-
-// The extents of the resampler's buffers, from its sizes.
-struct Extents {
-  lumo::bindings::Extent rows, qs, ctx, lat, mask;
-  Extents(const char* op, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N, int64_t D)
-      : rows(product(op, {{"B", B}, {"Hq", Hq}, {"L", L}})),
-        qs(product(op, {{"B", B}, {"Hq", Hq}, {"L", L}, {"D", D}})),
-        ctx(product(op, {{"B", B}, {"Hkv", Hkv}, {"N", N}, {"D", D}})),
-        lat(product(op, {{"B", B}, {"Hkv", Hkv}, {"L", L}, {"D", D}})),
-        mask(product(op, {{"B", B}, {"N", N}})) {}
-};
 
 void forward(Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat, Buffer ctx_mask,
              Buffer out, Buffer lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N,
              int64_t D, double scale, int64_t dtype, uintptr_t stream, int device) {
   constexpr const char* op = "resampler_attention (cuda)";
-  const Extents e(op, B, Hq, Hkv, L, N, D);
-  const auto* qp = take<const void>(op, "q", q, e.qs);
-  const auto* kcp = take<const void>(op, "k_ctx", k_ctx, e.ctx);
-  const auto* vcp = take<const void>(op, "v_ctx", v_ctx, e.ctx);
-  const auto* klp = take<const void>(op, "k_lat", k_lat, e.lat);
-  const auto* vlp = take<const void>(op, "v_lat", v_lat, e.lat);
-  const auto* maskp = take_optional<const uint8_t>(op, "ctx_mask", ctx_mask, e.mask);
+  const ResamplerExtents e(op, B, Hq, Hkv, L, N, D);
+  const ResamplerInputs in(op, e, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask);
   auto* outp = take<void>(op, "out", out, e.qs);
   auto* lsep = take<float>(op, "lse", lse, e.rows);
-  lumo::cuda::resampler_attn_forward(qp, kcp, vcp, klp, vlp, maskp, outp, lsep, B, Hq, Hkv, L, N, D,
-                                    scale, dtype, stream, device);
+  lumo::cuda::resampler_attn_forward(in.q, in.k_ctx, in.v_ctx, in.k_lat, in.v_lat, in.mask, outp,
+                                     lsep, B, Hq, Hkv, L, N, D, scale, dtype, stream, device);
 }
 
 void backward(Buffer dout, Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat,
@@ -57,25 +43,16 @@ void backward(Buffer dout, Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, B
               int64_t N, int64_t D, double scale, int64_t dtype, Buffer delta,
               uintptr_t stream, int device) {
   constexpr const char* op = "resampler_attention_backward (cuda)";
-  const Extents e(op, B, Hq, Hkv, L, N, D);
+  const ResamplerExtents e(op, B, Hq, Hkv, L, N, D);
   const auto* doutp = take<const void>(op, "dout", dout, e.qs);
-  const auto* qp = take<const void>(op, "q", q, e.qs);
-  const auto* kcp = take<const void>(op, "k_ctx", k_ctx, e.ctx);
-  const auto* vcp = take<const void>(op, "v_ctx", v_ctx, e.ctx);
-  const auto* klp = take<const void>(op, "k_lat", k_lat, e.lat);
-  const auto* vlp = take<const void>(op, "v_lat", v_lat, e.lat);
-  const auto* maskp = take_optional<const uint8_t>(op, "ctx_mask", ctx_mask, e.mask);
+  const ResamplerInputs in(op, e, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask);
   const auto* outp = take<const void>(op, "out", out, e.qs);
   const auto* lsep = take<const float>(op, "lse", lse, e.rows);
-  auto* dqp = take<void>(op, "dq", dq, e.qs);
-  auto* dkcp = take<void>(op, "dk_ctx", dk_ctx, e.ctx);
-  auto* dvcp = take<void>(op, "dv_ctx", dv_ctx, e.ctx);
-  auto* dklp = take<void>(op, "dk_lat", dk_lat, e.lat);
-  auto* dvlp = take<void>(op, "dv_lat", dv_lat, e.lat);
+  const ResamplerGradients g(op, e, dq, dk_ctx, dv_ctx, dk_lat, dv_lat);
   auto* deltap = take<float>(op, "delta", delta, e.rows);
-  lumo::cuda::resampler_attn_backward(doutp, qp, kcp, vcp, klp, vlp, maskp, outp, lsep, dqp, dkcp,
-                                     dvcp, dklp, dvlp, B, Hq, Hkv, L, N, D, scale, dtype,
-                                     deltap, stream, device);
+  lumo::cuda::resampler_attn_backward(doutp, in.q, in.k_ctx, in.v_ctx, in.k_lat, in.v_lat,
+                                      in.mask, outp, lsep, g.dq, g.dk_ctx, g.dv_ctx, g.dk_lat, g.dv_lat,
+                                      B, Hq, Hkv, L, N, D, scale, dtype, deltap, stream, device);
 }
 
 }  // namespace
