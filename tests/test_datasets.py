@@ -246,6 +246,13 @@ def test_cli_inspect_and_bad_input(reference, tmp_path, capsys):
     assert "input not found" in capsys.readouterr().err
     assert lumo(["tokenize-dataset", str(out / "manifest.json"), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
     assert lumo(["shards", "inspect", str(tmp_path)]) == 2
+    capsys.readouterr()
+    import torch
+
+    bad_device = "nonsense" if torch.cuda.is_available() else "cuda"
+    assert lumo(["tokenize-dataset", str(out / "manifest.json"), "--out", str(tmp_path / "o"),
+                 "--device", bad_device, "--quiet"]) == 2
+    assert "device" in capsys.readouterr().err
 
 
 def test_files_are_readable_by_others(reference):

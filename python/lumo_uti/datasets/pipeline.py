@@ -68,6 +68,7 @@ def tokenize_dataset(
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     if max_errors is not None and max_errors < 0:
         raise ValueError(f"max_errors: expected >= 0, got {max_errors}")
+    _check_device(device)
     inp = open_input(source)
     settings = EncodeSettings(allow_special=allow_special, append_eos=append_eos,
                               columns=tuple(parse_columns(columns)) if columns else None, max_doc_tokens=max_doc_tokens)
@@ -116,3 +117,17 @@ def tokenize_dataset(
                 "resumed_at": start, "started": started, "seconds": time.time() - started,
                 "host": platform.node(), **{k: round(v, 3) for k, v in bar.rates().items()}}
     return writer.finish(run_info)
+
+
+def _check_device(device: str) -> None:
+    """``ValueError`` for a device string torch does not know or a GPU this machine does not have."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA device here (torch {torch.__version__})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
