@@ -90,7 +90,10 @@ def build(sanitize: str = DEFAULT_SANITIZE, verbose: bool = False) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time in the shared build folder
         if target.exists():
             return target
-        build_dir = cache / f"build-{sanitize.replace(',', '-')}"
+        # One CMake build folder per checkout: a CMake cache refuses a second source folder (CI builds a
+        # fresh clone elsewhere on a machine whose cache a developer's checkout already filled).
+        checkout = hashlib.sha256(str(ROOT.resolve()).encode()).hexdigest()[:8]
+        build_dir = cache / f"build-{sanitize.replace(',', '-')}-{checkout}"
         out = None if verbose else subprocess.PIPE
         for cmd in (
             [cmake, *_configure_args(build_dir, sanitize)],
