@@ -24,7 +24,8 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "inspect", "encode", "decode", "backends"):
+    for command in ("demo", "inspect", "encode", "decode", "bundle", "backends", "tokenlm", "vlm", "train-codec",
+                    "codec-corpus", "audit", "tokenize-dataset", "shards"):
         assert f"    {command}" in out
 
 

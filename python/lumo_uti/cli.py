@@ -9,9 +9,9 @@ output).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,13 +22,13 @@ from .docjson import describe_segment, document_from_json, segment_to_json
 from .errors import BundleError, TokenizerMismatchError, TokenSpaceError, UTIDecodeError
 
 
-# Modules that add command groups: each has ``register(subparsers)`` and must
-# import heavy dependencies (torch models, transformers) inside its commands
-# only, so that ``lumo --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = (
-    "lumo_model.token_lm.cli", "lumo_model.vlm.cli", "lumo_model.codec.cli", "lumo_uti.audit.cli",
-    "lumo_uti.datasets.cli",
-)
+# The entry-point group through which installed packages add command groups
+# (pyproject.toml, [project.entry-points."lumo.commands"]): each entry names a
+# ``register(subparsers)`` function. A registering module must import heavy
+# dependencies (torch models, transformers) inside its commands only, so that
+# ``lumo --help`` stays fast. Gathering commands this way keeps this package
+# free of imports of the packages built on it.
+COMMAND_GROUP = "lumo.commands"
 
 
 class UsageError(Exception):
@@ -125,9 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="replace an existing bundle directory")
 
     add("backends", "show which compiled kernel backends loaded (cpu, cuda) and why not", _cmd_backends)
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(sub)
+    for register in command_registrars():
+        register(sub)
     return p
+
+
+def command_registrars() -> list:
+    """The ``register(subparsers)`` functions of the installed command groups, in declaration order."""
+    return [entry.load() for entry in entry_points(group=COMMAND_GROUP)]
 
 
 # -- commands -------------------------------------------------------------------------
