@@ -1,6 +1,6 @@
 """The token space: the versioned, hashed ABI of global token IDs.
 
-Layout (DESIGN section 4)::
+Layout (the arithmetic lives in ``lumo_uti.grammar.layout``)::
 
     [0, text_vocab_size)             base text tokenizer (Qwen3: BPE + 26 specials)
     [text_vocab_size, base_rows)     base padding rows, never emitted
@@ -85,7 +85,10 @@ class Block:
             raise ValueError(f"block {self.name!r}: codebook must be in [0, {self.num_codebooks}), got {codebook}")
         if not 0 <= code < self.codebook_size:
             raise ValueError(f"block {self.name!r}: code must be in [0, {self.codebook_size}), got {code}")
-        return self._placed() + codebook * self.codebook_size + code
+        from .grammar.layout import code_id
+
+        self._placed()
+        return code_id(self, codebook, code)
 
     def _placed(self) -> int:
         if self.offset is None:
@@ -417,7 +420,9 @@ class TokenSpace:
         blk = self._grid_block()
         if not 1 <= value <= blk.size:
             raise ValueError(f"grid size must be in [1, {blk.size}], got {value}")
-        return blk.offset + value - 1
+        from .grammar.layout import grid_id
+
+        return grid_id(blk, value)
 
     def _grid_block(self) -> Block:
         blk = next((b for b in self._blocks if b.kind == "grid"), None)

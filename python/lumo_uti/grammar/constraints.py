@@ -16,7 +16,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .layout import INVALID_KINDS, START_KINDS, K, Kind, Layout, kind_table, ordered_run
+from .layout import INVALID_KINDS, START_KINDS, K, Kind, Layout, codebook_of, codebook_range, kind_table, ordered_run
 
 
 class Mode(IntEnum):
@@ -90,7 +90,7 @@ class Constraints:
             return State(Mode.IMAGE_CODES, remaining=count, index=0)
         if mode == Mode.IMAGE_CODES:
             blk = lay.image
-            if kind != K.IMAGE_CODE or (token_id - blk.offset) // blk.codebook_size != state.index:
+            if kind != K.IMAGE_CODE or codebook_of(blk, token_id) != state.index:
                 return None
             if state.remaining == 1:
                 return State(Mode.IMAGE_END)
@@ -99,7 +99,7 @@ class Constraints:
             return TEXT if kind == K.IMAGE_END else None
         # Mode.AUDIO
         blk = lay.audio
-        if kind == K.AUDIO_CODE and (token_id - blk.offset) // blk.codebook_size == state.index:
+        if kind == K.AUDIO_CODE and codebook_of(blk, token_id) == state.index:
             return State(Mode.AUDIO, index=(state.index + 1) % blk.num_codebooks)
         if kind == K.AUDIO_END and state.index == 0:
             return TEXT
@@ -148,7 +148,7 @@ class Constraints:
             if mode == Mode.IMAGE_CODES or mode == Mode.AUDIO:
                 image_mode = mode == Mode.IMAGE_CODES
                 blk, kind = (image, K.IMAGE_CODE) if image_mode else (audio, K.AUDIO_CODE)
-                geometry = (blk.num_codebooks, blk.offset, blk.codebook_size, state.index)
+                geometry = (blk, state.index)
                 run = ordered_run(ids, kinds, i, kind, *geometry, state.remaining if image_mode else n)
                 if run:
                     i += run
@@ -195,13 +195,13 @@ class Constraints:
         elif mode in (Mode.IMAGE_HEIGHT, Mode.IMAGE_WIDTH):
             m[lay.grid.offset : lay.grid.end] = True
         elif mode == Mode.IMAGE_CODES:
-            start = lay.image.offset + index * lay.image.codebook_size
-            m[start : start + lay.image.codebook_size] = True
+            start, end = codebook_range(lay.image, index)
+            m[start:end] = True
         elif mode == Mode.IMAGE_END:
             m[lay.marker_id[Kind.IMAGE_END]] = True
         else:
-            start = lay.audio.offset + index * lay.audio.codebook_size
-            m[start : start + lay.audio.codebook_size] = True
+            start, end = codebook_range(lay.audio, index)
+            m[start:end] = True
             if index == 0:
                 m[lay.marker_id[Kind.AUDIO_END]] = True
         return m

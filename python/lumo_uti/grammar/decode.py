@@ -40,7 +40,8 @@ import numpy as np
 
 from ..errors import UTIDecodeError
 from ..segments import AudioCodes, ImageCodes, ImagePlaceholder
-from .layout import INVALID_ID_RULES, INVALID_KINDS, START_KINDS, K, Kind, Layout, kind_table, run_end, scan
+from .layout import (INVALID_ID_RULES, INVALID_KINDS, START_KINDS, K, Kind, Layout, code_of, codebook_of, kind_table,
+                     run_end, scan)
 
 RULES = {
     "id.negative": "a negative token ID",
@@ -198,7 +199,7 @@ class Decoder:
         e = run_end(kinds, p, K.IMAGE_CODE, limit=stop)  # only the codes present: O(e - p), not O(count)
         body = ids[p:e]
         if num_layers > 1 and e > p:
-            wrong = (body - blk.offset) // blk.codebook_size != (np.arange(e - p) % num_layers)
+            wrong = codebook_of(blk, body) != (np.arange(e - p) % num_layers)
             if wrong.any():
                 b = p + int(np.argmax(wrong))
                 raise _SpanError(b, "image.layer", f"expected a code of layer {(b - p) % num_layers} (image opened at {i})")
@@ -212,7 +213,7 @@ class Decoder:
         if end >= n:
             raise _SpanError(n, "span.unterminated", f"the stream ends inside the image opened at {i}")
         if kinds[end] == K.IMAGE_END:
-            codes = ((body - blk.offset) % blk.codebook_size).reshape(height, width, num_layers)
+            codes = code_of(blk, body).reshape(height, width, num_layers)
             return ImageCodes._checked(codes.transpose(2, 0, 1)), end + 1
         if kinds[end] == K.IMAGE_CODE:
             raise _SpanError(end, "image.count", f"image {height}x{width}x{num_layers} needs {count} codes, got more")
@@ -225,7 +226,7 @@ class Decoder:
         e = run_end(kinds, p, K.AUDIO_CODE)
         body = ids[p:e]
         if len(body):
-            codebook = (body - blk.offset) // blk.codebook_size
+            codebook = codebook_of(blk, body)
             wrong = codebook != (np.arange(len(body)) % q)
             if wrong.any():
                 b = int(np.argmax(wrong))
@@ -241,7 +242,7 @@ class Decoder:
                     "audio.truncated_frame",
                     f"audio span ends after {len(body) % q} of the {q} codes of frame {len(body) // q}",
                 )
-            return AudioCodes._checked(((body - blk.offset) % blk.codebook_size).reshape(-1, q)), e + 1
+            return AudioCodes._checked(code_of(blk, body).reshape(-1, q)), e + 1
         raise self._violation(ids, kinds, e, "span.foreign", f"inside the audio span opened at {i}")
 
     # -- lenient spans (runs, only for spans that fail the strict check) ------------------
@@ -367,8 +368,8 @@ class Decoder:
         if kind == Kind.GRID:
             return f"grid token {lay.grid_value(token_id)} (ID {token_id})"
         if kind in (Kind.IMAGE_CODE, Kind.AUDIO_CODE):
-            blk = lay.image if kind == Kind.IMAGE_CODE else lay.audio
-            cb, code = divmod(token_id - blk.offset, blk.codebook_size)
+            blk = lay.codes_block_of(kind)
+            cb, code = codebook_of(blk, token_id), code_of(blk, token_id)
             return f"{blk.modality} code {code} of codebook {cb} (ID {token_id})"
         if kind == Kind.TEXT:
             return f"text ID {token_id}"
@@ -438,7 +439,7 @@ def _take_codes(ids, p: int, e: int, blk, have: int, need: int | None, rule: str
     if room <= 0:
         report.add(p, "image.count", f"dropped a code beyond the {need} the image needs", end=e)
         return have
-    codebooks = (run - blk.offset) // blk.codebook_size
+    codebooks = codebook_of(blk, run)
     if q == 1 or bool((codebooks[:room] == (have + np.arange(room)) % q).all()):
         keep, stop = np.ones(room, dtype=bool), room
     else:  # out of order: which codes are kept depends on those kept before, one by one
@@ -454,7 +455,7 @@ def _take_codes(ids, p: int, e: int, blk, have: int, need: int | None, rule: str
         edges = np.flatnonzero(np.diff(np.concatenate(([True], keep, [True])).astype(np.int8))) + p
         for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
             report.add(a, rule, "dropped", end=b)
-    parts.append((run[:stop][keep] - blk.offset) % blk.codebook_size)
+    parts.append(code_of(blk, run[:stop][keep]))
     if stop < len(run):
         report.add(p + stop, "image.count", f"dropped a code beyond the {need} the image needs", end=e)
     return have + int(np.count_nonzero(keep))

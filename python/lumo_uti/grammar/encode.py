@@ -1,6 +1,6 @@
 """Encode document segments (text, code grids, placeholders) to global IDs.
 
-Layout (DESIGN section 5)::
+Layout::
 
     image:  <|image_start|> <grid H> <grid W> codes <|image_end|>
             codes row-major over the H x W cells; with L layers, the L codes of
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..segments import AudioCodes, ImageCodes, ImagePlaceholder
-from .layout import Kind, Layout
+from .layout import Kind, Layout, grid_id, interleaved_code_ids
 
 
 def encode_image_codes(layout: Layout, image: ImageCodes) -> np.ndarray:
@@ -36,9 +36,8 @@ def encode_image_codes(layout: Layout, image: ImageCodes) -> np.ndarray:
     for side, what in ((height, "height"), (width, "width")):
         if side > layout.grid.size:
             raise ValueError(f"ImageCodes {what} {side} exceeds the grid block's maximum {layout.grid.size}")
-    layer_offset = blk.offset + np.arange(num_layers, dtype=np.int64) * blk.codebook_size
-    body = (codes.transpose(1, 2, 0) + layer_offset).reshape(-1)  # [H, W, L]: layers innermost
-    head = [layout.marker_id[Kind.IMAGE_START], layout.token_space.grid_id(height), layout.token_space.grid_id(width)]
+    body = interleaved_code_ids(blk, codes.transpose(1, 2, 0))  # [H, W, L]: layers innermost
+    head = [layout.marker_id[Kind.IMAGE_START], grid_id(layout.grid, height), grid_id(layout.grid, width)]
     return np.concatenate([np.array(head, dtype=np.int64), body, [layout.marker_id[Kind.IMAGE_END]]])
 
 
@@ -53,7 +52,7 @@ def encode_audio_codes(layout: Layout, audio: AudioCodes) -> np.ndarray:
             f"AudioCodes has Q={codes.shape[1]} codebooks but block {blk.name!r} has {blk.num_codebooks}"
         )
     _check_code_range(codes, blk.codebook_size, "AudioCodes")
-    body = (codes + blk.offset + np.arange(blk.num_codebooks, dtype=np.int64) * blk.codebook_size).reshape(-1)
+    body = interleaved_code_ids(blk, codes)  # frame-major: the Q codes of a frame in codebook order
     start, end = layout.marker_id[Kind.AUDIO_START], layout.marker_id[Kind.AUDIO_END]
     return np.concatenate([np.array([start], dtype=np.int64), body, np.array([end], dtype=np.int64)])
 

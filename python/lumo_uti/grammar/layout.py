@@ -1,16 +1,24 @@
-"""Token kinds: what each global ID means to the sequence grammar.
+"""Token kinds and ID arithmetic: what each global ID means to the sequence grammar.
 
 ``Layout`` turns a token space into a per-ID kind (marker, grid, image code,
 audio code, text, or one of the never-emitted kinds) using the compiled
 ``classify`` plus two small lookup tables, so the decoder and the constraint
 masks never look at token strings.
+
+The functions under "ID arithmetic" are the one place that maps codes and
+grid sides to global IDs and back (``TokenSpace``, encode, decode and the
+constraints all call them). They take a placed ``Block`` and work on Python
+ints, NumPy arrays and torch tensors alike (plain arithmetic, broadcast)::
+
+    code c of codebook q:  offset + q * codebook_size + c
+    grid side v (1..size): offset + v - 1
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 from types import SimpleNamespace
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -116,14 +124,54 @@ class Layout:
                 kinds[in_special] = self._slot_kind[ids[in_special] - self._special_offset]
         return kinds
 
-    def codebook_of(self, ids: np.ndarray, kind: Kind) -> np.ndarray:
+    def codes_block_of(self, kind: Kind) -> Any:
+        """The codes block of ``Kind.IMAGE_CODE`` or ``Kind.AUDIO_CODE``."""
+        return self.image if kind == Kind.IMAGE_CODE else self.audio
+
+    def codebook_of(self, ids: Any, kind: Kind) -> Any:
         """Codebook index of image/audio code IDs (int64 [N] -> int64 [N])."""
-        blk = self.image if kind == Kind.IMAGE_CODE else self.audio
-        return (ids - blk.offset) // blk.codebook_size
+        return codebook_of(self.codes_block_of(kind), ids)
 
     def grid_value(self, token_id: int) -> int:
         """Side length carried by a grid token."""
-        return int(token_id) - self.grid.offset + 1
+        return int(grid_side(self.grid, int(token_id)))
+
+
+# -- ID arithmetic ------------------------------------------------------------------------
+def code_id(block: Any, codebook: Any, code: Any) -> Any:
+    """Global ID(s) of ``code`` in ``codebook`` of a codes block (broadcasts; no range check)."""
+    return block.offset + codebook * block.codebook_size + code
+
+
+def codebook_of(block: Any, ids: Any) -> Any:
+    """Codebook index of code ID(s) of ``block``."""
+    return (ids - block.offset) // block.codebook_size
+
+
+def code_of(block: Any, ids: Any) -> Any:
+    """Code (index inside its codebook) of code ID(s) of ``block``."""
+    return (ids - block.offset) % block.codebook_size
+
+
+def codebook_range(block: Any, codebook: int) -> tuple[int, int]:
+    """``[start, end)`` of the IDs of one codebook of a codes block."""
+    start = code_id(block, codebook, 0)
+    return start, start + block.codebook_size
+
+
+def interleaved_code_ids(block: Any, codes: np.ndarray) -> np.ndarray:
+    """Codes ``[..., num_codebooks]`` (codebook innermost) -> their global IDs, flat int64 in that order."""
+    return code_id(block, np.arange(codes.shape[-1], dtype=np.int64), codes.astype(np.int64, copy=False)).reshape(-1)
+
+
+def grid_id(block: Any, side: Any) -> Any:
+    """Global ID(s) of the grid token(s) for side length(s) ``side`` (1..size; no range check)."""
+    return block.offset + side - 1
+
+
+def grid_side(block: Any, ids: Any) -> Any:
+    """Side length(s) carried by grid token ID(s)."""
+    return ids - block.offset + 1
 
 
 def kind_table(kinds: Iterable[Kind]) -> np.ndarray:
@@ -161,8 +209,8 @@ def run_end(kinds: np.ndarray, i: int, kind: Kind, limit: int | None = None) -> 
     return n
 
 
-def ordered_run(ids: np.ndarray, kinds: np.ndarray, i: int, kind: Kind, num_codebooks: int,
-                offset: int, codebook_size: int, index: int, limit: int, *, in_order: bool = True) -> int:
+def ordered_run(ids: np.ndarray, kinds: np.ndarray, i: int, kind: Kind, block: Any, index: int, limit: int,
+                *, in_order: bool = True) -> int:
     """How many tokens from ``i`` (at most ``limit``) are codes of ``kind`` in codebook order.
 
     The first must be of codebook ``index``, the next of ``index + 1`` (mod
@@ -171,13 +219,14 @@ def ordered_run(ids: np.ndarray, kinds: np.ndarray, i: int, kind: Kind, num_code
     while it waits for that codebook). O(result) amortised, like ``run_end``.
     """
     n, start, chunk, kind = min(len(ids), i + limit), i, 64, int(kind)
+    num_codebooks = block.num_codebooks
     while i < n:
         j = min(n, i + chunk)
         ok = kinds[i:j] == kind
         if in_order and num_codebooks > 1:
-            ok &= (ids[i:j] - offset) // codebook_size == (index + np.arange(i - start, j - start)) % num_codebooks
+            ok &= codebook_of(block, ids[i:j]) == (index + np.arange(i - start, j - start)) % num_codebooks
         elif not in_order:
-            ok &= (ids[i:j] - offset) // codebook_size != index
+            ok &= codebook_of(block, ids[i:j]) != index
         if not ok.all():
             return i + int(np.argmin(ok)) - start
         i, chunk = j, chunk * 2
