@@ -1,7 +1,7 @@
-"""Builds ``_C_simt``: the CUDA sources of ``csrc/cuda`` run by a CPU emulator.
+"""Builds ``_C_simt``: the CUDA sources of every op run by a CPU emulator.
 
-The real ``csrc/cuda/*.cu`` files and the real ``csrc/bindings/cuda_*.cpp``
-bindings are compiled as C++ by the host compiler against ``tests/simt``
+The real ``csrc/ops/*/cuda*.cu`` kernels and ``csrc/ops/*/bind_cuda.cpp``
+bindings (the sources of ``lumo_uti._C_cuda``) are compiled as C++ by the host compiler against ``tests/simt``
 (a stand-in ``<cuda_runtime.h>`` over the SIMT emulator ``simt.h``), giving a
 module with the API of ``lumo_uti._C_cuda`` whose "device pointers" are host
 pointers. Tests pass it CPU tensors' ``data_ptr()`` and compare the results
@@ -51,9 +51,12 @@ class SimtUnavailable(RuntimeError):
 
 
 def _sources() -> list[Path]:
-    cuda = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
-    bindings = sorted((ROOT / "csrc" / "bindings").glob("cuda_*.cpp"))
-    return cuda + bindings + [SIMT / "simt_bindings.cpp", SIMT / "simt_selftest.cu"]
+    """The sources CMakeLists.txt puts into ``_C_cuda``, plus the emulator's own."""
+    csrc = ROOT / "csrc"
+    kernels = sorted(csrc.glob("ops/*/cuda*.cu")) + sorted(csrc.glob("cuda/*.cu"))
+    bindings = sorted(csrc.glob("ops/*/bind_cuda.cpp")) + sorted(csrc.glob("bindings/cuda_*.cpp"))
+    runtime = [csrc / "runtime" / "cuda_runtime.cu", csrc / "runtime" / "module_cuda.cpp"]
+    return kernels + bindings + runtime + [SIMT / "simt_bindings.cpp", SIMT / "simt_selftest.cu"]
 
 
 def _inputs() -> list[Path]:

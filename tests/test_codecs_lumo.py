@@ -143,7 +143,7 @@ def test_rvq_codes_match_the_reference_and_decode_aligned(tmp_path):
     wave = torch.randn(2, 1, 200) * 0.1
     codes = codec.encode_tensor(wave)
     assert codes.shape == (2, num_frames(200, 32), 3)
-    from lumo_uti.ops.vq_reference import rvq_encode_reference
+    from lumo_uti.ops.reference import rvq_encode_reference
 
     frames = mdct(wave[:, 0], codec.model.basis)
     expected = rvq_encode_reference(frames.reshape(-1, 32), codec.model.codebooks, 3).reshape(codes.shape)

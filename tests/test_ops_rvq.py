@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import lumo_uti.ops as ops
 from lumo_uti.ops import _native
 from lumo_uti.ops.vq import PackedCodebook
-from lumo_uti.ops.vq_reference import rvq_decode_reference, rvq_encode_reference
+from lumo_uti.ops.reference import rvq_decode_reference, rvq_encode_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BUDGET = 2_000_000  # N * K * D * Q of one example: keeps the reference fast

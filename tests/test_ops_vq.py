@@ -15,7 +15,7 @@ import lumo_uti.ops as ops
 from lumo_uti.ops import _native
 from lumo_uti.ops._native import buffer
 from lumo_uti.ops.vq import PackedCodebook
-from lumo_uti.ops.vq_reference import sqnorm_seq, vq_search_reference
+from lumo_uti.ops.reference import sqnorm_seq, vq_search_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ISA_NAMES = {1: "scalar", 2: "avx2", 3: "avx512"}

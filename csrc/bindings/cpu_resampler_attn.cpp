@@ -9,8 +9,8 @@
 
 #include <cstdint>
 
-#include "bindings/buffer.h"
-#include "bindings/registry.h"
+#include "abi/buffer.h"
+#include "abi/registry.h"
 #include "bindings/resampler_attn_buffers.h"
 #include "cpu/resampler_attn.h"
 

@@ -8,8 +8,8 @@
 
 #include <cstdint>
 
-#include "bindings/buffer.h"
-#include "bindings/registry.h"
+#include "abi/buffer.h"
+#include "abi/registry.h"
 #include "cpu/rowmask.h"
 
 namespace py = pybind11;

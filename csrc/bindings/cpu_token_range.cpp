@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "bindings/registry.h"
+#include "abi/registry.h"
 #include "cpu/token_range.h"
 
 namespace py = pybind11;

@@ -10,8 +10,8 @@
 #include <cstdint>
 #include <memory>
 
-#include "bindings/buffer.h"
-#include "bindings/registry.h"
+#include "abi/buffer.h"
+#include "abi/registry.h"
 #include "cpu/vq.h"
 
 namespace py = pybind11;

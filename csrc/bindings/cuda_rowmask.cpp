@@ -10,8 +10,8 @@
 #include <cstdint>
 #include <limits>
 
-#include "bindings/buffer.h"
-#include "bindings/registry.h"
+#include "abi/buffer.h"
+#include "abi/registry.h"
 #include "cuda/rowmask.h"
 
 namespace py = pybind11;

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "bindings/registry.h"
+#include "abi/registry.h"
 #include "cuda/token_range.h"
 
 namespace py = pybind11;

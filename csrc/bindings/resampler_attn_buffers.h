@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "bindings/buffer.h"
+#include "abi/buffer.h"
 
 namespace lumo {
 namespace bindings {

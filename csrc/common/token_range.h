@@ -6,8 +6,8 @@
 
 #include <cstdint>
 
-#include "common/checks.h"
-#include "common/hd.h"
+#include "abi/checks.h"
+#include "abi/hd.h"
 
 namespace lumo {
 

@@ -13,10 +13,10 @@
 #include <immintrin.h>
 #endif
 
-#include "common/checks.h"
-#include "cpu/isa.h"
+#include "abi/checks.h"
+#include "runtime/isa.h"
 #include "cpu/resampler_attn_math.h"
-#include "cpu/thread_pool.h"
+#include "runtime/thread_pool.h"
 
 namespace lumo {
 namespace cpu {
@@ -512,13 +512,6 @@ void backward_item(const Kernels& ker, uint64_t call, int64_t bg, int64_t h, con
   store_rows(dk + Np * Dp, L, dk_lat, kv_lat_off, s.scale);
   store_rows(dv, N, dv_ctx, kv_ctx_off, 1.0f);
   store_rows(dv + Np * Dp, L, dv_lat, kv_lat_off, 1.0f);
-}
-
-int64_t resolve_threads(int64_t num_threads) {
-  if (num_threads == 0) {
-    num_threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
-  }
-  return num_threads;
 }
 
 Dims check_dims(const char* op, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N,

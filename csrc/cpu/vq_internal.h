@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "common/vq.h"
-#include "cpu/isa.h"
-#include "cpu/thread_pool.h"
+#include "runtime/isa.h"
+#include "runtime/thread_pool.h"
 #include "cpu/vq.h"
 
 namespace lumo {
@@ -151,13 +151,6 @@ class WorkCounter {
   const int64_t total_;
   std::atomic<int64_t> next_{0};
 };
-
-inline int64_t resolve_threads(int64_t num_threads) {
-  if (num_threads == 0) {
-    num_threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
-  }
-  return num_threads;
-}
 
 // Threads worth starting for `work` multiply-adds (a start costs ~30 us).
 inline int64_t useful_threads(int64_t num_threads, double work) {

@@ -69,3 +69,13 @@ def encode(document: Any, **kwargs: Any) -> list[int]:
 def decode(ids: Any, **kwargs: Any):
     """``load().decode(ids)`` on the embedded default bundle."""
     return load().decode(ids, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # Subpackages that pull in torch (``ops``) load on first attribute access,
+    # so ``import lumo_uti; lumo_uti.ops.backends()`` works without importing them here.
+    if name in ("ops", "codecs", "datasets", "audit", "cli"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

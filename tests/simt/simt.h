@@ -1,8 +1,8 @@
-// A SIMT emulator that runs the CUDA kernels of csrc/cuda as plain C++ on the CPU.
+// A SIMT emulator that runs the CUDA kernels of csrc/ops/*/ as plain C++ on the CPU.
 //
 // Why: most sessions of this project have no GPU, yet the CUDA kernels must be
 // right the first time one is lent. tests/simt_build.py compiles the real
-// csrc/cuda/*.cu files with the host compiler against this header (through the
+// csrc/ops/*/cuda.cu files with the host compiler against this header (through the
 // stand-in <cuda_runtime.h> next to it), links them with the real bindings into
 // a module `_C_simt` with the API of `lumo_uti._C_cuda`, and the tests compare
 // its results with the references. What is emulated:

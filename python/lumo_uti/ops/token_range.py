@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import _native
-from .reference import classify_ids_reference
+from .reference.token_range import classify_ids_reference
 
 __all__ = ["classify_ids"]
 

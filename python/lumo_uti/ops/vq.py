@@ -5,9 +5,9 @@
 native call; ``rvq_decode`` sums the looked-up vectors. Backends:
 ``lumo_uti._C`` (CPU, AVX-512/AVX2/scalar picked at run time, or forced with
 ``LUMO_VQ_ISA=scalar|avx2|avx512``), ``lumo_uti._C_cuda`` (CUDA) and
-``vq_reference`` (any device; the fallback, or forced by
+``reference.vq`` (any device; the fallback, or forced by
 ``LUMO_FORCE_REFERENCE=1``). All of them follow one fp32 arithmetic contract
-(``vq_reference`` docstring, docs/ops_vq.md), so their codes are identical.
+(``reference.vq`` docstring, docs/ops_vq.md), so their codes are identical.
 
 Each op is a ``torch.library`` custom op (``lumo_uti::vq_search``,
 ``lumo_uti::rvq_encode``, ``lumo_uti::rvq_decode``) with a fake
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from . import _native
 from .vq_cuda import rvq_decode_cuda, rvq_encode_cuda, vq_search_cuda
-from .vq_reference import (
+from .reference.vq import (
     rvq_decode_reference,
     rvq_encode_reference,
     sqnorm_seq,

@@ -1,5 +1,5 @@
 // Stand-in for <cuda_runtime.h> in the SIMT emulator (tests/simt/simt.h): the
-// few runtime calls csrc/cuda uses, over host memory, one emulated device.
+// few runtime calls the CUDA kernels use, over host memory, one emulated device.
 #pragma once
 
 #include <cstring>

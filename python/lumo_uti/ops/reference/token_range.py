@@ -1,8 +1,6 @@
-"""Pure-PyTorch reference implementations of the ops: the spec and the oracle.
+"""Pure-PyTorch reference of the token-range classification: the spec and the oracle.
 
-Used by the tests to check the native kernels, and by ``lumo_uti.ops`` as the
-fallback when a native module is missing or ``LUMO_FORCE_REFERENCE=1``.
-These functions assume validated inputs (see ``token_range.py``).
+Assumes validated inputs (see ``lumo_uti/ops/token_range.py``).
 """
 
 from __future__ import annotations

@@ -1,15 +1,28 @@
-// Exact fp16 / bf16 <-> fp32 conversions shared by every kernel (LUMO_HD), so
-// the CPU tests exercise what the CUDA kernels run. Narrowing rounds to
-// nearest even; widening is exact (every fp16/bf16 value is an fp32 value).
+// The element types every op reads and writes, and their exact conversions.
+//
+// One code per type across the binding (python/lumo_uti/ops/_abi.py mirrors
+// this enum), one conversion for every kernel (LUMO_HD, so the CPU tests
+// exercise what the CUDA kernels run). Narrowing rounds to nearest even;
+// widening is exact (every fp16/bf16 value is an fp32 value).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
-#include "common/hd.h"
+#include "abi/hd.h"
 
 namespace lumo {
+
+// The element type codes passed across the binding.
+enum class DType : int32_t { F32 = 0, F16 = 1, BF16 = 2 };
+
+// True for a code of DType (the bindings check codes before any kernel runs).
+LUMO_HD inline bool is_dtype(int64_t code) { return code >= 0 && code <= 2; }
+
+// Bytes per element.
+LUMO_HD inline int64_t dtype_size(DType dt) { return dt == DType::F32 ? 4 : 2; }
+
 namespace dtype {
 
 LUMO_HD inline float bits_to_float(uint32_t bits) {
@@ -67,4 +80,42 @@ LUMO_HD inline uint16_t float_to_fp16(float f) {
 }
 
 }  // namespace dtype
+
+// Element `i` of a buffer of type DT, as fp32 (exact).
+template <DType DT>
+LUMO_HD inline float load(const void* base, int64_t i) {
+  if (DT == DType::F32) return static_cast<const float*>(base)[i];
+  const uint16_t h = static_cast<const uint16_t*>(base)[i];
+  return DT == DType::F16 ? dtype::fp16_to_float(h) : dtype::bf16_to_float(h);
+}
+
+// Stores fp32 `v` as element `i` of a buffer of type DT (rounded to nearest even).
+template <DType DT>
+LUMO_HD inline void store(void* base, int64_t i, float v) {
+  if (DT == DType::F32) {
+    static_cast<float*>(base)[i] = v;
+  } else if (DT == DType::F16) {
+    static_cast<uint16_t*>(base)[i] = dtype::float_to_fp16(v);
+  } else {
+    static_cast<uint16_t*>(base)[i] = dtype::float_to_bf16(v);
+  }
+}
+
+// The same with the type known only at run time.
+LUMO_HD inline float load_float(const void* base, DType dt, int64_t i) {
+  if (dt == DType::F16) return load<DType::F16>(base, i);
+  if (dt == DType::BF16) return load<DType::BF16>(base, i);
+  return load<DType::F32>(base, i);
+}
+
+LUMO_HD inline void store_float(void* base, DType dt, int64_t i, float v) {
+  if (dt == DType::F16) {
+    store<DType::F16>(base, i, v);
+  } else if (dt == DType::BF16) {
+    store<DType::BF16>(base, i, v);
+  } else {
+    store<DType::F32>(base, i, v);
+  }
+}
+
 }  // namespace lumo

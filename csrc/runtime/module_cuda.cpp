@@ -5,9 +5,9 @@
 // binder registered by csrc/bindings/cuda_<op>.cpp (see registry.h).
 #include <pybind11/pybind11.h>
 
-#include "bindings/build_info.h"
-#include "bindings/registry.h"
-#include "cuda/runtime.h"
+#include "abi/build_info.h"
+#include "abi/registry.h"
+#include "runtime/cuda_runtime.h"
 
 namespace py = pybind11;
 

@@ -17,7 +17,7 @@
 #include <string>
 #include <utility>
 
-#include "common/checks.h"
+#include "abi/checks.h"
 
 namespace lumo {
 namespace bindings {

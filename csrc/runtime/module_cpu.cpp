@@ -4,8 +4,8 @@
 // (see registry.h); this file only adds build_info.
 #include <pybind11/pybind11.h>
 
-#include "bindings/build_info.h"
-#include "bindings/registry.h"
+#include "abi/build_info.h"
+#include "abi/registry.h"
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "LumoOmni CPU kernels (torch-free). Private: use lumo_uti.ops.";

@@ -15,7 +15,7 @@ with ``==`` in the tests, near-ties included. The contract (docs/ops_vq.md):
   ``r_{q+1} = r_q - C_q[code_q]`` (fp32, elementwise);
 - RVQ decode: ``out = (...(C_0[c_0] + C_1[c_1]) + ...)`` in fp32.
 
-These functions assume validated inputs (see ``vq.py``) and work in chunks of
+These functions assume validated inputs (see ``lumo_uti/ops/vq.py``) and work in chunks of
 rows so that no more than ~4M distances exist at once.
 """
 
