@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
-#include "common/dtype.h"
-#include "common/hd.h"
+#include "abi/dtype.h"
+#include "abi/hd.h"
 
 namespace lumo {
 namespace resampler {

@@ -6,7 +6,7 @@
 #include <thread>
 #include <vector>
 
-#include "common/checks.h"
+#include "abi/checks.h"
 #include "cpu/rowmask_dtype.h"
 
 namespace lumo {

@@ -5,7 +5,7 @@
 #include <thread>
 #include <vector>
 
-#include "common/checks.h"
+#include "abi/checks.h"
 #include "common/token_range.h"
 
 namespace lumo {

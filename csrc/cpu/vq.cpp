@@ -26,7 +26,7 @@
 #include <limits>
 #include <vector>
 
-#include "common/checks.h"
+#include "abi/checks.h"
 #include "common/vq.h"
 #include "cpu/vq_internal.h"
 

@@ -16,7 +16,7 @@
 #include <limits>
 #include <vector>
 
-#include "common/checks.h"
+#include "abi/checks.h"
 #include "common/vq.h"
 #include "cpu/vq.h"
 #include "cpu/vq_internal.h"

@@ -14,9 +14,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "common/checks.h"
+#include "abi/checks.h"
 #include "cpu/resampler_attn_math.h"
-#include "cuda/cuda_utils.cuh"
+#include "runtime/cuda_check.cuh"
 #include "cuda/resampler_attn_common.cuh"
 #include "cuda/resampler_attn_tiled.cuh"
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "cpu/resampler_attn_math.h"
-#include "cuda/cuda_utils.cuh"
+#include "runtime/cuda_check.cuh"
 
 namespace lumo {
 namespace cuda {

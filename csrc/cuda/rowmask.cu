@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <limits>
 
-#include "common/checks.h"
+#include "abi/checks.h"
 #include "cpu/rowmask_dtype.h"
-#include "cuda/cuda_utils.cuh"
+#include "runtime/cuda_check.cuh"
 
 namespace lumo {
 namespace cuda {

@@ -2,9 +2,9 @@
 
 #include <algorithm>
 
-#include "common/checks.h"
+#include "abi/checks.h"
 #include "common/token_range.h"
-#include "cuda/cuda_utils.cuh"
+#include "runtime/cuda_check.cuh"
 
 namespace lumo {
 namespace cuda {

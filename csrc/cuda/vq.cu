@@ -18,9 +18,9 @@
 
 #include <math_constants.h>
 
-#include "common/checks.h"
+#include "abi/checks.h"
 #include "common/vq.h"
-#include "cuda/cuda_utils.cuh"
+#include "runtime/cuda_check.cuh"
 
 namespace lumo {
 namespace cuda {

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <stdexcept>
 
-#include "bindings/registry.h"
+#include "abi/registry.h"
 #include "simt.h"
 
 namespace simt_selftest {
