@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lumo_uti.ops import _native
 from lumo_uti.ops.rows_ce import rows_linear_cross_entropy
-from lumo_uti.ops.rows_ce_reference import rows_ce_forward_reference, rows_ce_new_rows_backward_reference
+from lumo_uti.ops.reference.rows_ce import rows_ce_forward_reference, rows_ce_new_rows_backward_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

@@ -26,7 +26,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import _native
-from .rows_ce_reference import rows_ce_forward_reference, rows_ce_new_rows_backward_reference
+from .reference.rows_ce import rows_ce_forward_reference, rows_ce_new_rows_backward_reference
 
 __all__ = ["rows_linear_cross_entropy"]
 
