@@ -15,6 +15,7 @@ from typing import Any
 from . import _native
 from .resampler_attention import resampler_attention
 from .rowmask import rowmask_embedding_backward
+from .rows_ce import rows_linear_cross_entropy
 from .token_range import classify_ids
 from .vq import PackedCodebook, rvq_decode, rvq_encode, vq_search
 
@@ -24,6 +25,7 @@ __all__ = [
     "resampler_attention",
     "classify_ids",
     "rowmask_embedding_backward",
+    "rows_linear_cross_entropy",
     "rvq_decode",
     "rvq_encode",
     "vq_search",
