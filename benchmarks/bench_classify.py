@@ -48,8 +48,8 @@ def _kernel_fn(ids: torch.Tensor, b: torch.Tensor) -> Callable[[], None] | None:
             return None
         threads = torch.get_num_threads()
         return lambda: module.classify_ids(
-            ids.data_ptr(), ids.element_size(), ids.numel(), b.data_ptr(), b.numel(),
-            out.data_ptr(), threads,
+            ids_ptr=ids.data_ptr(), ids_itemsize=ids.element_size(), n=ids.numel(),
+            bounds_ptr=b.data_ptr(), num_bounds=b.numel(), out_ptr=out.data_ptr(), num_threads=threads,
         )
     module = _native.cuda()
     if module is None:
@@ -57,8 +57,8 @@ def _kernel_fn(ids: torch.Tensor, b: torch.Tensor) -> Callable[[], None] | None:
     stream = torch.cuda.current_stream(ids.device).cuda_stream
     index = ids.device.index
     return lambda: module.classify_ids(
-        ids.data_ptr(), ids.element_size(), ids.numel(), b.data_ptr(), b.numel(),
-        out.data_ptr(), stream, index,
+        ids_ptr=ids.data_ptr(), ids_itemsize=ids.element_size(), n=ids.numel(),
+        bounds_ptr=b.data_ptr(), num_bounds=b.numel(), out_ptr=out.data_ptr(), stream=stream, device=index,
     )
 
 

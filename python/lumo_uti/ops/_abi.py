@@ -47,15 +47,29 @@ def threads() -> int:
     return torch.get_num_threads()
 
 
+def cpu_module() -> ModuleType | None:
+    """``lumo_uti._C``, or None when it is missing or the reference is forced."""
+    return None if _native.reference_forced() else _native.cpu()
+
+
+def cuda_module() -> ModuleType | None:
+    """``lumo_uti._C_cuda`` when a device can run it, or None (missing, no device, reference forced)."""
+    return None if _native.reference_forced() else _native.cuda()
+
+
 def module(device: torch.device) -> ModuleType | None:
     """The native module that runs ops on ``device``, or None (use the reference)."""
-    if _native.reference_forced():
-        return None
     if device.type == "cpu":
-        return _native.cpu()
+        return cpu_module()
     if device.type == "cuda":
-        return _native.cuda()
+        return cuda_module()
     return None
+
+
+def queue(device: torch.device) -> dict[str, int]:
+    """The ``stream=`` and ``device=`` keyword arguments of a ``_C_cuda`` call on ``device``."""
+    stream, index = _native.queue(device)
+    return {"stream": stream, "device": index}
 
 
 def is_cpu(mod: ModuleType | None) -> bool:

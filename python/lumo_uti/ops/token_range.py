@@ -3,7 +3,7 @@
 ``classify_ids(ids, boundaries)`` maps every ID to ``r`` with
 ``boundaries[r] <= id < boundaries[r+1]``, or -1 outside
 ``[boundaries[0], boundaries[-1])``. Backends: ``lumo_uti._C`` (CPU),
-``lumo_uti._C_cuda`` (CUDA) and ``reference.classify_ids_reference`` (any
+``lumo_uti._C_cuda`` (CUDA) and ``reference.token_range`` (any
 device; the fallback, or forced by ``LUMO_FORCE_REFERENCE=1``).
 
 Tensors go through the ``torch.library`` op ``lumo_uti::classify_ids`` (so
@@ -19,7 +19,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
-from . import _native
+from . import _abi, _native
 from .reference.token_range import classify_ids_reference
 
 __all__ = ["classify_ids"]
@@ -77,17 +77,13 @@ def classify_ids(ids: torch.Tensor | np.ndarray, boundaries: Boundaries) -> Any:
 # ---------------------------------------------------------------------------
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _check_ids_dtype(dtype: torch.dtype) -> None:
     if dtype not in _TORCH_ID_DTYPES:
         if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
-            raise TypeError(f"{_OP}: expected integer ids, got {_dtype_name(dtype)}")
+            raise TypeError(f"{_OP}: expected integer ids, got {_abi.dtype_name(dtype)}")
         raise TypeError(
             f"{_OP}: expected ids of dtype int8, int16, int32, int64 or uint8, "
-            f"got {_dtype_name(dtype)}"
+            f"got {_abi.dtype_name(dtype)}"
         )
 
 
@@ -110,7 +106,7 @@ def _check_op_args(ids: torch.Tensor, boundaries: torch.Tensor) -> None:
     if boundaries.dim() != 1:
         raise ValueError(f"{_OP}: expected 1-D boundaries, got shape {tuple(boundaries.shape)}")
     if boundaries.dtype != torch.int64:
-        raise TypeError(f"{_OP}: expected int64 boundaries, got {_dtype_name(boundaries.dtype)}")
+        raise TypeError(f"{_OP}: expected int64 boundaries, got {_abi.dtype_name(boundaries.dtype)}")
     if boundaries.device != ids.device:
         raise ValueError(
             f"{_OP}: expected boundaries on {ids.device} (the device of ids), "
@@ -134,7 +130,7 @@ def _bounds_tensor(boundaries: Boundaries, device: torch.device) -> torch.Tensor
             )
         if boundaries.dtype not in _TORCH_ID_DTYPES:
             raise TypeError(
-                f"{_OP}: expected integer boundaries, got {_dtype_name(boundaries.dtype)}"
+                f"{_OP}: expected integer boundaries, got {_abi.dtype_name(boundaries.dtype)}"
             )
         if boundaries.device != device:
             raise ValueError(
@@ -157,7 +153,7 @@ def _bounds_numpy(boundaries: Boundaries, device: torch.device | str = "cpu") ->
             )
         if boundaries.dtype not in _TORCH_ID_DTYPES:
             raise TypeError(
-                f"{_OP}: expected integer boundaries, got {_dtype_name(boundaries.dtype)}"
+                f"{_OP}: expected integer boundaries, got {_abi.dtype_name(boundaries.dtype)}"
             )
         arr = boundaries.detach().numpy()
     elif isinstance(boundaries, (list, tuple, range)):
@@ -195,7 +191,7 @@ def _check_sorted_host(b: torch.Tensor | np.ndarray, module: Any, ptr: int | Non
     if module is not None:
         if ptr is None:
             ptr = b.data_ptr() if isinstance(b, torch.Tensor) else b.ctypes.data
-        i = module.first_unsorted(ptr, n)
+        i = module.first_unsorted(bounds_ptr=ptr, num_bounds=n)
     else:
         t = b if isinstance(b, torch.Tensor) else torch.from_numpy(b)
         bad = torch.nonzero(t[1:] <= t[:-1])
@@ -229,7 +225,7 @@ def _numpy_ids(ids: np.ndarray) -> tuple[np.ndarray, int]:
 def _classify_numpy(ids: np.ndarray, boundaries: Boundaries) -> np.ndarray:
     ids, itemsize = _numpy_ids(ids)
     b = _bounds_numpy(boundaries)
-    module = None if _native.reference_forced() else _native.cpu()
+    module = _abi.cpu_module()
     if module is None:
         _check_sorted_host(b, None)
         return classify_ids_reference(torch.from_numpy(ids), torch.from_numpy(b)).numpy()
@@ -239,8 +235,8 @@ def _classify_numpy(ids: np.ndarray, boundaries: Boundaries) -> np.ndarray:
     # SAFETY: ids, b and out are C-contiguous, aligned, referenced here until
     # the call returns, and hold ids.size / b.size / ids.size elements.
     module.classify_ids(
-        ids.ctypes.data, itemsize, ids.size, b_ptr, b.size, out.ctypes.data,
-        torch.get_num_threads(),
+        ids_ptr=ids.ctypes.data, ids_itemsize=itemsize, n=ids.size, bounds_ptr=b_ptr,
+        num_bounds=b.size, out_ptr=out.ctypes.data, num_threads=_abi.threads(),
     )
     return out
 
@@ -258,7 +254,7 @@ def _kernel_ids(ids: torch.Tensor) -> torch.Tensor:
 
 def _classify_cpu(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
     b = boundaries.contiguous()
-    module = None if _native.reference_forced() else _native.cpu()
+    module = _abi.cpu_module()
     _check_sorted_host(b, module)
     if module is None:
         return classify_ids_reference(ids, b)
@@ -267,8 +263,9 @@ def _classify_cpu(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
     # SAFETY: kids, b and out are contiguous CPU tensors referenced here until
     # the synchronous call returns.
     module.classify_ids(
-        kids.data_ptr(), kids.element_size(), kids.numel(), b.data_ptr(), b.numel(),
-        out.data_ptr(), torch.get_num_threads(),
+        ids_ptr=kids.data_ptr(), ids_itemsize=kids.element_size(), n=kids.numel(),
+        bounds_ptr=b.data_ptr(), num_bounds=b.numel(), out_ptr=out.data_ptr(),
+        num_threads=_abi.threads(),
     )
     return out
 
@@ -276,7 +273,7 @@ def _classify_cpu(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
 def _classify_cuda(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
     # Sortedness is checked on a host copy: one small device-to-host transfer.
     _check_sorted_host(boundaries.to("cpu").contiguous(), _native.cpu())
-    module = None if _native.reference_forced() else _native.cuda()
+    module = _abi.cuda_module()
     if module is None:
         return classify_ids_reference(ids, boundaries)
     kids = _kernel_ids(ids)
@@ -285,8 +282,9 @@ def _classify_cuda(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
     # SAFETY: kids, b and out live on ids.device and are used on its current
     # stream, so the caching allocator keeps their memory until the kernel ran.
     module.classify_ids(
-        kids.data_ptr(), kids.element_size(), kids.numel(), b.data_ptr(), b.numel(),
-        out.data_ptr(), *_native.queue(ids.device),
+        ids_ptr=kids.data_ptr(), ids_itemsize=kids.element_size(), n=kids.numel(),
+        bounds_ptr=b.data_ptr(), num_bounds=b.numel(), out_ptr=out.data_ptr(),
+        **_abi.queue(ids.device),
     )
     return out
 
@@ -301,16 +299,12 @@ def _classify_impl(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
     return classify_ids_reference(ids, boundaries)
 
 
-if hasattr(torch.library, "custom_op"):  # torch >= 2.4
+@torch.library.custom_op("lumo_uti::classify_ids", mutates_args=())
+def _classify_op(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    return _classify_impl(ids, boundaries)
 
-    @torch.library.custom_op("lumo_uti::classify_ids", mutates_args=())
-    def _classify_op(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
-        return _classify_impl(ids, boundaries)
 
-    @_classify_op.register_fake
-    def _classify_fake(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
-        _check_op_args(ids, boundaries)
-        return ids.new_empty(ids.shape, dtype=torch.int32)
-
-else:  # pragma: no cover - older torch: eager only
-    _classify_op = _classify_impl
+@_classify_op.register_fake
+def _classify_fake(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    _check_op_args(ids, boundaries)
+    return ids.new_empty(ids.shape, dtype=torch.int32)

@@ -1,4 +1,4 @@
-#include "cpu/token_range.h"
+#include "ops/token_range/cpu.h"
 
 #include <algorithm>
 #include <system_error>
@@ -6,7 +6,8 @@
 #include <vector>
 
 #include "abi/checks.h"
-#include "common/token_range.h"
+#include "ops/token_range/math.h"
+#include "runtime/thread_pool.h"
 
 namespace lumo {
 namespace cpu {
@@ -65,9 +66,7 @@ void classify_ids(const void* ids, int64_t ids_itemsize, int64_t n, const int64_
   if (!check_classify_args(op, ids, ids_itemsize, n, bounds, num_bounds, out)) {
     return;
   }
-  if (num_threads == 0) {
-    num_threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
-  }
+  num_threads = resolve_threads(num_threads);
   if (ids_itemsize == 4) {
     classify_parallel(static_cast<const int32_t*>(ids), n, bounds, num_bounds, out, num_threads);
   } else {

@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "abi/registry.h"
-#include "cpu/token_range.h"
+#include "ops/token_range/cpu.h"
 
 namespace py = pybind11;
 

@@ -1,9 +1,9 @@
-#include "cuda/token_range.h"
+#include "ops/token_range/cuda.h"
 
 #include <algorithm>
 
 #include "abi/checks.h"
-#include "common/token_range.h"
+#include "ops/token_range/math.h"
 #include "runtime/cuda_check.cuh"
 
 namespace lumo {

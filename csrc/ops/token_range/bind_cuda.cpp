@@ -9,7 +9,7 @@
 #include <cstdint>
 
 #include "abi/registry.h"
-#include "cuda/token_range.h"
+#include "ops/token_range/cuda.h"
 
 namespace py = pybind11;
 
