@@ -46,11 +46,15 @@ SUITES: dict[str, list[str]] = {
                  "--kernel-dims", "1024", "--reps", "3"],
     "tokenize_dataset": ["benchmarks/tokenize_dataset.py", "--cases", "text", "images", "--repeats", "1",
                          "--text-mb", "2", "--images", "48"],
-    "codecs": ["benchmarks/codecs.py", "--backends", "hf-janus", "--repeats", "3", "--budget-s", "10",
+    "codecs": ["benchmarks/codecs.py", "--backends", "hf-janus,hf-encodec,hf-dac,hf-mimi", "--repeats", "3", "--budget-s", "8",
                "--quantizer-repeats", "9"],
     "audit": ["-m", "lumo_uti.cli", "audit"],  # plus --out; its audit.json becomes the rows
 }
 
+
+# The audit's pictures that the results pages show (all of them would be ~6 MB in the repository).
+AUDIT_PICTURES = ("image_reconstructions.png", "image_codebook_usage.png", "audio_00.png", "audio_01.png",
+                  "audio_codebook_usage.png")
 
 # ---------------------------------------------------------------------------
 # Measuring
@@ -85,6 +89,9 @@ def _write_json(path: Path, obj: Any) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=False)
         f.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a results file is for everyone to read
     os.replace(tmp, path)
 
 
@@ -102,7 +109,8 @@ def measure(suite: str, results: Path = RESULTS) -> Path:
             shutil.rmtree(pictures, ignore_errors=True)
             pictures.mkdir(parents=True)
             for png in sorted(Path(tmp).glob("*.png")):
-                shutil.copyfile(png, pictures / png.name)
+                if png.name in AUDIT_PICTURES:
+                    shutil.copyfile(png, pictures / png.name)
         audit.pop("codebooks", None)  # per-code histograms: the pictures show them
         rows = [audit]
     else:
@@ -172,30 +180,34 @@ def machine_line(data: dict[str, Any]) -> str:
 
 
 def _vq_table(d: dict[str, Any]) -> str:
+    names = sorted({n for r in d["rows"] for n in r.get("baselines", {})})
     rows = []
     for r in d["rows"]:
-        b = r.get("baselines", {})
-
-        def sp(name: str) -> str:
-            return _num(b.get(name, {}).get("speedup")) if name in b else "–"
-
-        rows.append([r.get("case"), r.get("kind", "vq"), r.get("N"), r.get("K"), r.get("D"), r.get("Q") or "–",
-                     _num(r.get("ours_ms"), 3), _num(r.get("ours_packed_ms"), 3),
-                     sp("matmul"), sp("cdist"), sp("faiss"), sp("faiss_blas"), sp("hf")])
-    return _table(["case", "kind", "N", "K", "D", "Q", "ours ms", "ours packed ms", "x matmul", "x cdist",
-                   "x faiss", "x faiss_blas", "x HF"], rows)
+        sh, b = r.get("shape", {}), r.get("baselines", {})
+        rows.append([f"`{r['case']}`", r.get("op"), sh.get("N"), sh.get("K"), sh.get("D"), sh.get("Q", "–"),
+                     _num(r.get("ours_ms"), 3), _num(r.get("ours_packed_ms"), 3)]
+                    + [_num(b[n]["speedup"]) + ("" if b[n].get("agree") in (None, 1.0) else
+                                                f" (agree {b[n]['agree']})") if n in b else "–" for n in names])
+    return _table(["case", "op", "N", "K", "D", "Q", "ours ms", "ours packed ms"] + [f"x {n}" for n in names], rows)
 
 
 def _resampler_table(d: dict[str, Any]) -> str:
     rows = []
     for r in d["rows"]:
-        if "setting" not in r:
+        if r.get("bench") != "resampler_attention":
             continue
-        rows.append([r["setting"], r.get("batch"), r.get("pass"), _num(r.get("ours_ms"), 2), _num(r.get("sdpa_ms"), 2),
-                     _num(r.get("speedup")), _mib(r.get("ours_peak_bytes")), _mib(r.get("sdpa_peak_bytes")),
-                     _mib(r.get("concat_kv_bytes"))])
-    return _table(["setting", "B", "pass", "ours ms", "SDPA ms", "speed-up", "ours peak MiB", "SDPA peak MiB",
-                   "concat K/V MiB"], rows)
+        sh, peak = r["shape"], r.get("peak_bytes", {})
+        rows.append([r["setting"], f"{sh['Hq']}x{sh['D']}, {sh['Hkv']} kv", sh["B"], r["mode"],
+                     _num(r["lumo_s"] * 1e3), _num(r["sdpa_concat_s"] * 1e3), _num(r["speedup_vs_sdpa"]),
+                     _mib(peak.get("lumo")), _mib(peak.get("sdpa_concat")), _mib(r.get("concat_kv_bytes_avoided"))])
+    return _table(["setting", "heads", "B", "pass", "ours ms", "cat + SDPA ms", "speed-up", "ours peak MiB",
+                   "SDPA peak MiB", "concat K/V avoided MiB"], rows)
+
+
+def _connector_table(d: dict[str, Any]) -> str:
+    rows = [[r["shape"]["B"], r["shape"]["text_dim"], r["dtype"], _num(r["fused_s"], 3), _num(r["reference_s"], 3),
+             _num(r["speedup_vs_reference"])] for r in d["rows"] if r.get("bench") == "connector_step"]
+    return _table(["B", "text dim", "dtype", "fused attention s", "reference attention s", "speed-up"], rows)
 
 
 def _token_lm_table(d: dict[str, Any]) -> str:
@@ -203,28 +215,37 @@ def _token_lm_table(d: dict[str, Any]) -> str:
     for r in d["rows"]:
         if r.get("case") != "step":
             continue
-        for name, v in r.get("variants", {}).items():
-            if not isinstance(v, dict) or "ms" not in v:
-                rows.append([r["hidden"], r["tokens"], name, "–", "–", "–", "–", v.get("note", "skipped")
-                             if isinstance(v, dict) else v])
-                continue
-            rows.append([r["hidden"], r["tokens"], name, _num(v.get("ms"), 1), _mib(v.get("trainable_bytes")),
-                         _mib(v.get("grad_bytes")), _mib(v.get("optimizer_bytes")), _mib(v.get("peak_bytes"))])
-    return _table(["hidden", "tokens", "variant", "step ms", "trainable MiB", "grads MiB", "optimizer MiB",
-                   "peak MiB"], rows)
+        peaks = r.get("peak_step_bytes") or r.get("peak_rss_bytes") or {}
+        for name, ms in r.get("median_ms", {}).items():
+            b = r.get("bytes", {}).get(name, {})
+            rows.append([r["hidden"], r["tokens"], r["new_rows"], name, _num(ms, 1),
+                         _mib(b.get("trainable_param_bytes")), _mib(b.get("grad_bytes")),
+                         _mib(b.get("optimizer_state_bytes")), _mib(peaks.get(name))])
+        for note in r.get("notes", []):
+            rows.append([r["hidden"], r["tokens"], r["new_rows"], "*note*", note, "", "", "", ""])
+    return _table(["hidden", "tokens", "new rows", "variant", "step ms", "trainable MiB", "grads MiB",
+                   "optimizer MiB", "peak MiB"], rows)
 
 
 def _token_lm_kernel_table(d: dict[str, Any]) -> str:
-    rows = [[r["hidden"], r["tokens"], r.get("new_rows"), _num(r.get("ours_ms"), 3), _num(r.get("dense_ms"), 3),
-             _num(r.get("speedup"))] for r in d["rows"] if r.get("case") == "kernel"]
-    return _table(["hidden", "tokens", "new rows", "ours ms", "dense backward ms", "speed-up"], rows)
+    rows = []
+    for r in d["rows"]:
+        if r.get("case") != "kernel":
+            continue
+        ms, out = r["median_ms"], r.get("output_bytes", {})
+        rows.append([r["hidden"], r["tokens"], r["new_rows"], _num(ms.get("rowmask"), 3),
+                     _num(ms.get("dense_embedding_backward"), 3), _num(r.get("speedup_vs_dense")),
+                     _mib(out.get("rowmask")), _mib(out.get("dense_embedding_backward"))])
+    return _table(["hidden", "tokens", "new rows", "rowmask ms", "dense backward ms", "speed-up",
+                   "rowmask gradient MiB", "dense gradient MiB"], rows)
 
 
 def _tokenize_table(d: dict[str, Any]) -> str:
     rows = []
     for r in d["rows"]:
-        facts = {k: v for k, v in r.items() if k not in ("case",) and not isinstance(v, (dict, list))}
-        rows.append([r.get("case"), "; ".join(f"{k} {_num(v)}" for k, v in facts.items())])
+        facts = {k: v for k, v in r.items() if k != "case" and not isinstance(v, dict)}
+        rows.append([f"`{r.get('case')}`", "; ".join(f"{k}: {_num(v) if not isinstance(v, list) else v}"
+                                                   for k, v in facts.items())])
     return _table(["case", "figures"], rows)
 
 
@@ -235,11 +256,13 @@ def _codecs_table(d: dict[str, Any]) -> str:
             t = r.get(timing)
             if not isinstance(t, dict):
                 continue
-            ci = t.get("paired_ratio_ci95") or t.get("ci95")
-            rows.append([r.get("backend"), timing, _num(t.get("lumo_ms"), 2), _num(t.get("hf_ms"), 2),
-                         _num(t.get("ratio_hf_over_lumo"), 3),
-                         "–" if not ci else f"{ci[0]:.3f} – {ci[1]:.3f}", t.get("rounds")])
-    return _table(["backend", "timing", "lumo ms", "HF ms", "HF / lumo", "95% interval", "rounds"], rows)
+            ci, pr = t.get("ratio_ci95"), t.get("ratio_per_round_ci95")
+            rows.append([f"`{r['backend']}`", timing, _num(t.get("lumo_median_ms"), 2), _num(t.get("hf_median_ms"), 2),
+                         f"{t['ratio']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""),
+                         f"{t['ratio_per_round_median']:.3f}" + (f" [{pr[0]:.3f}, {pr[1]:.3f}]" if pr else ""),
+                         t.get("rounds"), "yes" if r.get("codes_identical") else "**no**"])
+    return _table(["backend", "timing", "lumo ms", "HF ms", "HF / lumo [95% CI]", "per-round ratio [95% CI]",
+                   "rounds", "codes identical"], rows)
 
 
 def _audit_tables(d: dict[str, Any]) -> dict[str, str]:
@@ -263,6 +286,7 @@ def _audit_tables(d: dict[str, Any]) -> dict[str, str]:
 TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "vq.speed": ("vq", _vq_table),
     "resampler.attention": ("resampler", _resampler_table),
+    "resampler.connector": ("resampler", _connector_table),
     "token_lm.step": ("token_lm", _token_lm_table),
     "token_lm.kernel": ("token_lm", _token_lm_kernel_table),
     "tokenize_dataset.throughput": ("tokenize_dataset", _tokenize_table),
@@ -338,52 +362,49 @@ def _bars(title: str, labels: list[str], series: dict[str, list[float | None]], 
 
 
 def _vq_plot(d: dict[str, Any]) -> bytes:
-    labels, series = [], {}
-    for r in d["rows"]:
-        labels.append(f"{r.get('case')}\nK={r.get('K')} D={r.get('D')}")
-        for name, b in r.get("baselines", {}).items():
-            if isinstance(b, dict) and b.get("speedup") is not None:
-                series.setdefault(name, [None] * 0)
-        for name in series:
-            pass
-    names = sorted({n for r in d["rows"] for n, b in r.get("baselines", {}).items()
-                    if isinstance(b, dict) and b.get("speedup") is not None})
-    series = {n: [r.get("baselines", {}).get(n, {}).get("speedup") for r in d["rows"]] for n in names}
-    return _bars("vq_search / rvq_encode: speed-up over each baseline (> 1: ours faster)", labels, series,
-                 "baseline time / ours", log=True, hline=1.0)
+    rows = d["rows"]
+    labels = [f"{r['case']}\nK={r['shape']['K']} D={r['shape']['D']}" for r in rows]
+    names = sorted({n for r in rows for n, b in r.get("baselines", {}).items() if b.get("speedup") is not None})
+    series = {n: [r.get("baselines", {}).get(n, {}).get("speedup") for r in rows] for n in names}
+    return _bars("vq_search / rvq_encode: speed-up over each baseline (above 1: ours faster)", labels, series,
+                 "baseline time / ours (log)", log=True, hline=1.0)
 
 
 def _resampler_plot(d: dict[str, Any]) -> bytes:
-    rows = [r for r in d["rows"] if "setting" in r]
-    labels = [f"{r['setting']} B={r.get('batch')} {r.get('pass')}" for r in rows]
+    rows = [r for r in d["rows"] if r.get("bench") == "resampler_attention"]
+    labels = [f"{r['setting']} B={r['shape']['B']}\n{r['mode']}" for r in rows]
     plt = _figure()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    xs = range(len(rows))
-    for ax, key, unit, scale in ((a1, "ms", "median ms", 1), (a2, "peak_bytes", "peak extra MiB", 2**20)):
-        ours = [(r.get(f"ours_{key}") or 0) / scale for r in rows]
-        sdpa = [(r.get(f"sdpa_{key}") or 0) / scale for r in rows]
-        ax.bar([x - 0.2 for x in xs], ours, 0.4, label="resampler_attention")
-        ax.bar([x + 0.2 for x in xs], sdpa, 0.4, label="cat + SDPA")
-        ax.set_xticks(list(xs), labels, rotation=20, ha="right")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    xs = list(range(len(rows)))
+    pairs = ((a1, "time", "median ms", lambda r, k: r[f"{k}_s" if k == "lumo" else "sdpa_concat_s"] * 1e3),
+             (a2, "peak extra memory", "MiB", lambda r, k: (r.get("peak_bytes", {}).get(
+                 "lumo" if k == "lumo" else "sdpa_concat") or 0) / 2**20))
+    for ax, title, unit, get in pairs:
+        ax.bar([x - 0.2 for x in xs], [get(r, "lumo") for r in rows], 0.4, label="resampler_attention")
+        ax.bar([x + 0.2 for x in xs], [get(r, "sdpa") for r in rows], 0.4, label="torch.cat + SDPA")
+        ax.set_xticks(xs, labels, rotation=25, ha="right", fontsize=7)
         ax.set_ylabel(unit)
-    a1.set_title("time")
-    a2.set_title("memory")
+        ax.set_title(title)
     a1.legend(frameon=False, fontsize=8)
     return _svg(fig)
 
 
 def _token_lm_plot(d: dict[str, Any]) -> bytes:
-    steps = [r for r in d["rows"] if r.get("case") == "step"]
-    names = ["trainable_bytes", "grad_bytes", "optimizer_bytes", "peak_bytes"]
-    labels, series = [], {n.replace("_bytes", ""): [] for n in names}
-    for r in steps:
-        for variant, v in r.get("variants", {}).items():
-            if not isinstance(v, dict) or "ms" not in v:
-                continue
+    kinds = (("trainable_param_bytes", "parameters"), ("grad_bytes", "gradients"),
+             ("optimizer_state_bytes", "optimizer state"))
+    labels, series = [], {label: [] for _, label in kinds}
+    series["peak of a step"] = []
+    for r in d["rows"]:
+        if r.get("case") != "step":
+            continue
+        peaks = r.get("peak_step_bytes") or r.get("peak_rss_bytes") or {}
+        for variant in r.get("median_ms", {}):
             labels.append(f"{variant}\nD={r['hidden']} T={r['tokens']}")
-            for n in names:
-                series[n.replace("_bytes", "")].append((v.get(n) or 0) / 2**20)
-    return _bars("Training the new rows: memory per variant", labels, series, "MiB", log=True)
+            b = r["bytes"].get(variant, {})
+            for key, label in kinds:
+                series[label].append((b.get(key) or 0) / 2**20 or None)
+            series["peak of a step"].append((peaks.get(variant) or 0) / 2**20 or None)
+    return _bars("Embedding + LM head training step: memory of each variant", labels, series, "MiB (log)", log=True)
 
 
 PLOTS: dict[str, tuple[str, Callable[[dict[str, Any]], bytes]]] = {
@@ -394,13 +415,21 @@ PLOTS: dict[str, tuple[str, Callable[[dict[str, Any]], bytes]]] = {
 
 
 def plots(results: Path = RESULTS) -> dict[str, bytes]:
-    """Every plot whose suite was measured, as ``{file name: SVG bytes}``."""
+    """Every plot as ``{file name: SVG bytes}`` (a placeholder for a suite not measured yet)."""
     out: dict[str, bytes] = {}
     for name, (suite, fn) in PLOTS.items():
         data = load(suite, results)
-        if data is not None:
-            out[name] = fn(data)
+        out[name] = fn(data) if data is not None else _placeholder(suite)
     return out
+
+
+def _placeholder(suite: str) -> bytes:
+    """What a page shows while a suite has no results file (so the page still builds)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"not measured yet: python benchmarks/report.py --measure {suite}", ha="center", va="center")
+    return _svg(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,8 @@ from typing import Any
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chromium-headless-shell")
 DEFAULT_PAGES = (("home", "", 1), ("results-kernels", "results/kernels/", 2))
+SCROLL_JS = """(async () => { for (let y = 0; y < document.body.scrollHeight; y += 600) {
+    window.scrollTo(0, y); await new Promise(r => setTimeout(r, 50)); } window.scrollTo(0, 0); })()"""
 IMAGES_JS = """(() => Array.from(document.images).map(i => ({
     src: i.currentSrc || i.src, complete: i.complete, width: i.naturalWidth})))()"""
 
@@ -168,6 +170,9 @@ def check_page(browser: Browser, base: str, name: str, path: str, min_images: in
     if not browser.wait_for("Page.loadEventFired", 30):
         problems.append("the load event did not fire within 30 s")
     browser.wait_quiet(1.0, 10)
+    # Scroll through the page so that lazily loaded images load, then back to the top for the screenshot.
+    browser.send("Runtime.evaluate", {"expression": SCROLL_JS, "awaitPromise": True}, session=session)
+    browser.wait_quiet(1.0, 20)
     images = browser.send("Runtime.evaluate", {"expression": IMAGES_JS, "returnByValue": True},
                           session=session)["result"].get("value", [])
     title = browser.send("Runtime.evaluate", {"expression": "document.title", "returnByValue": True},
