@@ -35,12 +35,26 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--save-every", type=int, help="checkpoint every N decoder steps")
     sp.add_argument("--patch", type=int, help="image: pixels per code side (default 8)")
     sp.add_argument("--kmeans-samples", type=int, help="image: blocks sampled for k-means (default 400000)")
+    sp.add_argument("--init-codebook", metavar="CODEC_DIR",
+                    help="image: take the codebook of this lumo-vq codec instead of running k-means "
+                         "(e.g. an earlier run's OUT/codec with the same data, patch and codebook size)")
     sp.add_argument("--decoder-channels", type=int, help="image: context decoder width (default 128)")
     sp.add_argument("--decoder-blocks", type=int, help="image: context decoder residual blocks (default 2; 0 = none)")
+    sp.add_argument("--encoder-channels", type=int, help="image: learned encoder width (default 96)")
+    sp.add_argument("--encoder-blocks", type=int, help="image: learned encoder residual blocks (default 1; 0 = "
+                                                       "nearest-block search)")
+    sp.add_argument("--refine-channels", type=int, help="image: full-resolution refiner width (default 24)")
+    sp.add_argument("--refine-blocks", type=int, help="image: full-resolution refiner residual blocks (default 1; "
+                                                      "0 = none)")
+    sp.add_argument("--eval-every", type=int, help="image: log the evaluation photos' PSNR/SSIM every N steps "
+                                                   "(default 500; 0 = only at the end)")
     sp.add_argument("--crop", type=int, help="image: decoder training crop side (default 96; images must be at least this big)")
     sp.add_argument("--sample-rate", type=int, help="audio: codec sample rate (default 16000)")
     sp.add_argument("--hop", type=int, help="audio: samples per frame (default 256: 62.5 frames/s, 5 kbps at 16 kHz)")
     sp.add_argument("--num-codebooks", type=int, help="audio: residual codebooks (default 8)")
+    sp.add_argument("--time-limit", type=float, metavar="MINUTES",
+                    help="stop at the first checkpoint after this many minutes (exit status 3); the same "
+                         "command again continues exactly where it stopped")
     sp.add_argument("--quiet", action="store_true", help="no progress output")
 
     sp = subparsers.add_parser(
@@ -58,24 +72,35 @@ def register(subparsers: Any) -> None:
 def _cmd_train(args) -> int:
     from dataclasses import replace
 
-    from .train import AudioTrainConfig, ImageTrainConfig, train_audio_codec, train_image_codec
+    from .train import AudioTrainConfig, ImageTrainConfig, TimeUp, train_audio_codec, train_image_codec
 
     common = {"seed": args.seed, "codebook_size": args.codebook_size, "kmeans_iterations": args.kmeans_iterations,
               "batch_size": args.batch_size, "lr": args.lr, "save_every": args.save_every}
+    if args.time_limit is not None and not args.time_limit > 0:
+        print(f"lumo train-codec: --time-limit must be a positive number of minutes, got {args.time_limit}",
+              file=sys.stderr)
+        return 2
+    limit = None if args.time_limit is None else args.time_limit * 60
     try:
         if args.modality == "image":
             extra = {"patch": args.patch, "kmeans_samples": args.kmeans_samples, "decoder_steps": args.steps,
                      "crop": args.crop, "decoder_channels": args.decoder_channels,
-                     "decoder_blocks": args.decoder_blocks}
+                     "decoder_blocks": args.decoder_blocks, "encoder_channels": args.encoder_channels,
+                     "encoder_blocks": args.encoder_blocks, "refine_channels": args.refine_channels,
+                     "refine_blocks": args.refine_blocks, "eval_every": args.eval_every,
+                     "init_codebook": args.init_codebook}
             cfg = replace(ImageTrainConfig(), **{k: v for k, v in {**common, **extra}.items() if v is not None})
             report = train_image_codec(args.data, args.out, eval_data=args.eval_data, config=cfg, device=args.device,
-                                       progress=not args.quiet, name=args.name or "lumo-vq")
+                                       progress=not args.quiet, name=args.name or "lumo-vq", time_limit_s=limit)
         else:
             extra = {"sample_rate": args.sample_rate, "hop": args.hop, "num_codebooks": args.num_codebooks,
                      "postfilter_steps": args.steps}
             cfg = replace(AudioTrainConfig(), **{k: v for k, v in {**common, **extra}.items() if v is not None})
             report = train_audio_codec(args.data, args.out, eval_data=args.eval_data, config=cfg, device=args.device,
-                                       progress=not args.quiet, name=args.name or "lumo-rvq")
+                                       progress=not args.quiet, name=args.name or "lumo-rvq", time_limit_s=limit)
+    except TimeUp as e:
+        print(f"lumo train-codec: {e}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError) as e:
         print(f"lumo train-codec: {e}", file=sys.stderr)
         return 2

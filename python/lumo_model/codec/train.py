@@ -73,15 +73,30 @@ class ImageTrainConfig:
     codebook_size: int = 16384
     kmeans_samples: int = 400_000
     kmeans_iterations: int = 20
-    decoder_channels: int = 128
-    decoder_blocks: int = 2
-    decoder_steps: int = 1500
+    # A lumo-vq codec directory whose codebook replaces stage 1 (k-means), e.g. an earlier run's
+    # codec trained with the same patch, codebook size and data; "" = run k-means.
+    init_codebook: str = ""
+    decoder_channels: int = 160
+    decoder_blocks: int = 3
+    encoder_channels: int = 96
+    encoder_blocks: int = 1
+    refine_channels: int = 24
+    refine_blocks: int = 1
+    refine_extra: int = 4
+    decoder_steps: int = 6000
     batch_size: int = 16
     crop: int = 96
-    lr: float = 2e-3
+    lr: float = 1e-3
+    # Loss on pixels in [0, 1]: l1_weight * L1 + ssim_weight * (1 - SSIM) + mse_weight * MSE,
+    # plus commitment * ||latents - looked-up code||^2 when there is an encoder.
+    l1_weight: float = 0.16
+    ssim_weight: float = 0.84
+    mse_weight: float = 0.0
+    commitment: float = 0.25
     scales: tuple[float, ...] = (1.0, 0.75, 0.5, 0.35)
     seed: int = 0
     save_every: int = 100
+    eval_every: int = 500
     eval_size: int = 256
 
 
@@ -103,10 +118,22 @@ class AudioTrainConfig:
 
 
 # -- shared ----------------------------------------------------------------------------
+class TimeUp(Exception):
+    """Raised after a checkpoint once a run's time limit has passed (rerun the command to continue)."""
+
+    def __init__(self, stage: str, position: int):
+        super().__init__(f"time limit reached after {stage} {position}; the checkpoint is saved, "
+                         f"run the same command again to continue")
+        self.stage, self.position = stage, position
+
+
 class _Run:
     """Output folder bookkeeping: log.jsonl, checkpoints, the config the run was started with."""
 
-    def __init__(self, out: str | Path, config: Any, kind: str):
+    def __init__(self, out: str | Path, config: Any, kind: str, time_limit_s: float | None = None):
+        if time_limit_s is not None and not time_limit_s > 0:
+            raise ValueError(f"the time limit must be a positive number of seconds, got {time_limit_s}")
+        self.deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.ckpt = self.out / "checkpoint"
@@ -125,11 +152,21 @@ class _Run:
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def check_time(self, stage: str, position: int) -> None:
+        """Call right after a checkpoint: stop the run (``TimeUp``) once its time limit has passed."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimeUp(stage, position)
+
 
 def _adam_stage(run: _Run, module: torch.nn.Module, steps: int, lr: float, save_every: int, progress: bool,
                 loss_fn: Callable[[int], torch.Tensor], extra_tensors: dict[str, torch.Tensor], stage_name: str,
-                start_step: int, opt_state: tuple[dict, Any] | None) -> None:
-    """Train ``module`` for ``steps`` Adam steps (cosine decay), checkpointing every ``save_every``."""
+                start_step: int, opt_state: tuple[dict, Any] | None,
+                evaluate: tuple[int, Callable[[], dict[str, Any]]] | None = None) -> None:
+    """Train ``module`` for ``steps`` Adam steps (cosine decay), checkpointing every ``save_every``.
+
+    ``evaluate``: (every, fn): every ``every`` steps ``fn()``'s measurements go to the log (they use
+    no randomness, so they do not change the training).
+    """
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     if opt_state is not None:
@@ -157,8 +194,17 @@ def _adam_stage(run: _Run, module: torch.nn.Module, steps: int, lr: float, save_
             run.log({"stage": stage_name, "step": step + 1, "loss": sum(recent) / len(recent)})
             bar.update(step + 1, f"loss {sum(recent) / len(recent):.5f}")
             recent = []
+        if evaluate is not None and evaluate[0] > 0 and (step + 1) % evaluate[0] == 0:
+            module.eval()
+            with torch.no_grad():
+                measured = evaluate[1]()
+            module.train()
+            run.log({"stage": "eval", "step": step + 1, **measured})
+            _say(progress, f"{stage_name} step {step + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in measured.items()))
         if (step + 1) % save_every == 0 or step + 1 == steps:
             save(step + 1)
+            if step + 1 < steps:
+                run.check_time(stage_name, step + 1)
     module.eval()
 
 
@@ -224,25 +270,115 @@ def _image_block_samples(pool: list[torch.Tensor], n: int, patch: int, rng: np.r
     return F.pixel_unshuffle(crops, patch).permute(0, 2, 3, 1).reshape(-1, 3 * patch * patch)[:n].contiguous()
 
 
+def _image_model(cfg: ImageTrainConfig):
+    from lumo_uti.codecs.lumo_vq import PatchVQ
+
+    return PatchVQ(patch=cfg.patch, codebook_size=cfg.codebook_size, decoder_channels=cfg.decoder_channels,
+                   decoder_blocks=cfg.decoder_blocks, encoder_channels=cfg.encoder_channels,
+                   encoder_blocks=cfg.encoder_blocks, refine_channels=cfg.refine_channels,
+                   refine_blocks=cfg.refine_blocks, refine_extra=cfg.refine_extra)
+
+
+def image_loss(model, x: torch.Tensor, cfg: ImageTrainConfig) -> torch.Tensor:
+    """The training loss of ``model`` on images ``x`` ``[B, 3, H, W]`` in [-1, 1] (see ImageTrainConfig).
+
+    Codes are the nearest codebook vectors to the (float32) latents; gradients pass
+    the lookup straight through to the encoder.
+    """
+    from lumo_uti.ops import vq_search
+
+    from .image_quality import ssim_map
+
+    z = model.latents(x)
+    with torch.no_grad():
+        codes = vq_search(z.detach().permute(0, 2, 3, 1).contiguous(), model.codebook)
+        q = model.lookup(codes)
+    y = model.decode_blocks(z + (q - z).detach() if model.encoder is not None else q)
+    a, b = (y + 1) / 2, (x + 1) / 2
+    loss = cfg.l1_weight * (a - b).abs().mean()
+    if cfg.ssim_weight:
+        loss = loss + cfg.ssim_weight * (1 - ssim_map(a, b).mean())
+    if cfg.mse_weight:
+        loss = loss + cfg.mse_weight * F.mse_loss(a, b)
+    if model.encoder is not None and cfg.commitment:
+        loss = loss + cfg.commitment * F.mse_loss(z, q)
+    return loss
+
+
+def _load_eval_photos(eval_data: str | Path, size: int) -> torch.Tensor | None:
+    """The evaluation photos (files named ``photo_*``) at ``size`` x ``size`` in [-1, 1], or None."""
+    from PIL import Image
+
+    from lumo_uti.codecs.image_io import fit_square, images_to_tensor, to_rgb
+
+    xs = []
+    for path in files(eval_data, IMAGE_SUFFIXES):
+        if path.name.startswith("photo_"):
+            with Image.open(path) as im:
+                xs.append(images_to_tensor([fit_square(to_rgb(im, str(path)).copy(), size)], (0.5,) * 3, (0.5,) * 3))
+    return torch.cat(xs) if xs else None
+
+
+def _quick_image_eval(model, photos: torch.Tensor) -> dict[str, float]:
+    """Mean PSNR/SSIM/block-edge ratio of the photos, decoded as the codec would (8-bit rounding)."""
+    from lumo_uti.metrics import psnr, ssim
+
+    from .image_quality import block_edge_ratio
+
+    device = next(model.parameters()).device
+    ref = (photos + 1) / 2
+    rec = torch.cat([model.decode(model.encode(x[None].to(device))).clamp(-1, 1).cpu() for x in photos])
+    rec = ((rec + 1) / 2 * 255).round() / 255
+    return {
+        "photos_psnr_db": float(np.mean([psnr(r[None], t[None]) for r, t in zip(ref, rec)])),
+        "photos_ssim": float(np.mean([ssim(r[None], t[None]) for r, t in zip(ref, rec)])),
+        "photos_block_edge_ratio": float(np.mean([block_edge_ratio(t[None], model.patch) for t in rec])),
+    }
+
+
+def _codebook_from(directory: str, cfg: ImageTrainConfig) -> torch.Tensor:
+    """The codebook of the lumo-vq codec in ``directory``, checked against the run's patch and size."""
+    from lumo_uti.codecs.hf_common import CodecError
+    from lumo_uti.codecs.lumo_vq import load_model
+
+    try:
+        model, _ = load_model(directory)
+    except CodecError as e:
+        raise ValueError(f"--init-codebook: {e}") from None
+    want = (cfg.codebook_size, 3 * cfg.patch * cfg.patch)
+    if tuple(model.codebook.shape) != want:
+        raise ValueError(f"--init-codebook: {directory} has a codebook of shape {tuple(model.codebook.shape)}, "
+                         f"this run needs {want} (codebook size x 3 * patch * patch)")
+    return model.codebook.clone()
+
+
 def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Path | None = None,
                       config: ImageTrainConfig | None = None, device: str = "cpu", progress: bool = True,
-                      name: str = "lumo-vq") -> dict[str, Any]:
-    """Train a ``lumo-vq`` codec on the images in ``data``; returns the evaluation (see module doc)."""
-    from lumo_uti.codecs.lumo_vq import PatchVQ, save_model
+                      name: str = "lumo-vq", time_limit_s: float | None = None) -> dict[str, Any]:
+    """Train a ``lumo-vq`` codec on the images in ``data``; returns the evaluation (see module doc).
+
+    ``time_limit_s``: stop at the first checkpoint after this many seconds by raising ``TimeUp``
+    (the same call again continues the run exactly).
+    """
+    from lumo_uti.codecs.lumo_vq import save_model
 
     cfg = config or ImageTrainConfig()
-    run = _Run(out, cfg, "image")
+    run = _Run(out, cfg, "image", time_limit_s)
     images = _load_images(data)
     pool = _image_pool(images, cfg.scales, max(cfg.crop, cfg.patch * 8))
     torch.manual_seed(cfg.seed)  # decoder init: the same whether or not the run was resumed
-    model = PatchVQ(patch=cfg.patch, codebook_size=cfg.codebook_size, decoder_channels=cfg.decoder_channels,
-                    decoder_blocks=cfg.decoder_blocks)
+    model = _image_model(cfg)
     resumed = checkpoint.load(run.ckpt)
     state, tensors = resumed if resumed else ({"stage": "kmeans", "iteration": 0}, {})
     _say(progress, f"train-codec image: {len(images)} images ({len(pool)} scaled views) from {data}"
          + (f"; resuming at {state['stage']} {state.get('iteration', state.get('step'))}" if resumed else ""))
 
-    # Stage 1: k-means codebook on random image blocks.
+    # Stage 1: k-means codebook on random image blocks (or an existing codec's codebook).
+    if state["stage"] == "kmeans" and cfg.init_codebook:
+        codebook = _codebook_from(cfg.init_codebook, cfg)
+        run.log({"stage": "kmeans", "init_codebook": cfg.init_codebook})
+        checkpoint.save(run.ckpt, {"stage": "decoder", "step": 0, "opt_groups": None}, {"codebook": codebook})
+        state, tensors = {"stage": "decoder", "step": 0, "opt_groups": None}, {"codebook": codebook}
     if state["stage"] == "kmeans":
         rng = np.random.default_rng(cfg.seed)
         samples = _image_block_samples(pool, cfg.kmeans_samples, cfg.patch, rng)
@@ -252,6 +388,8 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
             run.log({"stage": "kmeans", "iteration": i + 1, **stats})
             bar.update(i + 1, f"mse {stats['mse']:.5f} dead {stats['dead']}")
             checkpoint.save(run.ckpt, {"stage": "kmeans", "iteration": i + 1}, {"codebook": centroids})
+            if i + 1 < cfg.kmeans_iterations:
+                run.check_time("k-means iteration", i + 1)
 
         codebook = kmeans(samples, cfg.codebook_size, cfg.kmeans_iterations, seed=cfg.seed,
                           centroids=tensors.get("codebook"), start=state["iteration"], on_iteration=on_iteration)
@@ -266,18 +404,17 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
     # A checkpoint past step 0 holds trained weights: load them whether or not steps remain, so a
     # rerun after the last checkpoint (or a resume after a kill during export) exports them again.
     _load_trained_module(model, state, tensors)
-    if state["stage"] == "decoder" and model.decoder is not None and state["step"] < cfg.decoder_steps:
+    if state["stage"] == "decoder" and any(True for _ in model.parameters()) and state["step"] < cfg.decoder_steps:
         opt_state = (tensors, state["opt_groups"]) if state.get("opt_groups") else None
 
         def loss_fn(step: int) -> torch.Tensor:
             rng = np.random.default_rng([cfg.seed, step])
-            x = _random_crops(pool, cfg.batch_size, cfg.crop, rng).to(device)
-            with torch.no_grad():
-                blocks = model.lookup(model.encode(x))
-            return F.mse_loss(model.decode_blocks(blocks), x)
+            return image_loss(model, _random_crops(pool, cfg.batch_size, cfg.crop, rng).to(device), cfg)
 
+        photos = _load_eval_photos(eval_data, cfg.eval_size) if eval_data else None
+        evaluate = (cfg.eval_every, lambda: _quick_image_eval(model, photos)) if photos is not None else None
         _adam_stage(run, model, cfg.decoder_steps, cfg.lr, cfg.save_every, progress, loss_fn,
-                    {"codebook": model.codebook}, "decoder", state["step"], opt_state)
+                    {"codebook": model.codebook}, "decoder", state["step"], opt_state, evaluate)
     model.eval().cpu()
     codec_dir = run.out / "codec"
     codec_dir.mkdir(exist_ok=True)
@@ -290,11 +427,13 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
 
 @torch.inference_mode()
 def evaluate_image_codec(codec_dir: str | Path, eval_data: str | Path, *, size: int = 256) -> dict[str, Any]:
-    """PSNR/SSIM at ``size`` x ``size`` (shorter side resized, centre crop) per image and on average,
-    and codebook usage over all evaluation images (photos = files named ``photo_*``)."""
+    """PSNR/SSIM/block-edge ratio at ``size`` x ``size`` (shorter side resized, centre crop) per image
+    and on average, and codebook usage over all evaluation images (photos = files named ``photo_*``)."""
     from lumo_uti.codecs.image_io import fit_square, images_to_tensor
     from lumo_uti.codecs.lumo_vq import LumoVQCodec
     from lumo_uti.metrics import codebook_usage, psnr, ssim
+
+    from .image_quality import block_edge_ratio
 
     codec = LumoVQCodec(codec_dir)
     paths = files(eval_data, IMAGE_SUFFIXES)
@@ -311,7 +450,8 @@ def evaluate_image_codec(codec_dir: str | Path, eval_data: str | Path, *, size: 
         y = codec.decode_tensor(codes).clamp(-1, 1)
         ref, rec = (x + 1) / 2, (y + 1) / 2
         rec = (rec * 255).round() / 255  # what a PNG of the decode holds
-        per_image[path.name] = {"psnr_db": psnr(ref, rec), "ssim": ssim(ref, rec)}
+        per_image[path.name] = {"psnr_db": psnr(ref, rec), "ssim": ssim(ref, rec),
+                                "block_edge_ratio": block_edge_ratio(rec, codec.downsample)}
         all_codes.append(codes.flatten())
         if path.name.startswith("photo_"):
             photo_codes.append(codes.flatten())
@@ -329,6 +469,8 @@ def evaluate_image_codec(codec_dir: str | Path, eval_data: str | Path, *, size: 
         "ssim": mean(per_image, "ssim"),
         "photos_psnr_db": mean(photos, "psnr_db"),
         "photos_ssim": mean(photos, "ssim"),
+        "block_edge_ratio": mean(per_image, "block_edge_ratio"),
+        "photos_block_edge_ratio": mean(photos, "block_edge_ratio"),
         "codebook_usage": usage,
         "per_image": per_image,
     }
@@ -356,13 +498,16 @@ def _load_waves(folder: str | Path, sample_rate: int) -> list[tuple[str, torch.T
 
 def train_audio_codec(data: str | Path, out: str | Path, *, eval_data: str | Path | None = None,
                       config: AudioTrainConfig | None = None, device: str = "cpu", progress: bool = True,
-                      name: str = "lumo-rvq") -> dict[str, Any]:
-    """Train a ``lumo-rvq`` codec on the audio files in ``data``; returns the evaluation (see module doc)."""
+                      name: str = "lumo-rvq", time_limit_s: float | None = None) -> dict[str, Any]:
+    """Train a ``lumo-rvq`` codec on the audio files in ``data``; returns the evaluation (see module doc).
+
+    ``time_limit_s``: as for ``train_image_codec``.
+    """
     from lumo_uti.codecs.lumo_rvq import MdctRVQ, save_model
     from lumo_uti.ops import rvq_decode, rvq_encode
 
     cfg = config or AudioTrainConfig()
-    run = _Run(out, cfg, "audio")
+    run = _Run(out, cfg, "audio", time_limit_s)
     waves = [w for _, w in _load_waves(data, cfg.sample_rate)]
     torch.manual_seed(cfg.seed)  # post-filter init: the same whether or not the run was resumed
     model = MdctRVQ(sample_rate=cfg.sample_rate, hop=cfg.hop, num_codebooks=cfg.num_codebooks,
@@ -390,6 +535,8 @@ def train_audio_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
                 codebooks[q] = centroids
                 checkpoint.save(run.ckpt, {"stage": "kmeans", "codebook": q, "iteration": i + 1},
                                 {"codebooks": codebooks})
+                if i + 1 < cfg.kmeans_iterations:
+                    run.check_time(f"k-means of codebook {q + 1}, iteration", i + 1)
 
             centroids = kmeans(residual, cfg.codebook_size, cfg.kmeans_iterations, seed=cfg.seed + q,
                                centroids=codebooks[q].clone() if start else None, start=start,

@@ -1,16 +1,23 @@
-"""``lumo-vq``: the project's own image tokenizer (patch VQ + a learned context decoder).
+"""``lumo-vq``: the project's own image tokenizer (patch VQ, learned context decoder and refiner).
 
 Encoding: the image (RGB in [-1, 1]) is cut into ``patch x patch`` blocks and
 each block (``3 * patch * patch`` values) goes to its nearest codebook vector
 (squared L2, ``lumo_uti.ops.vq_search``): one code per block, so a 256 x 256
 image is 32 x 32 = 1024 codes with the default 8 x 8 patch. The codebook is a
-k-means codebook of real image blocks (``lumo train-codec image``), so encoding
-is exactly the MSE-optimal choice for the looked-up blocks.
+k-means codebook of real image blocks (``lumo train-codec image``). A codec
+with a learned encoder (``encoder_blocks > 0``) searches ``blocks + E(blocks)``
+instead, ``E`` a small convolutional stack over the grid of blocks, computed in
+float64 and rounded to multiples of ``ENCODER_GRID``, so that the codes are the
+same at any thread count and batch size.
 
-Decoding: the looked-up blocks plus a residual from a small convolutional
-decoder that sees the 3 x 3 (and, stacked, wider) neighbourhood of codes; it
-removes block seams and restores detail a single block cannot carry. With no
-decoder weights (``decoder.blocks == 0``) decoding is the plain lookup.
+Decoding: the looked-up blocks plus a residual from a convolutional decoder
+that sees the 3 x 3 (and, stacked, wider) neighbourhood of codes; with a
+refiner (``refine_blocks > 0``) the resulting image, with ``refine_extra``
+feature planes from the same decoder, then goes through a small convolutional
+stack at full resolution whose output is added to it. The refiner's
+convolutions straddle block boundaries, which removes the block grid. With no
+decoder weights (``decoder_blocks == 0``) decoding is the plain lookup.
+``PatchVQ.decode`` is the exact definition.
 
 Size policy (``pixel_size``): each side is rounded to the nearest multiple of
 ``patch`` (halves to even, at least one patch); if the longer side then exceeds ``max_side``
@@ -19,12 +26,14 @@ again. So an image whose sides are multiples of 8 and at most 512 is encoded
 at, and decodes to, exactly its own size.
 
 Files: ``config.json`` (format ``lumo-vq``) and ``model.safetensors``
-(``codebook`` [K, D] and the ``decoder.*`` tensors; stored in float16, run in
-float32).
+(``codebook`` [K, D] and the ``decoder.*``, ``encoder.*`` and ``refiner.*``
+tensors; stored in float16, run in float32). The encoder and refiner keys of
+``config.json`` are optional (absent means none).
 """
 
 from __future__ import annotations
 
+import copy
 import numbers
 from pathlib import Path
 from typing import Any
@@ -37,7 +46,7 @@ from ..ops import PackedCodebook, vq_search
 from .base import ImageCodec
 from .codebook_cache import CodebookCache
 from .hf_common import CodecError, directory_identity
-from .model_files import config_keys, load_model_dir, save_model_dir
+from .model_files import check_config, config_keys, load_model_dir, save_model_dir
 
 FORMAT = "lumo-vq"
 # config.json's hyper-parameters and the ranges loading accepts (checked before anything is built).
@@ -46,6 +55,14 @@ CONFIG_KEYS = config_keys({
     "codebook_size": (1, 1 << 20),
     "decoder_channels": (0, 4096),
     "decoder_blocks": (0, 64),
+})
+# Keys added with the learned encoder and the full-resolution refiner; absent means 0 (none).
+OPTIONAL_KEYS = config_keys({
+    "encoder_channels": (0, 4096),
+    "encoder_blocks": (0, 64),
+    "refine_channels": (0, 1024),
+    "refine_blocks": (0, 64),
+    "refine_extra": (0, 64),
 })
 # Largest max_side option (pixels) a codec accepts.
 MAX_SIDE_LIMIT = 16384
@@ -64,13 +81,13 @@ class ResBlock(nn.Module):
 
 
 class ContextDecoder(nn.Module):
-    """Looked-up blocks ``[B, D, h, w]`` -> a residual of the same shape (zero at init)."""
+    """Blocks ``[B, D, h, w]`` -> a residual ``[B, out_dim, h, w]`` (zero at init; ``out_dim`` defaults to D)."""
 
-    def __init__(self, dim: int, channels: int, blocks: int):
+    def __init__(self, dim: int, channels: int, blocks: int, out_dim: int | None = None):
         super().__init__()
         self.inp = nn.Conv2d(dim, channels, 3, padding=1)
         self.blocks = nn.ModuleList(ResBlock(channels) for _ in range(blocks))
-        self.out = nn.Conv2d(channels, dim, 3, padding=1)
+        self.out = nn.Conv2d(channels, out_dim or dim, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -81,43 +98,114 @@ class ContextDecoder(nn.Module):
         return self.out(F.gelu(h))
 
 
+class Refiner(nn.Module):
+    """Full-resolution refinement: ``[B, 3 + extra, H, W]`` -> a pixel residual ``[B, 3, H, W]`` (zero at init).
+
+    Its 3 x 3 convolutions straddle the block boundaries, which a per-block
+    output cannot: this is what removes the block grid.
+    """
+
+    def __init__(self, in_channels: int, channels: int, blocks: int):
+        super().__init__()
+        self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.blocks = nn.ModuleList(ResBlock(channels) for _ in range(blocks))
+        self.out = nn.Conv2d(channels, 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(F.gelu(h))
+
+
+# Encoder outputs are rounded to this grid (float64 arithmetic first), so that the codes do not depend
+# on the thread count or batch size: float32 convolutions sum in an order that depends on both.
+ENCODER_GRID = 2.0 ** -12
+
+
 class PatchVQ(nn.Module):
-    """The model: codebook + optional context decoder (the trainable part)."""
+    """The model: codebook, optional learned encoder, context decoder and full-resolution refiner.
+
+    Encoder (when ``encoder_blocks > 0``): ``z = blocks + E(blocks)``, ``E`` a
+    3 x 3 convolutional stack over the grid of flattened blocks (zero at
+    initialisation, so an untrained encoder is the nearest-block search);
+    codes are the nearest codebook vectors to ``z``.
+    Decoder: looked-up blocks ``q``; ``q + C(q)[:D]`` pixel-shuffled to an image
+    ``y``, then ``y + R(cat(y, C(q)[D:] pixel-shuffled))`` when a refiner is
+    configured (``refine_blocks > 0``; ``refine_extra`` feature planes per pixel).
+    """
 
     def __init__(self, *, patch: int = 8, codebook_size: int = 16384, decoder_channels: int = 128,
-                 decoder_blocks: int = 2):
+                 decoder_blocks: int = 2, encoder_channels: int = 0, encoder_blocks: int = 0,
+                 refine_channels: int = 0, refine_blocks: int = 0, refine_extra: int = 0):
         super().__init__()
         self.patch = patch
         self.dim = 3 * patch * patch
         self.register_buffer("codebook", torch.zeros(codebook_size, self.dim))
-        self.decoder = ContextDecoder(self.dim, decoder_channels, decoder_blocks) if decoder_blocks > 0 else None
+        self.refine_extra = refine_extra if refine_blocks > 0 else 0
+        out_dim = self.dim + self.refine_extra * patch * patch
+        self.decoder = ContextDecoder(self.dim, decoder_channels, decoder_blocks, out_dim) if decoder_blocks > 0 else None
+        self.encoder = ContextDecoder(self.dim, encoder_channels, encoder_blocks) if encoder_blocks > 0 else None
+        self.refiner = Refiner(3 + self.refine_extra, refine_channels, refine_blocks) if refine_blocks > 0 else None
 
     def config(self) -> dict[str, Any]:
-        dec = self.decoder
+        dec, enc, ref = self.decoder, self.encoder, self.refiner
         return {
             "format": FORMAT,
             "patch": self.patch,
             "codebook_size": int(self.codebook.shape[0]),
             "decoder_channels": dec.inp.out_channels if dec is not None else 0,
             "decoder_blocks": len(dec.blocks) if dec is not None else 0,
+            "encoder_channels": enc.inp.out_channels if enc is not None else 0,
+            "encoder_blocks": len(enc.blocks) if enc is not None else 0,
+            "refine_channels": ref.inp.out_channels if ref is not None else 0,
+            "refine_blocks": len(ref.blocks) if ref is not None else 0,
+            "refine_extra": self.refine_extra,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "PatchVQ":
+        # The encoder/refiner keys are optional (codecs written before they existed have neither).
+        present = tuple(k for k in OPTIONAL_KEYS if k.name in config)
+        check_config(config, present, f"{FORMAT}: config")
         return cls(patch=config["patch"], codebook_size=config["codebook_size"],
-                   decoder_channels=config["decoder_channels"], decoder_blocks=config["decoder_blocks"])
+                   decoder_channels=config["decoder_channels"], decoder_blocks=config["decoder_blocks"],
+                   **{k.name: config[k.name] for k in present})
 
     def blocks(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B, D, H/p, W/p]`` (each column one flattened block)."""
         return F.pixel_unshuffle(pixels, self.patch)
 
-    def encode(self, pixels: torch.Tensor, packed: PackedCodebook | None = None) -> torch.Tensor:
+    def latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What the codebook search sees, ``[B, D, H/p, W/p]``: the blocks, plus the encoder's residual.
+
+        Differentiable (training); ``encode`` computes the same in float64 and rounds it.
+        """
+        blocks = self.blocks(pixels)
+        return blocks if self.encoder is None else blocks + self.encoder(blocks)
+
+    @torch.no_grad()
+    def search_latents(self, pixels: torch.Tensor, encoder64: nn.Module | None = None) -> torch.Tensor:
+        """The latents ``encode`` searches, ``[B, H/p, W/p, D]`` float32: exact blocks without an encoder;
+        with one, computed in float64 and rounded to ``ENCODER_GRID`` (the same codes at any thread
+        count or batch size). ``encoder64``: this model's encoder in float64 (a codec's cache)."""
+        blocks = self.blocks(pixels)
+        if self.encoder is not None:
+            enc = encoder64 if encoder64 is not None else copy.deepcopy(self.encoder).double()
+            b64 = blocks.double()
+            blocks = (torch.round((b64 + enc(b64)) / ENCODER_GRID) * ENCODER_GRID).float()
+        return blocks.permute(0, 2, 3, 1)
+
+    def encode(self, pixels: torch.Tensor, packed: PackedCodebook | None = None,
+               encoder64: nn.Module | None = None) -> torch.Tensor:
         """``[B, 3, H, W]`` in [-1, 1] -> int64 codes ``[B, H/p, W/p]``.
 
         ``packed``: this model's codebook already packed (a codec's cache), else packed per call.
         """
-        blocks = self.blocks(pixels).permute(0, 2, 3, 1)
-        return vq_search(blocks, self.codebook) if packed is None else packed.search(blocks)
+        z = self.search_latents(pixels, encoder64)
+        return vq_search(z, self.codebook) if packed is None else packed.search(z)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """codes ``[B, h, w]`` -> looked-up blocks ``[B, D, h, w]``."""
@@ -125,9 +213,14 @@ class PatchVQ(nn.Module):
 
     def decode_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         """looked-up blocks ``[B, D, h, w]`` -> pixels ``[B, 3, h*p, w*p]``."""
-        if self.decoder is not None:
-            blocks = blocks + self.decoder(blocks)
-        return F.pixel_shuffle(blocks, self.patch)
+        if self.decoder is None:
+            return F.pixel_shuffle(blocks, self.patch)
+        residual = self.decoder(blocks)
+        image = F.pixel_shuffle(blocks + residual[:, :self.dim], self.patch)
+        if self.refiner is None:
+            return image
+        features = F.pixel_shuffle(residual[:, self.dim:], self.patch)
+        return image + self.refiner(torch.cat([image, features], 1))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decode_blocks(self.lookup(codes))
@@ -168,6 +261,8 @@ class LumoVQCodec(ImageCodec):
         self.max_side = max_side
         self.codebook_size, self.num_codebooks = int(self.model.codebook.shape[0]), 1
         self._codebook = CodebookCache()  # packed once, not in every encode
+        # The encoder's float64 copy (see ENCODER_GRID), made once, not in every encode.
+        self._encoder64 = copy.deepcopy(self.model.encoder).double() if self.model.encoder is not None else None
         self._identity = directory_identity(self.directory, self.kind, {"max_side": max_side})
 
     @property
@@ -180,6 +275,8 @@ class LumoVQCodec(ImageCodec):
 
     def to(self, device):
         self.model.to(device)
+        if self._encoder64 is not None:
+            self._encoder64.to(device)
         return self
 
     def pixel_size(self, width: int, height: int) -> tuple[int, int]:
@@ -197,7 +294,7 @@ class LumoVQCodec(ImageCodec):
         h, w = pixel_values.shape[-2:]
         if h % self.downsample or w % self.downsample or h == 0 or w == 0:
             raise ValueError(f"lumo-vq: height and width must be positive multiples of {self.downsample}, got {h}x{w}")
-        return self.model.encode(pixel_values.float(), self._codebook(self.model.codebook))
+        return self.model.encode(pixel_values.float(), self._codebook(self.model.codebook), self._encoder64)
 
     @torch.inference_mode()
     def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
