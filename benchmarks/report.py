@@ -350,7 +350,8 @@ def _bars(title: str, labels: list[str], series: dict[str, list[float | None]], 
     for i, (name, values) in enumerate(series.items()):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
         ax.bar(xs, [0 if v is None else v for v in values], width, label=name)
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_xticks(range(len(labels)), labels, fontsize=7.5, **({} if len(labels) <= 8 else
+                                                                {"rotation": 20, "ha": "right"}))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if log:
@@ -361,11 +362,17 @@ def _bars(title: str, labels: list[str], series: dict[str, list[float | None]], 
     return _svg(fig)
 
 
+BASELINE_NAMES = {"hf": "HF EnCodec quantizer", "vqp": "vector-quantize-pytorch", "faiss": "faiss IndexFlatL2",
+                  "faiss_blas": "faiss, BLAS path forced", "matmul": "matmul + argmin",
+                  "matmul_loop": "matmul + argmin per stage", "cdist": "cdist + argmin"}
+
+
 def _vq_plot(d: dict[str, Any]) -> bytes:
     rows = d["rows"]
     labels = [f"{r['case']}\nK={r['shape']['K']} D={r['shape']['D']}" for r in rows]
     names = sorted({n for r in rows for n, b in r.get("baselines", {}).items() if b.get("speedup") is not None})
-    series = {n: [r.get("baselines", {}).get(n, {}).get("speedup") for r in rows] for n in names}
+    series = {BASELINE_NAMES.get(n, n): [r.get("baselines", {}).get(n, {}).get("speedup") for r in rows]
+              for n in names}
     return _bars("vq_search / rvq_encode: speed-up over each baseline (above 1: ours faster)", labels, series,
                  "baseline time / ours (log)", log=True, hline=1.0)
 
