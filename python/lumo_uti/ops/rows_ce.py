@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import _native
+from . import _abi, _native
 from .reference.rows_ce import rows_ce_forward_reference, rows_ce_new_rows_backward_reference
 
 __all__ = ["rows_linear_cross_entropy"]
@@ -182,15 +182,9 @@ def _acc_dtype(*ts: torch.Tensor | None) -> torch.dtype:
 
 def _module(*ts: torch.Tensor | None):
     """The native module for these inputs, or None (reference)."""
-    if _native.reference_forced() or _acc_dtype(*ts) == torch.float64:
+    if _acc_dtype(*ts) == torch.float64:
         return None
-    device = ts[0].device
-    if device.type == "cpu":
-        module = _native.cpu()
-    elif device.type == "cuda":
-        module = _native.cuda()
-    else:
-        return None
+    module = _abi.module(ts[0].device)
     return module if module is not None and hasattr(module, "rows_ce_forward") else None
 
 
@@ -199,9 +193,7 @@ def _fwd_impl(hidden, base, new, targets, base_bias, new_bias, ignore_index, mas
     module = _module(hidden, base, new, base_bias, new_bias)
     if module is None:
         return rows_ce_forward_reference(hidden, base, new, targets, base_bias, new_bias, ignore_index, masked, with_grad)
-    from ._rows_ce_native import forward
-
-    return forward(module, hidden, base, new, targets, base_bias, new_bias, ignore_index, masked, with_grad)
+    return _native_forward(module, hidden, base, new, targets, base_bias, new_bias, ignore_index, masked, with_grad)
 
 
 def _new_bwd_impl(grad_loss, hidden, new, new_bias, targets, lse, base_rows, ignore_index, masked):
@@ -210,9 +202,72 @@ def _new_bwd_impl(grad_loss, hidden, new, new_bias, targets, lse, base_rows, ign
         return rows_ce_new_rows_backward_reference(
             grad_loss, hidden, new, new_bias, targets, lse, base_rows, ignore_index, masked
         )
-    from ._rows_ce_native import new_rows_backward
+    return _native_new_rows_backward(module, grad_loss, hidden, new, new_bias, targets, lse, base_rows, ignore_index,
+                                     masked)
 
-    return new_rows_backward(module, grad_loss, hidden, new, new_bias, targets, lse, base_rows, ignore_index, masked)
+
+def _code(t: torch.Tensor | None) -> int:
+    return 0 if t is None else _DTYPE_CODES[t.dtype]
+
+
+def _c(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def _isa() -> int:
+    return _abi.isa("LUMO_ROWS_CE_ISA")
+
+
+def _native_forward(module, hidden, base, new, targets, base_bias, new_bias, ignore_index, masked, with_grad):
+    t_count, dim = hidden.shape
+    dev = hidden.device
+    hidden, base, new, base_bias, new_bias = (_c(t) for t in (hidden, base, new, base_bias, new_bias))
+    targets = targets.to(torch.int64).contiguous()
+    masked_t = torch.tensor(masked, dtype=torch.int64, device=dev)
+    loss = torch.empty(t_count, dtype=torch.float32, device=dev)
+    lse = torch.empty(t_count, dtype=torch.float32, device=dev)
+    dhat = torch.empty((t_count, dim) if with_grad else (0,), dtype=torch.float32, device=dev)
+    buf = _native.buffer
+    args = dict(
+        hidden=buf(hidden), hidden_dtype=_code(hidden), base=buf(base), base_dtype=_code(base), new_rows=buf(new),
+        new_dtype=_code(new), base_bias=buf(base_bias), base_bias_dtype=_code(base_bias), new_bias=buf(new_bias),
+        new_bias_dtype=_code(new_bias), targets=buf(targets), masked=buf(masked_t), tokens=t_count, dim=dim,
+        base_rows=base.shape[0], new_rows_count=new.shape[0], ignore_index=ignore_index, loss=buf(loss),
+        lse=buf(lse), dhat=buf(dhat if with_grad else None),
+    )
+    # SAFETY: every tensor passed is contiguous and referenced here until the
+    # call returns (CPU: synchronous; CUDA: enqueued on the current stream).
+    if _abi.is_cpu(module):
+        module.rows_ce_forward(**args, num_threads=_abi.threads(), isa=_isa())
+    else:
+        module.rows_ce_forward(**args, **_abi.queue(dev))
+    return loss, lse, dhat
+
+
+def _native_new_rows_backward(module, grad_loss, hidden, new, new_bias, targets, lse, base_rows, ignore_index, masked):
+    t_count, dim = hidden.shape
+    dev = hidden.device
+    hidden, new, new_bias = (_c(t) for t in (hidden, new, new_bias))
+    grad_loss = grad_loss.to(torch.float32).contiguous()
+    targets = targets.to(torch.int64).contiguous()
+    lse = lse.contiguous()
+    masked_t = torch.tensor(masked, dtype=torch.int64, device=dev)
+    grad_new = torch.empty(new.shape, dtype=torch.float32, device=dev)
+    grad_bias = torch.zeros(new.shape[0], dtype=torch.float32, device=dev)
+    buf = _native.buffer
+    args = dict(
+        grad_loss=buf(grad_loss), hidden=buf(hidden), hidden_dtype=_code(hidden), new_rows=buf(new),
+        new_dtype=_code(new), new_bias=buf(new_bias), new_bias_dtype=_code(new_bias), targets=buf(targets),
+        lse=buf(lse), masked=buf(masked_t), tokens=t_count, dim=dim, base_rows=base_rows,
+        new_rows_count=new.shape[0], ignore_index=ignore_index, grad_new=buf(grad_new),
+        grad_new_bias=buf(grad_bias if new_bias is not None else None),
+    )
+    # SAFETY: as in _native_forward.
+    if _abi.is_cpu(module):
+        module.rows_ce_new_rows_backward(**args, num_threads=_abi.threads(), isa=_isa())
+    else:
+        module.rows_ce_new_rows_backward(**args, **_abi.queue(dev))
+    return grad_new, grad_bias
 
 
 @torch.library.custom_op("lumo_uti::rows_ce_forward", mutates_args=())

@@ -1,0 +1,355 @@
+#include "ops/rows_ce/cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "abi/checks.h"
+#include "ops/rows_ce/math.h"
+#include "runtime/isa.h"
+#include "runtime/thread_pool.h"
+
+namespace lumo {
+namespace rows_ce {
+namespace {
+
+using cpu::kIsaAvx2;
+using cpu::kIsaAvx512;
+using cpu::kIsaScalar;
+
+// Only explicit fused multiply-adds: element-wise loops then give the same
+// bits in every clone and on every ISA.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define LUMO_RC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LUMO_RC_CLONES
+#endif
+
+namespace scalar {
+constexpr int W = 1, SV = 4, CV = 4;
+using V = float;
+inline V vzero() { return 0.0f; }
+inline V vload(const float* p) { return *p; }
+inline void vstore(float* p, V v) { *p = v; }
+inline V vbcast(float f) { return f; }
+inline V vfma(V a, V b, V c) { return std::fma(a, b, c); }
+#include "ops/rows_ce/cpu_body.h"
+}  // namespace scalar
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define LUMO_RC_X86 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+namespace avx2 {
+constexpr int W = 8, SV = 2, CV = 3;
+using V = __m256;
+inline V vzero() { return _mm256_setzero_ps(); }
+inline V vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
+inline V vbcast(float f) { return _mm256_set1_ps(f); }
+inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+#include "ops/rows_ce/cpu_body.h"
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#endif
+namespace avx512 {
+constexpr int W = 16, SV = 4, CV = 4;
+using V = __m512;
+inline V vzero() { return _mm512_setzero_ps(); }
+inline V vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
+inline V vbcast(float f) { return _mm512_set1_ps(f); }
+inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+#include "ops/rows_ce/cpu_body.h"
+}  // namespace avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // x86
+
+using ScoreFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
+using GemmFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t, int64_t);
+
+struct Kernels {
+  ScoreFn score;
+  GemmFn gemm;
+};
+
+Kernels pick_kernels(int64_t isa, const char* op) {
+  const int mask = isa_mask();
+  isa = cpu::resolve_isa(isa, mask);
+  LUMO_CHECK(isa >= kIsaScalar && isa <= kIsaAvx512 && (mask >> isa & 1), op,
+             "an instruction set this CPU runs (isa bit in rows_ce_isa_mask())", isa);
+#ifdef LUMO_RC_X86
+  if (isa == kIsaAvx512) return {&avx512::score_tile, &avx512::gemm_acc};
+  if (isa == kIsaAvx2) return {&avx2::score_tile, &avx2::gemm_acc};
+#endif
+  return {&scalar::score_tile, &scalar::gemm_acc};
+}
+
+constexpr int64_t kRows = 4;         // token rows of a register tile (R of cpu_body.h)
+constexpr int64_t kTokenBlock = 32;  // tokens per work item of the forward pass
+constexpr int64_t kLanes = 16;       // fixed lanes of every sum over columns
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// The non-ignored tokens, in index order.
+std::vector<int64_t> valid_tokens(const Inputs& in) {
+  std::vector<int64_t> idx;
+  idx.reserve(static_cast<size_t>(in.tokens));
+  for (int64_t t = 0; t < in.tokens; ++t)
+    if (in.targets[t] != in.ignore_index) idx.push_back(t);
+  return idx;
+}
+
+// The hidden rows of `idx` as fp32 [round_up(size, kRows), dim], padding rows 0.
+std::vector<float> gather_hidden(const Inputs& in, const std::vector<int64_t>& idx, int64_t threads) {
+  const int64_t n = static_cast<int64_t>(idx.size()), D = in.dim;
+  std::vector<float> h(static_cast<size_t>(round_up(n, kRows) * D), 0.0f);
+  const int64_t block = 64;
+  cpu::parallel_for_items((n + block - 1) / block, threads, [&](int64_t b) {
+    for (int64_t r = b * block; r < std::min(n, (b + 1) * block); ++r)
+      for (int64_t d = 0; d < D; ++d) h[r * D + d] = load_float(in.hidden, in.hidden_dtype, idx[r] * D + d);
+  });
+  return h;
+}
+
+// Rows [lo, lo + count) of a table packed as kPanel-wide panels [D, kPanel]
+// (rows transposed) into kp, and as rows [count, D] into wr (when non-null);
+// columns past count are 0.
+void pack_rows(const void* table, DType dt, int64_t lo, int64_t count, int64_t D, float* kp, float* wr,
+               int64_t threads) {
+  const int64_t panels = (count + kPanel - 1) / kPanel;
+  cpu::parallel_for_items(panels, threads, [&](int64_t p) {
+    float* panel = kp + p * D * kPanel;
+    for (int64_t c = 0; c < kPanel; ++c) {
+      const int64_t j = p * kPanel + c;
+      if (j < count) {
+        const int64_t src = (lo + j) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          const float v = load_float(table, dt, src + d);
+          panel[d * kPanel + c] = v;
+          if (wr != nullptr) wr[j * D + d] = v;
+        }
+      } else {
+        for (int64_t d = 0; d < D; ++d) panel[d * kPanel + c] = 0.0f;
+      }
+    }
+  });
+}
+
+// z[j] += term[j]; returns max_j z[j] (-inf for none).
+LUMO_RC_CLONES float add_terms_max(float* z, const float* term, int64_t n) {
+  float lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    const float v = z[j] + term[j];
+    z[j] = v;
+    lanes[j % kLanes] = lanes[j % kLanes] > v ? lanes[j % kLanes] : v;
+  }
+  float mx = -INFINITY;
+  for (int64_t l = 0; l < kLanes; ++l) mx = mx > lanes[l] ? mx : lanes[l];
+  return mx;
+}
+
+// z[j] = exp(z[j] - m); returns the sum of the new z in fixed lanes.
+LUMO_RC_CLONES float exp_shift_sum(float* z, float m, int64_t n) {
+  float lanes[kLanes] = {0.0f};
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = exp_fma(z[j] - m);
+    z[j] = p;
+    lanes[j % kLanes] += p;
+  }
+  float s = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
+  return s;
+}
+
+LUMO_RC_CLONES void scale_row(float* x, float f, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) x[j] *= f;
+}
+
+// z[j] = g * (exp(z[j] + term[j] - lse) - [j == target]) (target -1: none).
+LUMO_RC_CLONES void softmax_grad_row(float* z, const float* term, float lse, float g, int64_t target, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = exp_fma((z[j] + term[j]) - lse);
+    z[j] = g * (p - (j == target ? 1.0f : 0.0f));
+  }
+}
+
+// The additive column terms of table rows [lo, lo + count) (global columns from col0), kSuperTile wide.
+void column_terms(const void* bias, DType dt, int64_t lo, int64_t count, int64_t col0, const Inputs& in,
+                  int64_t width, float* term) {
+  for (int64_t j = 0; j < width; ++j) {
+    const float b = (bias != nullptr && j < count) ? load_float(bias, dt, lo + j) : 0.0f;
+    term[j] = column_term(col0 + j, j < count, b, in.masked, in.num_masked);
+  }
+}
+
+}  // namespace
+
+int isa_mask() {
+#ifdef LUMO_RC_X86
+  return cpu::isa_support_mask(/*avx2_needs_fma=*/true);
+#else
+  return 1 << kIsaScalar;
+#endif
+}
+
+void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num_threads, int64_t isa) {
+  const Kernels k = pick_kernels(isa, "rows_ce_forward");
+  const int64_t threads = cpu::resolve_threads(num_threads);
+  const int64_t T = in.tokens, D = in.dim, V = in.base_rows + in.new_count;
+  const bool with_grad = dhat != nullptr;
+  for (int64_t t = 0; t < T; ++t) loss[t] = lse[t] = 0.0f;
+  if (with_grad) std::fill(dhat, dhat + T * D, 0.0f);
+  const std::vector<int64_t> idx = valid_tokens(in);
+  const int64_t tv = static_cast<int64_t>(idx.size()), tp = round_up(tv, kRows);
+  if (tv == 0) return;
+  const std::vector<float> h = gather_hidden(in, idx, threads);
+  // Bias and mask of every column, once (the super-tiles read their slice).
+  std::vector<float> terms(static_cast<size_t>(V + kSuperTile));
+  column_terms(in.base_bias, in.base_bias_dtype, 0, in.base_rows, 0, in, in.base_rows, terms.data());
+  column_terms(in.new_bias, in.new_bias_dtype, 0, in.new_count, in.base_rows, in, in.new_count,
+               terms.data() + in.base_rows);
+  // Each work item is a block of tokens that walks the whole vocabulary, so
+  // the threads meet once per call (not once per tile: on a busy machine a
+  // descheduled thread would stall every meeting). Per-token results do not
+  // depend on the block size, which only trades the per-block packing of the
+  // rows against load balance.
+  const int64_t block = std::clamp<int64_t>(round_up((tp + 4 * threads - 1) / (4 * threads), kRows), kRows, 128);
+  cpu::parallel_for_items((tp + block - 1) / block, threads, [&](int64_t b) {
+    const int64_t r0 = b * block, r1 = std::min(tp, r0 + block), nr = r1 - r0;
+    std::vector<float> kp(static_cast<size_t>(kSuperTile * D)), wr, sc(static_cast<size_t>(nr * kSuperTile));
+    std::vector<float> acc(with_grad ? static_cast<size_t>(nr * D) : 0, 0.0f), term(kSuperTile);
+    std::vector<float> m(nr, -INFINITY), s(nr, 0.0f), zt(nr, 0.0f);
+    for (int table = 0; table < 2; ++table) {
+      const void* w = table == 0 ? in.base : in.new_rows;
+      const DType wdt = table == 0 ? in.base_dtype : in.new_dtype;
+      const int64_t rows = table == 0 ? in.base_rows : in.new_count;
+      const int64_t offset = table == 0 ? 0 : in.base_rows;
+      // fp32 rows are read in place by the gradient product; others are converted per super-tile.
+      const bool convert = with_grad && wdt != DType::F32;
+      if (convert && wr.empty()) wr.resize(static_cast<size_t>(kSuperTile * D));
+      for (int64_t lo = 0; lo < rows; lo += kSuperTile) {
+        const int64_t count = std::min(kSuperTile, rows - lo), col0 = offset + lo;
+        const int64_t width = round_up(count, kPanel);
+        pack_rows(w, wdt, lo, count, D, kp.data(), convert ? wr.data() : nullptr, 1);
+        const float* wrows = convert ? wr.data() : static_cast<const float*>(w) + lo * D;
+        for (int64_t j = 0; j < width; ++j) term[j] = j < count ? terms[col0 + j] : -INFINITY;
+        for (int64_t p = 0; p < width / kPanel; ++p)
+          for (int64_t g = r0; g < r1; g += kRows)
+            k.score(h.data() + g * D, D, kp.data() + p * D * kPanel, D, sc.data() + (g - r0) * width + p * kPanel,
+                    width);
+        for (int64_t i = 0; i < nr; ++i) {
+          float* z = sc.data() + i * width;
+          if (r0 + i >= tv) {
+            std::fill(z, z + width, 0.0f);
+            continue;
+          }
+          const float mx = add_terms_max(z, term.data(), width);
+          const int64_t tgt = in.targets[idx[r0 + i]] - col0;
+          if (tgt >= 0 && tgt < count) zt[i] = z[tgt];
+          const float mn = std::max(m[i], mx);
+          if (mn == -INFINITY) {
+            std::fill(z, z + width, 0.0f);
+            continue;
+          }
+          const float f = rescale_factor(m[i], mn);
+          const float sum = exp_shift_sum(z, mn, width);
+          s[i] = s[i] * f + sum;
+          if (with_grad && f != 1.0f) scale_row(acc.data() + i * D, f, D);
+          m[i] = mn;
+        }
+        if (!with_grad) continue;
+        // Column strips of the rows stay in cache while every token group uses them.
+        constexpr int64_t kStrip = 256;
+        for (int64_t x = 0; x < D; x += kStrip) {
+          const int64_t cols = std::min(kStrip, D - x);
+          for (int64_t g = 0; g < nr; g += kRows)
+            k.gemm(sc.data() + g * width, width, 1, wrows + x, D, count, acc.data() + g * D + x, D, cols);
+        }
+      }
+    }
+    for (int64_t i = 0; i < nr && r0 + i < tv; ++i) {
+      const int64_t t = idx[r0 + i];
+      const float l = m[i] == -INFINITY ? -INFINITY : m[i] + std::log(s[i]);
+      lse[t] = l;
+      loss[t] = l - zt[i];
+      if (!with_grad) continue;
+      const int64_t y = in.targets[t];
+      const void* w = y < in.base_rows ? in.base : in.new_rows;
+      const DType wdt = y < in.base_rows ? in.base_dtype : in.new_dtype;
+      const int64_t row = y < in.base_rows ? y : y - in.base_rows;
+      for (int64_t d = 0; d < D; ++d) dhat[t * D + d] = acc[i * D + d] / s[i] - load_float(w, wdt, row * D + d);
+    }
+  });
+}
+
+void new_rows_backward(const Inputs& in, const float* grad_loss, const float* lse, float* grad_new,
+                       float* grad_new_bias, int64_t num_threads, int64_t isa) {
+  const Kernels k = pick_kernels(isa, "rows_ce_new_rows_backward");
+  const int64_t threads = cpu::resolve_threads(num_threads);
+  const int64_t N = in.new_count, D = in.dim;
+  std::fill(grad_new, grad_new + N * D, 0.0f);
+  if (grad_new_bias != nullptr) std::fill(grad_new_bias, grad_new_bias + N, 0.0f);
+  const std::vector<int64_t> idx = valid_tokens(in);
+  const int64_t tv = static_cast<int64_t>(idx.size()), tp = round_up(tv, kRows);
+  if (tv == 0 || N == 0) return;
+  const std::vector<float> h = gather_hidden(in, idx, threads);
+  constexpr int64_t kTb = 64;  // tokens per step of a tile's sweep
+  cpu::parallel_for_items((N + kPanel - 1) / kPanel, threads, [&](int64_t tile) {
+    const int64_t lo = tile * kPanel, count = std::min(kPanel, N - lo), col0 = in.base_rows + lo;
+    std::vector<float> kp(static_cast<size_t>(kPanel * D)), term(kPanel);
+    std::vector<float> gw(static_cast<size_t>(kPanel * D), 0.0f), gb(kPanel, 0.0f), z(kTb * kPanel);
+    pack_rows(in.new_rows, in.new_dtype, lo, count, D, kp.data(), nullptr, 1);
+    column_terms(in.new_bias, in.new_bias_dtype, lo, count, col0, in, kPanel, term.data());
+    for (int64_t t0 = 0; t0 < tp; t0 += kTb) {
+      const int64_t nb = std::min(kTb, tp - t0), real = std::min(kTb, tv - t0);
+      for (int64_t g = 0; g < nb; g += kRows)
+        k.score(h.data() + (t0 + g) * D, D, kp.data(), D, z.data() + g * kPanel, kPanel);
+      for (int64_t r = 0; r < nb; ++r) {
+        float* zr = z.data() + r * kPanel;
+        if (r >= real) {
+          std::fill(zr, zr + kPanel, 0.0f);
+          continue;
+        }
+        const int64_t t = idx[t0 + r];
+        softmax_grad_row(zr, term.data(), lse[t], grad_loss[t], in.targets[t] - col0, kPanel);
+      }
+      for (int64_t i = 0; i < count; i += kRows)
+        k.gemm(z.data() + i, 1, kPanel, h.data() + t0 * D, D, real, gw.data() + i * D, D, D);
+      if (grad_new_bias != nullptr)
+        for (int64_t j = 0; j < count; ++j)
+          for (int64_t r = 0; r < real; ++r) gb[j] += z[r * kPanel + j];
+    }
+    std::copy(gw.begin(), gw.begin() + count * D, grad_new + lo * D);
+    if (grad_new_bias != nullptr) std::copy(gb.begin(), gb.begin() + count, grad_new_bias + lo);
+  });
+}
+
+}  // namespace rows_ce
+}  // namespace lumo

@@ -1,0 +1,73 @@
+// Rows-CE micro-kernels, written once over a small vector interface and
+// included by cpu.cpp once per instruction set (scalar, AVX2, AVX-512), each
+// time inside its own namespace and target region. No include guard on
+// purpose. The including file defines W (lanes), SV (vectors per score-tile
+// row, SV * W divides kPanel), CV (most vectors per gemm-tile row), V and
+// vzero, vload, vstore, vbcast, vfma (a * b + c, one rounding).
+//
+// Every output element accumulates its products in its own lane, in order of
+// the reduced index, with a fused multiply-add: the SIMD width and the
+// register blocking never change a bit, so every ISA gives the same output.
+
+constexpr int R = 4;        // rows of a register tile
+constexpr int TW = SV * W;  // columns of a score tile
+
+// s[r * lds + c] = sum_{d < D} q[r * ldq + d] * kp[d * P + c] for r < R,
+// c < P (P = kPanel): a [R x P] block of dot products against one packed
+// panel kp: [D, P] (the panel's rows transposed).
+inline void score_tile(const float* q, int64_t ldq, const float* kp, int64_t D, float* s, int64_t lds) {
+  constexpr int64_t P = ::lumo::rows_ce::kPanel;
+  for (int64_t c0 = 0; c0 < P; c0 += TW) {
+    V acc[R][SV];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < SV; ++v) acc[r][v] = vzero();
+    const float* kc = kp + c0;
+    for (int64_t d = 0; d < D; ++d) {
+      V kv[SV];
+      for (int v = 0; v < SV; ++v) kv[v] = vload(kc + d * P + v * W);
+      for (int r = 0; r < R; ++r) {
+        const V a = vbcast(q[r * ldq + d]);
+        for (int v = 0; v < SV; ++v) acc[r][v] = vfma(a, kv[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < SV; ++v) vstore(s + r * lds + c0 + v * W, acc[r][v]);
+  }
+}
+
+// c[i * ldc + x] += sum_{k < K, in order} a[i * as_i + k * as_k] * b[k * ldb + x]
+// for i < R and x < NV * W.
+template <int NV>
+inline void gemm_tile(const float* a, int64_t as_i, int64_t as_k, const float* b, int64_t ldb, int64_t K,
+                      float* c, int64_t ldc) {
+  V acc[R][NV];
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = vload(c + i * ldc + v * W);
+  for (int64_t k = 0; k < K; ++k) {
+    V bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = vload(b + k * ldb + v * W);
+    for (int i = 0; i < R; ++i) {
+      const V av = vbcast(a[i * as_i + k * as_k]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = vfma(av, bv[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NV; ++v) vstore(c + i * ldc + v * W, acc[i][v]);
+}
+
+// gemm_tile over columns [0, cols) in chunks of CV vectors; the columns past
+// the last whole vector run one lane at a time (the same fma chain per element).
+inline void gemm_acc(const float* a, int64_t as_i, int64_t as_k, const float* b, int64_t ldb, int64_t K,
+                     float* c, int64_t ldc, int64_t cols) {
+  const int64_t nvec = cols / W;
+  int64_t x = 0;
+  for (; x + CV * W <= nvec * W; x += CV * W) gemm_tile<CV>(a, as_i, as_k, b + x, ldb, K, c + x, ldc);
+  for (; x + W <= nvec * W; x += W) gemm_tile<1>(a, as_i, as_k, b + x, ldb, K, c + x, ldc);
+  for (; x < cols; ++x) {
+    for (int i = 0; i < R; ++i) {
+      float acc = c[i * ldc + x];
+      for (int64_t k = 0; k < K; ++k) acc = std::fma(a[i * as_i + k * as_k], b[k * ldb + x], acc);
+      c[i * ldc + x] = acc;
+    }
+  }
+}
