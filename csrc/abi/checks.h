@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "abi/dtype.h"
+
 namespace lumo {
 namespace detail {
 
@@ -33,3 +35,17 @@ template <typename Exc, typename Got>
   do {                                                                             \
     if (!(cond)) ::lumo::detail::fail_check<std::out_of_range>(op, expected, got);  \
   } while (0)
+
+namespace lumo {
+
+// A dtype code from the binding as a DType, or std::invalid_argument:
+// "op: expected dtype 0 (float32), 1 (float16) or 2 (bfloat16), got 5".
+inline DType check_dtype(const char* op, const char* name, int64_t code) {
+  if (!is_dtype(code)) {
+    const std::string expected = std::string(name) + " 0 (float32), 1 (float16) or 2 (bfloat16)";
+    detail::fail_check<std::invalid_argument>(op, expected.c_str(), code);
+  }
+  return static_cast<DType>(code);
+}
+
+}  // namespace lumo

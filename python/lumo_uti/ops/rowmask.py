@@ -4,7 +4,7 @@
 ``[num_rows, D]`` fp32: row ``r`` is the sum of ``grad_out`` at the positions
 whose ID is ``row_start + r``; positions with other IDs are ignored. It is the
 backward of an embedding lookup into a table of ``num_rows`` rows placed at
-``row_start`` (Track B's trainable new rows), without the full-vocabulary
+``row_start`` (the trainable new rows of an extended vocabulary), without the full-vocabulary
 gradient that ``torch.nn.functional.embedding`` would produce.
 
 Determinism: positions are bucketed by a stable sort and each row is summed in
@@ -14,22 +14,21 @@ scheduling or device stream (no atomics). Memory: O(num_rows * D + tokens).
 Backends: ``lumo_uti._C`` (CPU: counting sort + per-row reduction split over
 threads by row), ``lumo_uti._C_cuda`` (CUDA: the front sorts the hit
 positions with a stable device sort, the kernel reduces each row's segment)
-and ``rowmask_embedding_backward_reference`` below (the spec, the oracle
-of the tests, and the fallback, or forced by ``LUMO_FORCE_REFERENCE=1``).
+and ``reference.rowmask`` (the spec, the oracle of the tests, and the
+fallback, or forced by ``LUMO_FORCE_REFERENCE=1``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _native
+from . import _abi, _native
 from .reference.rowmask import rowmask_embedding_backward_reference
 
 __all__ = ["rowmask_embedding_backward", "rowmask_embedding_backward_reference"]
 
 _OP = "rowmask_embedding_backward"
 _ID_DTYPES = frozenset({torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8})
-_GRAD_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _INT64_MAX = 2**63 - 1
 
 
@@ -57,10 +56,6 @@ def rowmask_embedding_backward(
     return _rowmask_op(ids, grad_out, int(row_start), int(num_rows))
 
 
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _check_args(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: int) -> None:
     if not isinstance(ids, torch.Tensor) or not isinstance(grad_out, torch.Tensor):
         raise TypeError(
@@ -68,9 +63,9 @@ def _check_args(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_r
             f"{type(ids).__name__} and {type(grad_out).__name__}"
         )
     if ids.dtype not in _ID_DTYPES:
-        raise TypeError(f"{_OP}: expected integer ids, got {_name(ids.dtype)}")
-    if grad_out.dtype not in _GRAD_DTYPES:
-        raise TypeError(f"{_OP}: expected grad_out of dtype float32, float16 or bfloat16, got {_name(grad_out.dtype)}")
+        raise TypeError(f"{_OP}: expected integer ids, got {_abi.dtype_name(ids.dtype)}")
+    if grad_out.dtype not in _abi.DTYPE_CODES:
+        raise TypeError(f"{_OP}: expected grad_out of dtype float32, float16 or bfloat16, got {_abi.dtype_name(grad_out.dtype)}")
     if grad_out.dim() != ids.dim() + 1 or tuple(grad_out.shape[:-1]) != tuple(ids.shape):
         raise ValueError(
             f"{_OP}: expected grad_out of shape [*ids.shape, D] = [{', '.join(map(str, ids.shape))}, D], "
@@ -106,7 +101,7 @@ def _row_stride(g: torch.Tensor) -> int:
 
 
 def _cpu(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: int) -> torch.Tensor:
-    module = None if _native.reference_forced() else _native.cpu()
+    module = _abi.cpu_module()
     if module is None:
         return rowmask_embedding_backward_reference(ids, grad_out, row_start, num_rows)
     flat_ids, g = _flat(ids, grad_out)
@@ -115,9 +110,9 @@ def _cpu(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: in
     # synchronous call returns; g rows are _row_stride(g) elements apart.
     buf = _native.buffer
     module.rowmask_embedding_backward(
-        buf(flat_ids), flat_ids.element_size(), flat_ids.numel(), buf(g),
-        _GRAD_DTYPES[g.dtype], g.shape[1], _row_stride(g), row_start, num_rows,
-        buf(out), torch.get_num_threads(),
+        ids=buf(flat_ids), ids_itemsize=flat_ids.element_size(), n=flat_ids.numel(), grad=buf(g),
+        dtype=_abi.dtype_code(g.dtype), dim=g.shape[1], grad_row_stride=_row_stride(g),
+        row_start=row_start, num_rows=num_rows, out=buf(out), num_threads=_abi.threads(),
     )
     return out
 
@@ -144,7 +139,7 @@ def bucket_positions(flat_ids: torch.Tensor, row_start: int, num_rows: int) -> t
 
 
 def _cuda(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: int) -> torch.Tensor:
-    module = None if _native.reference_forced() else _native.cuda()
+    module = _abi.cuda_module()
     if module is None:
         return rowmask_embedding_backward_reference(ids, grad_out, row_start, num_rows)
     flat_ids, g = _flat(ids, grad_out)
@@ -155,8 +150,9 @@ def _cuda(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: i
     # current stream, so the caching allocator keeps them until the kernel ran.
     buf = _native.buffer
     module.rowmask_segment_reduce(
-        buf(pos), pos.numel(), buf(offsets), buf(g), _GRAD_DTYPES[g.dtype],
-        g.shape[0], g.shape[1], _row_stride(g), num_rows, buf(out), *_native.queue(device),
+        positions=buf(pos), num_hits=pos.numel(), offsets=buf(offsets), grad=buf(g),
+        dtype=_abi.dtype_code(g.dtype), n=g.shape[0], dim=g.shape[1], grad_row_stride=_row_stride(g),
+        num_rows=num_rows, out=buf(out), **_abi.queue(device),
     )
     return out
 
@@ -170,16 +166,12 @@ def _impl(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: i
     return rowmask_embedding_backward_reference(ids, grad_out, row_start, num_rows)
 
 
-if hasattr(torch.library, "custom_op"):  # torch >= 2.4
+@torch.library.custom_op("lumo_uti::rowmask_embedding_backward", mutates_args=())
+def _rowmask_op(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: int) -> torch.Tensor:
+    return _impl(ids, grad_out, row_start, num_rows)
 
-    @torch.library.custom_op("lumo_uti::rowmask_embedding_backward", mutates_args=())
-    def _rowmask_op(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: int) -> torch.Tensor:
-        return _impl(ids, grad_out, row_start, num_rows)
 
-    @_rowmask_op.register_fake
-    def _rowmask_fake(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: int) -> torch.Tensor:
-        _check_args(ids, grad_out, row_start, num_rows)
-        return grad_out.new_empty((num_rows, grad_out.shape[-1]), dtype=torch.float32)
-
-else:  # pragma: no cover - older torch: eager only
-    _rowmask_op = _impl
+@_rowmask_op.register_fake
+def _rowmask_fake(ids: torch.Tensor, grad_out: torch.Tensor, row_start: int, num_rows: int) -> torch.Tensor:
+    _check_args(ids, grad_out, row_start, num_rows)
+    return grad_out.new_empty((num_rows, grad_out.shape[-1]), dtype=torch.float32)

@@ -10,7 +10,7 @@
 
 #include "abi/buffer.h"
 #include "abi/registry.h"
-#include "cpu/rowmask.h"
+#include "ops/rowmask/cpu.h"
 
 namespace py = pybind11;
 

@@ -12,7 +12,7 @@
 
 #include "abi/buffer.h"
 #include "abi/registry.h"
-#include "cuda/rowmask.h"
+#include "ops/rowmask/cuda.h"
 
 namespace py = pybind11;
 

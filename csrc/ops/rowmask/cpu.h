@@ -12,7 +12,7 @@ namespace cpu {
 // are ignored.
 //
 // ids: [n] int32 (ids_itemsize 4) or int64 (8), contiguous
-// grad: [n, dim] of dtype (rowmask::DType), row i at grad + i * grad_row_stride
+// grad: [n, dim] of dtype (a DType code, abi/dtype.h), row i at grad + i * grad_row_stride
 //   elements, elements of a row contiguous
 // out: [num_rows, dim] fp32, contiguous, must not overlap the inputs
 // num_threads: 0 = hardware concurrency. Positions are bucketed by a stable

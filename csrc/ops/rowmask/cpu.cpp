@@ -1,4 +1,4 @@
-#include "cpu/rowmask.h"
+#include "ops/rowmask/cpu.h"
 
 #include <algorithm>
 #include <limits>
@@ -7,7 +7,8 @@
 #include <vector>
 
 #include "abi/checks.h"
-#include "cpu/rowmask_dtype.h"
+#include "ops/rowmask/math.h"
+#include "runtime/thread_pool.h"
 
 namespace lumo {
 namespace cpu {
@@ -42,18 +43,18 @@ Segments bucket(const T* ids, int64_t n, int64_t row_start, int64_t num_rows) {
 }
 
 // Rows [begin, end): each row summed in ascending position order.
-void reduce_rows(const Segments& s, int64_t begin, int64_t end, const char* grad, int dtype,
+void reduce_rows(const Segments& s, int64_t begin, int64_t end, const char* grad, DType dtype,
                  int64_t dim, int64_t row_bytes, float* out) {
   for (int64_t r = begin; r < end; ++r) {
     float* acc = out + r * dim;
     std::fill(acc, acc + dim, 0.0f);
     for (int64_t j = s.offsets[r]; j < s.offsets[r + 1]; ++j) {
-      const void* g = grad + s.positions[static_cast<size_t>(j)] * row_bytes;
-      if (dtype == rowmask::kFloat32) {
-        const float* gf = static_cast<const float*>(g);
+      const int64_t pos = s.positions[static_cast<size_t>(j)];
+      if (dtype == DType::F32) {  // the common case, as a loop the compiler vectorises
+        const float* gf = reinterpret_cast<const float*>(grad + pos * row_bytes);
         for (int64_t d = 0; d < dim; ++d) acc[d] += gf[d];
       } else {
-        for (int64_t d = 0; d < dim; ++d) acc[d] += rowmask::load_as_float(g, d, dtype);
+        for (int64_t d = 0; d < dim; ++d) acc[d] += rowmask::grad_at(grad, pos, row_bytes, dtype, d);
       }
     }
   }
@@ -69,7 +70,7 @@ int64_t row_at_work(const Segments& s, int64_t num_rows, int64_t target_units) {
   return lo;
 }
 
-void reduce_parallel(const Segments& s, const char* grad, int dtype, int64_t dim,
+void reduce_parallel(const Segments& s, const char* grad, DType dtype, int64_t dim,
                      int64_t row_bytes, int64_t num_rows, float* out, int64_t num_threads) {
   // A unit is one hit or one row (its zero fill), each costing ~dim operations.
   const int64_t units = s.offsets[num_rows] + num_rows;
@@ -115,9 +116,7 @@ void rowmask_embedding_backward(const void* ids, int64_t ids_itemsize, int64_t n
   LUMO_CHECK(n >= 0, op, "n >= 0", n);
   LUMO_CHECK(ids_itemsize == 4 || ids_itemsize == 8, op, "ids_itemsize 4 (int32) or 8 (int64)",
              ids_itemsize);
-  LUMO_CHECK(dtype == rowmask::kFloat32 || dtype == rowmask::kFloat16 ||
-                 dtype == rowmask::kBFloat16,
-             op, "dtype 0 (float32), 1 (float16) or 2 (bfloat16)", dtype);
+  const DType dt = check_dtype(op, "dtype", dtype);
   LUMO_CHECK(dim >= 0, op, "dim >= 0", dim);
   LUMO_CHECK(row_start >= 0, op, "row_start >= 0", row_start);
   LUMO_CHECK(num_rows >= 0, op, "num_rows >= 0", num_rows);
@@ -131,14 +130,11 @@ void rowmask_embedding_backward(const void* ids, int64_t ids_itemsize, int64_t n
   LUMO_CHECK(out != nullptr, op, "a non-null out pointer for num_rows * dim > 0", "null");
   LUMO_CHECK(n == 0 || ids != nullptr, op, "a non-null ids pointer for n > 0", "null");
   LUMO_CHECK(n == 0 || grad != nullptr, op, "a non-null grad pointer for n > 0", "null");
-  if (num_threads == 0) {
-    num_threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
-  }
+  num_threads = resolve_threads(num_threads);
   const Segments s = ids_itemsize == 4
                          ? bucket(static_cast<const int32_t*>(ids), n, row_start, num_rows)
                          : bucket(static_cast<const int64_t*>(ids), n, row_start, num_rows);
-  const int64_t row_bytes = grad_row_stride * rowmask::dtype_size(static_cast<int>(dtype));
-  reduce_parallel(s, static_cast<const char*>(grad), static_cast<int>(dtype), dim, row_bytes,
+  reduce_parallel(s, static_cast<const char*>(grad), dt, dim, rowmask::row_bytes(grad_row_stride, dt),
                   num_rows, out, num_threads);
 }
 

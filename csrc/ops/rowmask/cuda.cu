@@ -1,10 +1,10 @@
-#include "cuda/rowmask.h"
+#include "ops/rowmask/cuda.h"
 
 #include <algorithm>
 #include <limits>
 
 #include "abi/checks.h"
-#include "cpu/rowmask_dtype.h"
+#include "ops/rowmask/math.h"
 #include "runtime/cuda_check.cuh"
 
 namespace lumo {
@@ -19,7 +19,7 @@ constexpr int64_t kMaxRowBlocks = 65535;
 // one column of one row over the row's positions in ascending order.
 __global__ void segment_reduce_kernel(const int64_t* __restrict__ positions,
                                       const int64_t* __restrict__ offsets,
-                                      const char* __restrict__ grad, int dtype, int64_t dim,
+                                      const char* __restrict__ grad, DType dtype, int64_t dim,
                                       int64_t row_bytes, int64_t num_rows,
                                       float* __restrict__ out) {
   const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -28,7 +28,7 @@ __global__ void segment_reduce_kernel(const int64_t* __restrict__ positions,
     float acc = 0.0f;
     const int64_t end = offsets[r + 1];
     for (int64_t j = offsets[r]; j < end; ++j) {
-      acc += rowmask::load_as_float(grad + positions[j] * row_bytes, d, dtype);
+      acc += rowmask::grad_at(grad, positions[j], row_bytes, dtype, d);
     }
     out[r * dim + d] = acc;
   }
@@ -44,9 +44,7 @@ void rowmask_segment_reduce(const int64_t* positions, int64_t num_hits, const in
   LUMO_CHECK(num_hits >= 0, op, "num_hits >= 0", num_hits);
   LUMO_CHECK(n >= 0, op, "n >= 0", n);
   LUMO_CHECK(num_hits <= n, op, "num_hits <= n", num_hits);
-  LUMO_CHECK(dtype == rowmask::kFloat32 || dtype == rowmask::kFloat16 ||
-                 dtype == rowmask::kBFloat16,
-             op, "dtype 0 (float32), 1 (float16) or 2 (bfloat16)", dtype);
+  const DType dt = check_dtype(op, "dtype", dtype);
   LUMO_CHECK(dim >= 0, op, "dim >= 0", dim);
   LUMO_CHECK(num_rows >= 0, op, "num_rows >= 0", num_rows);
   LUMO_CHECK(n == 0 || grad_row_stride >= dim, op, "grad_row_stride >= dim", grad_row_stride);
@@ -65,10 +63,9 @@ void rowmask_segment_reduce(const int64_t* positions, int64_t num_hits, const in
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   const dim3 grid(static_cast<unsigned>(col_blocks),
                   static_cast<unsigned>(std::min<int64_t>(num_rows, kMaxRowBlocks)));
-  const int64_t row_bytes = grad_row_stride * rowmask::dtype_size(static_cast<int>(dtype));
   LUMO_LAUNCH(segment_reduce_kernel, grid, kThreads, 0, s)(positions, offsets,
-                                                  static_cast<const char*>(grad),
-                                                  static_cast<int>(dtype), dim, row_bytes,
+                                                  static_cast<const char*>(grad), dt, dim,
+                                                  rowmask::row_bytes(grad_row_stride, dt),
                                                   num_rows, out);
   throw_on_error(cudaGetLastError(), op, "kernel launch");
 }
