@@ -15,11 +15,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from . import __version__
 from .docjson import describe_segment, document_from_json, segment_to_json
-from .errors import BundleError, TokenizerMismatchError, TokenSpaceError, UTIDecodeError
+from .errors import UsageError, UTIDecodeError, UTIError
 
 
 # The entry-point group through which installed packages add command groups
@@ -29,10 +27,6 @@ from .errors import BundleError, TokenizerMismatchError, TokenSpaceError, UTIDec
 # ``lumo --help`` stays fast. Gathering commands this way keeps this package
 # free of imports of the packages built on it.
 COMMAND_GROUP = "lumo.commands"
-
-
-class UsageError(Exception):
-    """Bad command-line input: exit status 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,28 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except BrokenPipeError:  # e.g. `lumo encode ... | head`
         return 0
-    except UsageError as e:
-        print(f"lumo {args.command}: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except _user_errors() as e:
-        print(f"lumo {args.command}: {_one_line(e)}", file=sys.stderr)
-        return 2
     except UTIDecodeError as e:
         print(f"lumo {args.command}: invalid token stream: {_one_line(e)}", file=sys.stderr)
         return 1
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's, not bugs: a bad bundle, codec or file, unreadable input, unwritable output.
-
-    CodecError counts only once its module is imported (it cannot be raised
-    before), so that commands which need no codec do not import torch.
-    """
-    errors: list[type[BaseException]] = [BundleError, TokenSpaceError, TokenizerMismatchError, OSError]
-    hf_common = sys.modules.get("lumo_uti.codecs.hf_common")
-    if hf_common is not None:
-        errors.append(hf_common.CodecError)
-    return tuple(errors)
+    except (UTIError, OSError) as e:  # the user's, not bugs: bad input, bundle, codec or file, unwritable output
+        print(f"lumo {args.command}: {_one_line(e)}", file=sys.stderr)
+        return 2
 
 
 def _one_line(error: BaseException) -> str:
@@ -259,7 +237,6 @@ def _cmd_demo(args) -> int:
 
 def _cmd_bundle(args) -> int:
     from .bundle import create_bundle
-    from .codecs import CodecError
 
     if args.action == "export":
         return _cmd_bundle_export(args)
@@ -267,19 +244,16 @@ def _cmd_bundle(args) -> int:
         raise UsageError("bundle create takes --out DIR (DIR and --bundle are for bundle export)")
     if not args.out:
         raise UsageError("bundle create needs --out DIR")
-    try:
-        out = create_bundle(
-            args.out,
-            text=args.text,
-            image=args.image,
-            audio=args.audio,
-            image_options=_options(args.image_option),
-            audio_options=_options(args.audio_option),
-            name=args.name,
-            force=args.force,
-        )
-    except CodecError as e:
-        raise UsageError(str(e)) from None
+    out = create_bundle(
+        args.out,
+        text=args.text,
+        image=args.image,
+        audio=args.audio,
+        image_options=_options(args.image_option),
+        audio_options=_options(args.audio_option),
+        name=args.name,
+        force=args.force,
+    )
     print(f"wrote bundle {out}")
     return _cmd_inspect(argparse.Namespace(bundle=str(out), json=False))
 

@@ -29,7 +29,7 @@ import numpy as np
 from ._hashing import canonical_json, sha256_bytes
 from ._ids import as_int64_ids
 from ._io import atomic_write_bytes
-from .errors import TokenSpaceError
+from .errors import TokenSpaceError, TokenSpaceLookupError
 
 SCHEMA = "lumo.token_space"
 SCHEMA_VERSION = (1, 0)  # (major, minor); a new major may move IDs and is refused
@@ -78,13 +78,13 @@ class Block:
         return self._placed() + self.size
 
     def code_id(self, codebook: int, code: int) -> int:
-        """Global ID of ``code`` in ``codebook`` (codes blocks)."""
+        """Global ID of ``code`` in ``codebook`` (codes blocks); ``TokenSpaceError`` when it has none."""
         if self.kind != "codes":
-            raise TokenSpaceError("block", f"block {self.name!r} is a {self.kind} block, not a codes block")
+            raise TokenSpaceError("range", f"block {self.name!r} is a {self.kind} block, not a codes block")
         if not 0 <= codebook < self.num_codebooks:
-            raise ValueError(f"block {self.name!r}: codebook must be in [0, {self.num_codebooks}), got {codebook}")
+            raise TokenSpaceError("range", f"block {self.name!r}: codebook must be in [0, {self.num_codebooks}), got {codebook}")
         if not 0 <= code < self.codebook_size:
-            raise ValueError(f"block {self.name!r}: code must be in [0, {self.codebook_size}), got {code}")
+            raise TokenSpaceError("range", f"block {self.name!r}: code must be in [0, {self.codebook_size}), got {code}")
         from .grammar.layout import code_id
 
         self._placed()
@@ -392,11 +392,13 @@ class TokenSpace:
         return name in self._by_name
 
     def block(self, name: str) -> Block:
-        """The block called ``name``; ``KeyError`` naming the known blocks otherwise."""
+        """The block called ``name``; ``TokenSpaceLookupError`` (a ``KeyError``) naming the known blocks otherwise."""
         try:
             return self._by_name[name]
         except KeyError:
-            raise KeyError(f"token space {self.name!r} has no block {name!r}; blocks: {list(self._by_name)}") from None
+            raise TokenSpaceLookupError(
+                "block", f"token space {self.name!r} has no block {name!r}; blocks: {list(self._by_name)}"
+            ) from None
 
     def codes_block(self, modality: str) -> Block | None:
         """The codes block of ``modality`` (``image``/``audio``), or ``None``."""
@@ -413,13 +415,13 @@ class TokenSpace:
             return self._specials[special]
         if special in self._base_specials:
             return self._base_specials[special]
-        raise KeyError(f"token space {self.name!r} has no special token {special!r}")
+        raise TokenSpaceLookupError("special", f"token space {self.name!r} has no special token {special!r}")
 
     def grid_id(self, value: int) -> int:
         """ID of the grid-size token for side length ``value`` (1..max)."""
         blk = self._grid_block()
         if not 1 <= value <= blk.size:
-            raise ValueError(f"grid size must be in [1, {blk.size}], got {value}")
+            raise TokenSpaceError("range", f"grid size must be in [1, {blk.size}], got {value}")
         from .grammar.layout import grid_id
 
         return grid_id(blk, value)
@@ -427,7 +429,7 @@ class TokenSpace:
     def _grid_block(self) -> Block:
         blk = next((b for b in self._blocks if b.kind == "grid"), None)
         if blk is None:
-            raise TokenSpaceError("block", f"token space {self.name!r} has no grid block")
+            raise TokenSpaceLookupError("block", f"token space {self.name!r} has no grid block")
         return blk
 
     def classify(self, ids: Any) -> np.ndarray:

@@ -31,6 +31,7 @@ from lumo_uti.token_space import TokenSpace
 
 from .expansion import expand, expansion_of
 from .identity import config_sha256, tensor_sha256
+from ..errors import AdapterMismatchError
 
 __all__ = ["AdapterMismatchError", "MANIFEST_SCHEMA", "save_trainable_rows", "patch_load", "merge", "read_manifest"]
 
@@ -39,14 +40,6 @@ MANIFEST_VERSION = (1, 0)
 ADAPTER_FILE = "adapter.safetensors"
 MANIFEST_FILE = "manifest.json"
 TOKEN_SPACE_FILE = "token_space.json"
-
-
-class AdapterMismatchError(ValueError):
-    """The adapter does not fit this base model; ``field`` names the check that failed."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"patch_load: {field}: {message}")
-        self.field = field
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

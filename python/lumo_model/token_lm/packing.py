@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lumo_uti.errors import TokenSpaceLookupError
+
 from .tasks import EOS
 
 __all__ = ["Window", "ShardPacker", "document_attention_mask", "collate_windows", "open_token_shards"]
@@ -200,7 +202,9 @@ def open_token_shards(path: str | os.PathLike, token_space: Any) -> tuple[Any, i
     if not identity.get("settings", {}).get("append_eos", False):
         separator = token_space.special_tokens.get(EOS)
         if separator is None:
-            raise ValueError(f"tokenlm train: token space {token_space.name!r} has no {EOS} to separate documents")
+            raise TokenSpaceLookupError(
+                "special", f"tokenlm train: token space {token_space.name!r} has no {EOS} to separate documents"
+            )
     files = [[s.get("bin_sha256"), s.get("idx_sha256"), s.get("documents"), s.get("tokens")]
              for s in shards.manifest["shards"]]
     canon = json.dumps({"identity": identity, "shards": files}, sort_keys=True, separators=(",", ":"))

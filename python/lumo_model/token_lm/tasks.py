@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from lumo_uti.docjson import document_from_json
+from lumo_uti.errors import TokenSpaceLookupError
 from lumo_uti.segments import AudioCodes, ImageCodes
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ def loss_id_mask(token_space: Any, which: str) -> torch.Tensor:
     else:
         block = token_space.codes_block(which)
         if block is None:
-            raise ValueError(f"loss_on {which!r}: token space {token_space.name!r} has no {which} codes block")
+            raise TokenSpaceLookupError("block", f"loss_on {which!r}: token space {token_space.name!r} has no {which} codes block")
         mask[block.offset : block.end] = True
         if which == "image" and token_space.has_block("grid"):
             grid = token_space.block("grid")

@@ -23,12 +23,9 @@ import numpy as np
 import torch
 
 from .model import IMAGE_PATCH, patchify
+from ..errors import TruncationError
 
 __all__ = ["CoverageReport", "TruncationError", "VLMCollator", "VLMExample", "load_image", "read_examples"]
-
-
-class TruncationError(ValueError):
-    """The template and the image placeholder blocks alone exceed ``max_seq_len``."""
 
 
 @dataclass

@@ -20,15 +20,13 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..errors import PlaceholderMismatchError
+
 __all__ = ["IMAGE_PATCH", "LumoVLM", "PlaceholderMismatchError", "VLMOutput", "patchify"]
 
 IMAGE_PATCH = "<|image_patch|>"
 
 FeatureTransform = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
-
-
-class PlaceholderMismatchError(ValueError):
-    """A sample's ``<|image_patch|>`` count does not match its images x latents."""
 
 
 def patchify(images: Sequence[torch.Tensor], patch_size: int) -> dict[str, torch.Tensor]:

@@ -37,24 +37,21 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
-    from .runner import AuditUsageError, Margins, describe_failure, run_audit
+    from ..errors import UsageError
+    from .runner import Margins, describe_failure, run_audit
 
     margins_given = (args.margin_db, args.margin_frac, args.margin_dist) != (0.5, 0.9, 1.1)
     if margins_given and not args.update_gates:
         raise UsageError("--margin-db/--margin-frac/--margin-dist need --update-gates")
-    try:
-        result = run_audit(
-            args.bundle,
-            data=args.data,
-            gates=args.gates,
-            out=args.out,
-            device=args.device,
-            update_gates=args.update_gates,
-            margins=Margins(args.margin_db, args.margin_frac, args.margin_dist),
-        )
-    except AuditUsageError as e:
-        raise UsageError(str(e)) from None
+    result = run_audit(  # an AuditUsageError is one line and exit 2, as every library error
+        args.bundle,
+        data=args.data,
+        gates=args.gates,
+        out=args.out,
+        device=args.device,
+        update_gates=args.update_gates,
+        margins=Margins(args.margin_db, args.margin_frac, args.margin_dist),
+    )
     for check in result.failures:
         print(f"lumo audit: {describe_failure(check)}", file=sys.stderr)
     s = result.summary()

@@ -14,12 +14,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-
-
-class DataError(ValueError):
-    """The evaluation data is missing or unreadable; the message names the path."""
 
 
 def default_data_dir() -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .._io import atomic_write_text
+from ..errors import GatesError
 from .results import FAIL, NO_GATE, PASS, SKIPPED, Check
 
 FORMAT = "lumo-gates"
@@ -47,10 +48,6 @@ GATE_METRICS: dict[str, Metric] = {
     "audio.codebook_usage": Metric("min", "frac", "fraction of entries used (worst codebook)"),
     "audio.codebook_perplexity": Metric("min", "frac", "exp(entropy) of code frequencies (worst codebook)"),
 }
-
-
-class GatesError(ValueError):
-    """A gates file is missing, not JSON, or breaks the format; the message says where."""
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import AuditUsageError
 from .abi import open_bundle
 from .data import DataError, EvalSamples, default_data_dir, discover, load_sample
 from .determinism import check_determinism
@@ -19,10 +20,6 @@ from .roundtrip import roundtrip
 from .sanity import check_decode, check_token_range
 
 MODALITIES = ("image", "audio")
-
-
-class AuditUsageError(ValueError):
-    """Bad audit input (missing directory, malformed gates file, no CUDA, data without a codec): exit 2."""
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,7 @@ import torch
 from .._hashing import canonical_json, sha256_bytes, sha256_file
 
 
-class CodecError(ValueError):
-    """A codec directory or option is unusable; the message names the file or option."""
-
+from ..errors import CodecError  # defined with every other error; imported from here too
 
 def weight_files(directory: Path) -> list[Path]:
     files = sorted(directory.glob("*.safetensors"))

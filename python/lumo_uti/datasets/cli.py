@@ -56,9 +56,8 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_tokenize(args: argparse.Namespace) -> int:
-    from ..errors import BundleError, TokenizerMismatchError, TokenSpaceError
+    from ..errors import TooManyErrors, UTIError
     from .pipeline import tokenize_dataset
-    from .writer import ShardFolderError, TooManyErrors
 
     try:
         manifest = tokenize_dataset(
@@ -72,7 +71,7 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
         print(f"lumo tokenize-dataset: stopped: {e}; finished shards are kept (fix the input, then --resume "
               "with a larger --max-errors)", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, OSError, ShardFolderError, BundleError, TokenSpaceError, TokenizerMismatchError) as e:
+    except (UTIError, ValueError, TypeError, OSError) as e:
         print(f"lumo tokenize-dataset: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # a worker or actor died: finished shards are kept

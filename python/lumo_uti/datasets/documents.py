@@ -24,14 +24,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..docjson import document_from_json
+from ..errors import DocumentError
 from ..media import Audio
 
 MEDIA_KEYS = ("image", "audio")
 COLUMN_KINDS = ("text", "image", "audio", "document")
-
-
-class DocumentError(ValueError):
-    """A record that cannot become a document (the message is the reason recorded in errors.jsonl)."""
 
 
 def parse_columns(spec: str | Sequence[str] | None) -> list[tuple[str, str]] | None:

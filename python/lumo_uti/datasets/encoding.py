@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..errors import TokenSpaceLookupError
 from .documents import DocumentError, to_document
 
 EOS_TOKEN = "<|endoftext|>"
@@ -68,7 +69,7 @@ class BatchEncoder:
         self._image_type = Image.Image
         self._region_starts = np.array([r.start for r in ts.regions], dtype=np.int64)
         if settings.append_eos and self.eos is None:
-            raise ValueError(f"append_eos: the base tokenizer of {ts.name!r} has no {EOS_TOKEN}")
+            raise TokenSpaceLookupError("special", f"append_eos: the base tokenizer of {ts.name!r} has no {EOS_TOKEN}")
 
     def __call__(self, batch: list[tuple[int, Any]]) -> list[Encoded]:
         from ..media import Audio

@@ -26,15 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import IndexedFormatError
+
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
 DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16}
 INT32_CODE = 4
 _HEADER = struct.Struct("<9sQBQQ")
-
-
-class IndexedFormatError(ValueError):
-    """A ``.idx`` / ``.bin`` pair that is not a well-formed indexed dataset."""
 
 
 def index_bytes(lengths: np.ndarray) -> bytes:

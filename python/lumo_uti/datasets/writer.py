@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_text
+from ..errors import ShardFolderError, TooManyErrors
 from .encoding import Encoded
 from .indexed import index_bytes
 
@@ -30,14 +31,6 @@ SCHEMA_VERSION = 1
 JOURNAL = "progress.jsonl"
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
-
-
-class ShardFolderError(ValueError):
-    """The output folder holds something a run must not overwrite or cannot resume."""
-
-
-class TooManyErrors(RuntimeError):
-    """More documents failed than ``max_errors`` allows."""
 
 
 def shard_name(k: int) -> str:

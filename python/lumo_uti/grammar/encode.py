@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import TokenSpaceError, TokenSpaceLookupError
 from ..segments import AudioCodes, ImageCodes, ImagePlaceholder
 from .layout import Kind, Layout, grid_id, interleaved_code_ids
 
@@ -25,17 +26,17 @@ def encode_image_codes(layout: Layout, image: ImageCodes) -> np.ndarray:
     """``ImageCodes`` -> int64 IDs of the whole image span."""
     blk = layout.image
     if blk is None:
-        raise ValueError("this token space has no image block; cannot encode ImageCodes")
+        raise TokenSpaceLookupError("block", f"{_name(layout)} has no image block; cannot encode ImageCodes")
     codes = image.layers  # [L, H, W]
     num_layers, height, width = codes.shape
     if num_layers != blk.num_codebooks:
-        raise ValueError(
-            f"ImageCodes has {num_layers} code layer(s) but block {blk.name!r} has {blk.num_codebooks} codebook(s)"
+        raise TokenSpaceError(
+            "range", f"ImageCodes has {num_layers} code layer(s) but block {blk.name!r} has {blk.num_codebooks} codebook(s)"
         )
     _check_code_range(codes, blk.codebook_size, "ImageCodes")
     for side, what in ((height, "height"), (width, "width")):
         if side > layout.grid.size:
-            raise ValueError(f"ImageCodes {what} {side} exceeds the grid block's maximum {layout.grid.size}")
+            raise TokenSpaceError("range", f"ImageCodes {what} {side} exceeds the grid block's maximum {layout.grid.size}")
     body = interleaved_code_ids(blk, codes.transpose(1, 2, 0))  # [H, W, L]: layers innermost
     head = [layout.marker_id[Kind.IMAGE_START], grid_id(layout.grid, height), grid_id(layout.grid, width)]
     return np.concatenate([np.array(head, dtype=np.int64), body, [layout.marker_id[Kind.IMAGE_END]]])
@@ -45,11 +46,11 @@ def encode_audio_codes(layout: Layout, audio: AudioCodes) -> np.ndarray:
     """``AudioCodes`` [T, Q] -> int64 IDs of the whole audio span."""
     blk = layout.audio
     if blk is None:
-        raise ValueError("this token space has no audio block; cannot encode AudioCodes")
+        raise TokenSpaceLookupError("block", f"{_name(layout)} has no audio block; cannot encode AudioCodes")
     codes = audio.codes
     if codes.shape[1] != blk.num_codebooks:
-        raise ValueError(
-            f"AudioCodes has Q={codes.shape[1]} codebooks but block {blk.name!r} has {blk.num_codebooks}"
+        raise TokenSpaceError(
+            "range", f"AudioCodes has Q={codes.shape[1]} codebooks but block {blk.name!r} has {blk.num_codebooks}"
         )
     _check_code_range(codes, blk.codebook_size, "AudioCodes")
     body = interleaved_code_ids(blk, codes)  # frame-major: the Q codes of a frame in codebook order
@@ -59,7 +60,7 @@ def encode_audio_codes(layout: Layout, audio: AudioCodes) -> np.ndarray:
 
 def encode_placeholder(layout: Layout, placeholder: ImagePlaceholder) -> np.ndarray:
     if Kind.IMAGE_PATCH not in layout.marker_id:
-        raise ValueError("this token space has no <|image_patch|> token")
+        raise TokenSpaceLookupError("special", f"{_name(layout)} has no <|image_patch|> token")
     return np.full(placeholder.num_tokens, layout.marker_id[Kind.IMAGE_PATCH], dtype=np.int64)
 
 
@@ -85,4 +86,8 @@ def encode_segments(layout: Layout, segments: list[Any], encode_text: Callable[[
 
 def _check_code_range(codes: np.ndarray, codebook_size: int, what: str) -> None:
     if codes.size and int(codes.max()) >= codebook_size:
-        raise ValueError(f"{what}: code {int(codes.max())} is out of range for codebook size {codebook_size}")
+        raise TokenSpaceError("range", f"{what}: code {int(codes.max())} is out of range for codebook size {codebook_size}")
+
+
+def _name(layout: Layout) -> str:
+    return f"token space {layout.token_space.name!r}"
