@@ -47,7 +47,11 @@ def register(subparsers: Any) -> None:
     t.add_argument("--log-every", type=int, default=10, help="log loss per region every N steps (default 10)")
     t.add_argument("--noise-std", type=float, default=0.0, help="init noise, in units of the base rows' std (default 0)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype (default float32)")
+    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model dtype; 16-bit runs keep float32 master copies of the new rows (default float32)")
+    t.add_argument("--loss", default="fused", choices=["fused", "materialized"],
+                   help="fused: cross entropy from the hidden states without building the [tokens x vocab] "
+                        "logits (default); materialized: from the model's logits (same loss, far more memory)")
     from .tasks import LOSS_ON  # torch-free
 
     t.add_argument("--loss-on", default="all", choices=list(LOSS_ON),
@@ -75,7 +79,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         base=args.base, data=args.data, out=args.out, bundle=args.bundle, steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, seq_len=args.seq_len, save_every=args.save_every, resume=args.resume,
         seed=args.seed, log_every=args.log_every, weight_decay=args.weight_decay, noise_std=args.noise_std,
-        dtype=args.dtype, loss_on=args.loss_on,
+        dtype=args.dtype, loss_on=args.loss_on, loss=args.loss,
     )
     try:
         result = train(cfg)

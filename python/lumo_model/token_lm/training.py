@@ -11,10 +11,19 @@ holds the rows, the optimizer state and the step, and the resumed run gives
 bit-identical rows to an uninterrupted one (on the same machine and thread
 count).
 
+Loss: ``fused`` (default) computes the cross entropy from the last hidden
+state with ``lumo_uti.ops.rows_linear_cross_entropy``, never building the
+``[B, L, V]`` logits; ``materialized`` takes the model's logits (the plain
+path, same loss). With ``dtype`` bfloat16/float16 the model runs in that dtype
+and the optimizer updates float32 master copies of the new rows (kept in
+each checkpoint's ``master.safetensors``), copied back into the model after
+every step.
+
 Output directory::
 
     log.jsonl                  one JSON object per logged step
-    checkpoints/step_XXXXXXXX/ adapter/ (rows-only adapter), optimizer.pt, state.json
+    checkpoints/step_XXXXXXXX/ adapter/ (rows-only adapter), optimizer.pt, state.json,
+                               master.safetensors (16-bit runs: the float32 rows)
     latest.json                {"step": N, "checkpoint": "checkpoints/step_..."}
     adapter/                   the final rows-only adapter
 """
@@ -43,11 +52,13 @@ from .packaging import atomic_dir, patch_load, save_trainable_rows
 from .packing import ShardPacker, collate_windows, open_token_shards
 from .tasks import LOSS_ON, Example, loss_id_mask, read_examples
 
-__all__ = ["TrainConfig", "train", "forbidden_columns", "rows_loss"]
+__all__ = ["TrainConfig", "train", "forbidden_columns", "forbidden_ranges", "rows_loss", "LOSSES"]
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LOSSES = ("fused", "materialized")
+MASTER = "master.safetensors"
 
 
 @dataclass
@@ -71,6 +82,7 @@ class TrainConfig:
     dtype: str = "float32"
     keep_checkpoints: int = 2
     loss_on: str = "all"
+    loss: str = "fused"
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "save_every", "log_every"):
@@ -84,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"tokenlm train: expected dtype in {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"tokenlm train: expected keep_checkpoints >= 1, got {self.keep_checkpoints}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"tokenlm train: expected loss in {list(LOSSES)}, got {self.loss!r}")
         if self.loss_on not in LOSS_ON:
             raise ValueError(f"tokenlm train: expected loss_on in {list(LOSS_ON)}, got {self.loss_on!r}")
 
@@ -94,6 +108,12 @@ def forbidden_columns(token_space: Any, width: int) -> torch.Tensor:
     mask[token_space.text_vocab_size : token_space.base_rows] = True
     mask[token_space.vocab_size :] = True
     return mask
+
+
+def forbidden_ranges(token_space: Any, width: int) -> list[tuple[int, int]]:
+    """The True columns of ``forbidden_columns`` as half-open ``(start, stop)`` ranges."""
+    ranges = [(token_space.text_vocab_size, token_space.base_rows), (token_space.vocab_size, width)]
+    return [(a, b) for a, b in ranges if a < b]
 
 
 def rows_loss(logits: torch.Tensor, labels: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:
@@ -107,6 +127,77 @@ def rows_loss(logits: torch.Tensor, labels: torch.Tensor, forbidden: torch.Tenso
     target = labels[:, 1:]
     flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none")
     return flat.view(target.shape)
+
+
+class RowsLossModel(torch.nn.Module):
+    """An expanded model and its loss in one forward (so DDP sees the whole step).
+
+    ``forward(input_ids, attention_mask, labels) -> [B, L-1]`` per-target loss
+    (0 where the label is -100). ``fused``: the decoder's last hidden state
+    into ``rows_linear_cross_entropy`` (the model's logits must be
+    ``lm_head(last_hidden_state)``, as for Qwen3); ``materialized``: the
+    model's logits into ``rows_loss``.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss: str, forbidden: torch.Tensor):
+        super().__init__()
+        self.model, self.loss = model, loss
+        self.register_buffer("forbidden", forbidden, persistent=False)
+        self.ranges = [(int(a), int(b)) for a, b in _mask_runs(forbidden)]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.loss == "materialized":
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return rows_loss(logits, labels, self.forbidden)
+        from lumo_uti.ops import rows_linear_cross_entropy
+
+        out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        head = self.model.get_output_embeddings()
+        return rows_linear_cross_entropy(
+            out.last_hidden_state[:, :-1], head.base_weight, head.new_weight, labels[:, 1:],
+            base_bias=head.base_bias, new_bias=head.new_bias, masked_columns=self.ranges, reduction="none",
+        )
+
+
+def _mask_runs(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """Half-open runs of True in a ``[V]`` bool mask."""
+    m = mask.to("cpu", torch.int8)
+    edges = torch.diff(torch.cat([torch.zeros(1, dtype=torch.int8), m, torch.zeros(1, dtype=torch.int8)]))
+    starts = torch.nonzero(edges == 1).reshape(-1).tolist()
+    stops = torch.nonzero(edges == -1).reshape(-1).tolist()
+    return list(zip(starts, stops))
+
+
+class _MasterRows:
+    """float32 master copies of 16-bit trainable rows: the optimizer steps these, the model gets them rounded."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params = params
+        self.masters = [torch.nn.Parameter(p.detach().to(torch.float32).clone()) for p in params]
+
+    def grads_to_masters(self) -> None:
+        for p, m in zip(self.params, self.masters):
+            m.grad = None if p.grad is None else p.grad.to(torch.float32)
+            p.grad = None
+
+    @torch.no_grad()
+    def masters_to_model(self) -> None:
+        for p, m in zip(self.params, self.masters):
+            p.copy_(m)
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({f"row_{i}": m.detach().cpu().contiguous() for i, m in enumerate(self.masters)}, str(path))
+
+    @torch.no_grad()
+    def load(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        saved = load_file(str(path))
+        for i, m in enumerate(self.masters):
+            m.copy_(saved[f"row_{i}"].to(m.device))
+        self.masters_to_model()
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -225,11 +316,14 @@ def _barrier(world: int) -> None:
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
-def _save_checkpoint(out: Path, model: Any, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int) -> Path:
+def _save_checkpoint(out: Path, model: Any, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int,
+                     master: _MasterRows | None = None) -> Path:
     name = f"step_{state['step']:08d}"
     ckpt = out / CKPT_DIR / name
     with atomic_dir(ckpt) as tmp:
         save_trainable_rows(model, tmp / "adapter")
+        if master is not None:
+            master.save(tmp / MASTER)
         opt_tmp = tmp / "optimizer.pt"
         torch.save(optimizer.state_dict(), opt_tmp)
         atomic_write_text(tmp / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
@@ -319,7 +413,10 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict
         params = trainable_parameters(model)
         for p in params:
             p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        master = _MasterRows(params) if any(p.dtype != torch.float32 for p in params) else None
+        optimizer = torch.optim.AdamW(master.masters if master else params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if ckpt is not None and master is not None and (ckpt / MASTER).exists():
+            master.load(ckpt / MASTER)
         if ckpt is not None:
             optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=device))
         n_trainable = sum(p.numel() for p in params)
@@ -327,28 +424,31 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict
             f"tokenlm: {data.summary}, {world} process(es), vocab {expansion_of(model).total_rows} "
             f"({expansion_of(model).new_rows} new rows), {n_trainable} trainable parameters, device {device}"
         )
-        net = model
+        forbidden = forbidden_columns(ts, expansion_of(model).total_rows).to(device)
+        net = RowsLossModel(model, cfg.loss, forbidden)
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
         net.train()
-        forbidden = forbidden_columns(ts, expansion_of(model).total_rows).to(device)
         names = [r.name for r in ts.regions]
         bounds = ts.region_bounds
         last_loss = float("nan")
         t0, tokens = time.perf_counter(), 0
         for step in range(start, cfg.steps):
             inputs = {k: v.to(device) for k, v in data.batch(step, rank, world).items()}
-            labels = inputs.pop("labels")
-            logits = net(**inputs).logits
-            per_tok = rows_loss(logits, labels, forbidden)
+            labels = inputs["labels"]
+            per_tok = net(**inputs)
             valid = labels[:, 1:] != -100
             count = valid.sum()
             loss = per_tok.sum() / count.clamp(min=1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if master is not None:
+                master.grads_to_masters()
             optimizer.step()
+            if master is not None:
+                master.masters_to_model()
             tokens += int(count)
             last_loss = float(loss.detach())
             done = step + 1
@@ -368,7 +468,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict
             if done % cfg.save_every == 0 or done == cfg.steps:
                 if rank == 0:
                     state = {"step": done, "loss": last_loss, "data_sha256": data_hash, "config": asdict(cfg), "world_size": world}
-                    path = _save_checkpoint(out, model, optimizer, state, cfg.keep_checkpoints)
+                    path = _save_checkpoint(out, model, optimizer, state, cfg.keep_checkpoints, master)
                     say(f"tokenlm: checkpoint {path}")
                 _barrier(world)
         if rank == 0:
