@@ -33,7 +33,8 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
-_MARKER = re.compile(r"<!--\s*lumo:(cli|results|api|bundle|formats)\s*([\w.]*)\s*-->")
+# A marker may be indented (inside an admonition or a list): the text it becomes gets the same indent.
+_MARKER = re.compile(r"^([ \t]*)<!--\s*lumo:(cli|results|api|bundle|formats)\s*([\w.]*)\s*-->", re.M)
 _state: dict[str, Any] = {}
 
 
@@ -105,7 +106,7 @@ def _command_markdown(path: list[str], parser: argparse.ArgumentParser, summary:
         out.append("")
     if subs:
         out.append("| command | what it does |\n| --- | --- |")
-        out.extend(f"| `{' '.join([*path, n])}` | {_escape(h)} |" for n, _, h in subs)
+        out.extend(f"| [`{' '.join([*path, n])}`](#{'-'.join([*path, n])}) | {_escape(h)} |" for n, _, h in subs)
         out.append("")
         for name, sub, help_text in subs:
             _command_markdown([*path, name], sub, help_text, out)
@@ -311,7 +312,11 @@ def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
         return markdown
 
     def replace(match: re.Match) -> str:
-        kind, name = match.group(1), match.group(2)
+        indent = match.group(1)
+        text = generate(match.group(2), match.group(3))
+        return "\n".join(indent + line if line else line for line in text.split("\n"))
+
+    def generate(kind: str, name: str) -> str:
         if kind == "formats":
             return formats_markdown()
         if kind == "bundle":
