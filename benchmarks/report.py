@@ -411,7 +411,7 @@ def _token_lm_plot(d: dict[str, Any]) -> bytes:
             for key, label in kinds:
                 series[label].append((b.get(key) or 0) / 2**20 or None)
             series["peak of a step"].append((peaks.get(variant) or 0) / 2**20 or None)
-    return _bars("Embedding + LM head training step: memory of each variant", labels, series, "MiB (log)", log=True)
+    return _bars("Embedding + LM head training step: memory of each variant", labels, series, "MiB")
 
 
 PLOTS: dict[str, tuple[str, Callable[[dict[str, Any]], bytes]]] = {

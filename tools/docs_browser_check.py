@@ -1,6 +1,6 @@
 """Open the built documentation site in headless Chromium and check that its pages render.
 
-    python tools/docs_browser_check.py site/ --out docs_screenshots/
+    python tools/docs_browser_check.py [build/docs/site] [--out build/docs/screenshots]
 
 For each page (default: the home page and the kernel results page) it checks
 that the page loads (HTTP 200), that every image loaded (``complete`` with a
@@ -201,15 +201,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("site", type=Path, help="the built site (mkdocs build -d SITE)")
-    parser.add_argument("--out", type=Path, default=Path("docs_screenshots"), help="screenshots and report.json")
+    parser.add_argument("site", type=Path, nargs="?", default=Path("build/docs/site"),
+                        help="the built site (default build/docs/site, where mkdocs build writes it)")
+    parser.add_argument("--out", type=Path, default=Path("build/docs/screenshots"),
+                        help="screenshots and report.json (default build/docs/screenshots)")
     parser.add_argument("--page", action="append", metavar="NAME=PATH[:MIN_IMAGES]",
                         help="a page to check instead of the defaults, e.g. home=:1 or kernels=results/kernels/:2")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one protocol answer")
     args = parser.parse_args(argv)
     if not (args.site / "index.html").is_file():
         print(f"docs_browser_check: {args.site}/index.html not found: build the site first "
-              f"(mkdocs build --strict -d {args.site})", file=sys.stderr)
+              f"(mkdocs build --strict)", file=sys.stderr)
         return 2
     pages = list(DEFAULT_PAGES)
     if args.page:
