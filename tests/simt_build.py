@@ -113,7 +113,8 @@ def build(verbose: bool = False) -> Path:
         (work / "lumo_build_info.h").write_text(_BUILD_INFO.format(cxx=cxx, flags="simt"))
 
         def compile_one(src: Path) -> Path:
-            obj = work / (src.name + ".o")
+            # Every op's kernel is named cuda.cu: name objects by their path.
+            obj = work / ("_".join(src.relative_to(ROOT).parts) + ".o")
             lang = ["-x", "c++"] if src.suffix == ".cu" else []
             cmd = [cxx, *flags, *lang, "-c", str(src), "-o", str(obj)]
             run = subprocess.run(cmd, capture_output=True, text=True)
