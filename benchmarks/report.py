@@ -184,11 +184,11 @@ def _vq_table(d: dict[str, Any]) -> str:
     rows = []
     for r in d["rows"]:
         sh, b = r.get("shape", {}), r.get("baselines", {})
-        rows.append([f"`{r['case']}`", r.get("op"), sh.get("N"), sh.get("K"), sh.get("D"), sh.get("Q", "–"),
-                     _num(r.get("ours_ms"), 3), _num(r.get("ours_packed_ms"), 3)]
+        shape = " ".join(f"{k}={v}" for k, v in sh.items())
+        rows.append([f"`{r['case']}`", shape, _num(r.get("ours_ms"), 3), _num(r.get("ours_packed_ms"), 3)]
                     + [_num(b[n]["speedup"]) + ("" if b[n].get("agree") in (None, 1.0) else
                                                 f" (agree {b[n]['agree']})") if n in b else "–" for n in names])
-    return _table(["case", "op", "N", "K", "D", "Q", "ours ms", "ours packed ms"] + [f"x {n}" for n in names], rows)
+    return _table(["case", "shape", "ours ms", "packed ms"] + [f"x {n}" for n in names], rows)
 
 
 def _resampler_table(d: dict[str, Any]) -> str:
@@ -369,7 +369,7 @@ BASELINE_NAMES = {"hf": "HF EnCodec quantizer", "vqp": "vector-quantize-pytorch"
 
 def _vq_plot(d: dict[str, Any]) -> bytes:
     rows = d["rows"]
-    labels = [f"{r['case']}\nK={r['shape']['K']} D={r['shape']['D']}" for r in rows]
+    labels = [f"{r['case']}\nK={r['shape']['K']}\nD={r['shape']['D']}" for r in rows]
     names = sorted({n for r in rows for n, b in r.get("baselines", {}).items() if b.get("speedup") is not None})
     series = {BASELINE_NAMES.get(n, n): [r.get("baselines", {}).get(n, {}).get("speedup") for r in rows]
               for n in names}
