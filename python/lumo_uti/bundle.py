@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_dir
+from ._paths import path_inside
 from .errors import BundleError, BundleHashMismatchError, BundleTokenizerMismatchError, TokenizerMismatchError
 from .text import load_text_tokenizer, qwen3_tokenizer
 from .token_space import BaseSpec, TokenSpace, default_blocks
@@ -80,9 +81,9 @@ def load(path: str | os.PathLike | None = None, *, device: Any = "cpu") -> UTI:
     if not ts_file.is_file():
         raise BundleError(f"{path} is not a bundle: no token_space.json in it")
     token_space = TokenSpace.load(ts_file)
-    text_tokenizer = _load_tokenizer(ts_file, token_space)  # checked first: cheap, fundamental
+    text_tokenizer = open_text_tokenizer(ts_file, token_space)  # checked first: cheap, fundamental
     token_space.check_text_tokenizer(text_tokenizer)
-    codecs = {m: _load_codec(ts_file.parent, m, identity, device) for m, identity in token_space.codecs.items()}
+    codecs = {m: open_codec(ts_file.parent, m, identity, device) for m, identity in token_space.codecs.items()}
     uti = UTI(
         token_space,
         text_tokenizer,
@@ -98,12 +99,6 @@ def _default() -> UTI:
     return load(default_bundle_dir(), device=None)
 
 
-def _inside(bundle_dir: Path, rel: Any, what: str) -> Path:
-    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
-        raise BundleError(f"{what}: path must be relative and inside the bundle, got {rel!r}")
-    return bundle_dir / rel
-
-
 def _regular_files(directory: Path, what: str) -> None:
     """Refuse a folder of the bundle that holds a device, pipe or socket where a file is read."""
     if not directory.is_dir():
@@ -113,13 +108,14 @@ def _regular_files(directory: Path, what: str) -> None:
             raise BundleError(f"{what}: {f} is not a regular file")
 
 
-def _load_tokenizer(ts_file: Path, token_space: TokenSpace):
+def open_text_tokenizer(ts_file: Path, token_space: TokenSpace):
+    """The text tokenizer ``token_space`` records, its hash checked (``BundleTokenizerMismatchError``)."""
     from .text import HFTextTokenizer
 
     identity = token_space.tokenizer
     rel = identity.get("path")
     if identity.get("kind") == "hf-tokenizer" and isinstance(rel, str):
-        _regular_files(_inside(ts_file.parent, rel, "tokenizer in token_space.json"), "text tokenizer")
+        _regular_files(path_inside(ts_file.parent, rel, "tokenizer in token_space.json"), "text tokenizer")
     try:
         tok = load_text_tokenizer(identity, ts_file.parent)
     except TokenizerMismatchError:
@@ -135,12 +131,19 @@ def _load_tokenizer(ts_file: Path, token_space: TokenSpace):
     return tok
 
 
-def _load_codec(bundle_dir: Path, modality: str, identity: dict[str, Any], device: Any):
+def open_codec(bundle_dir: Path, modality: str, identity: dict[str, Any], device: Any, *, verify: bool = True):
+    """The ``modality`` codec that ``identity`` (from ``token_space.json``) records, loaded from the bundle.
+
+    ``verify``: its ``config.json`` hash is checked before the model is built
+    and its weights hash after (``BundleHashMismatchError``). ``verify=False``
+    loads it whatever its hashes (the audit reports them with
+    ``identity_differences``).
+    """
     from . import codecs
     from ._hashing import sha256_file
 
     ts_file = bundle_dir / "token_space.json"
-    directory = _inside(bundle_dir, identity.get("path"), f"{modality} codec in token_space.json")
+    directory = path_inside(bundle_dir, identity.get("path"), f"{modality} codec in token_space.json")
     kind = identity.get("kind")
     if kind not in codecs.BACKENDS:
         raise BundleError(f"{modality} codec in {ts_file}: unknown codec kind {kind!r} (kinds: {sorted(codecs.BACKENDS)})")
@@ -148,6 +151,11 @@ def _load_codec(bundle_dir: Path, modality: str, identity: dict[str, Any], devic
     config = directory / "config.json"
     if not config.is_file():
         raise BundleError(f"{modality} codec: {config} is missing")
+    if not verify:
+        try:
+            return codecs.load(f"{kind}:{directory}", device=device or "cpu", **identity.get("options", {}))
+        except codecs.CodecError as e:
+            raise BundleError(f"{modality} codec in {directory}: {e}") from None
     for field in ("config_hash", "weights_hash"):
         if not isinstance(identity.get(field), str):
             raise BundleError(f"{modality} codec in {ts_file} records no {field}, so {directory} cannot be verified")
@@ -179,6 +187,25 @@ def _load_codec(bundle_dir: Path, modality: str, identity: dict[str, Any], devic
             file=str(directory / differ[0]) if differ else str(directory),
             field=f"codecs.{modality}.weights_hash", recorded=identity["weights_hash"], found=codec.weights_hash)
     return codec
+
+
+def identity_differences(recorded: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """Human lines for every codec identity field that differs between the record and a loaded codec."""
+    out = []
+    rec_files, found_files = recorded.get("weight_files") or {}, found.get("weight_files") or {}
+    for name in sorted(set(rec_files) | set(found_files)):
+        a, b = rec_files.get(name), found_files.get(name)
+        if a != b:
+            if a is None:
+                out.append(f"weight file {name} is not recorded in token_space.json")
+            elif b is None:
+                out.append(f"weight file {name} is recorded but missing")
+            else:
+                out.append(f"weight file {name} has hash {b}, recorded {a}")
+    for key in ("weights_hash", "config_hash", "kind"):
+        if recorded.get(key) != found.get(key):
+            out.append(f"{key} is {found.get(key)}, recorded {recorded.get(key)}")
+    return out
 
 
 def create_bundle(

@@ -26,7 +26,7 @@ import operator
 import re
 import unicodedata
 from functools import cached_property, lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from ._hashing import canonical_json, sha256_bytes
@@ -470,7 +470,8 @@ def load_text_tokenizer(identity: Mapping[str, Any], bundle_dir: str | Path | No
 
     Raises:
         TokenizerMismatchError: the loaded tokenizer's hash is not ``identity["hash"]``.
-        ValueError: unknown kind, missing field, or a path outside the bundle.
+        ValueError: unknown kind or missing field; ``BundleError`` (a ``ValueError``)
+            for a path outside the bundle.
     """
     if not isinstance(identity, Mapping):
         raise TypeError(f"load_text_tokenizer: expected an identity mapping, got {type(identity).__name__}")
@@ -485,10 +486,9 @@ def load_text_tokenizer(identity: Mapping[str, Any], bundle_dir: str | Path | No
             raise ValueError(f"load_text_tokenizer: an {HF_KIND!r} identity needs 'path', got {dict(identity)!r}")
         if bundle_dir is None:
             raise ValueError(f"load_text_tokenizer: an {HF_KIND!r} identity needs bundle_dir (path {rel!r})")
-        parts = PurePosixPath(rel)
-        if parts.is_absolute() or ".." in parts.parts or "\\" in rel:
-            raise ValueError(f"load_text_tokenizer: path must stay inside the bundle, got {rel!r}")
-        tok = HFTextTokenizer(Path(bundle_dir) / parts)
+        from ._paths import path_inside
+
+        tok = HFTextTokenizer(path_inside(bundle_dir, rel, "load_text_tokenizer"))
     else:
         raise ValueError(f"load_text_tokenizer: unknown tokenizer kind {kind!r}; known kinds: {HF_KIND!r}, {QWEN_KIND!r}")
     got = tok.identity["hash"]

@@ -60,7 +60,7 @@ class UTI:
         self.grammar = Grammar(token_space, text_tokenizer.encode, text_tokenizer.decode)
         for modality, codec in (("image", image_codec), ("audio", audio_codec)):
             if codec is not None:
-                _check_codec_fits(token_space, modality, codec)
+                check_codec_fits(token_space, modality, codec)
         self.image_codec = image_codec
         self.audio_codec = audio_codec
         self._source: tuple | None = None  # (path or None, device, weakrefs to the parts as loaded)
@@ -245,7 +245,8 @@ def _items(document: Any) -> list[Any]:
     return list(document) if isinstance(document, (list, tuple)) else [document]
 
 
-def _check_codec_fits(token_space: TokenSpace, modality: str, codec: Any) -> None:
+def check_codec_fits(token_space: TokenSpace, modality: str, codec: Any) -> None:
+    """``BundleError`` unless the token space has a ``modality`` block of the codec's codebook geometry."""
     block = token_space.codes_block(modality)
     if block is None:
         raise BundleError(f"an {modality} codec was given but token space {token_space.name!r} has no {modality} block")

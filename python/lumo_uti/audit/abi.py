@@ -1,22 +1,27 @@
 """Opening a bundle for the audit, and the ABI checks.
 
 ``lumo_uti.load`` refuses a bundle whose codec weights differ from what
-``token_space.json`` records; the audit must instead report that, so it opens
-the bundle step by step: the token space (fingerprint re-checked by
-``TokenSpace.load``), the text tokenizer (hash re-checked), then each codec,
-whose identity (per-file weight hashes, config hash) is compared with the
-recorded one before the codec is used for the other checks anyway.
+``token_space.json`` records; the audit must instead report that, so it runs
+the steps of ``lumo_uti.load`` one by one with the same functions: the token
+space (fingerprint re-checked by ``TokenSpace.load``), the text tokenizer
+(hash re-checked), then each codec, loaded without the hash check
+(``open_codec(verify=False)``), whose identity is compared with the record
+and whose geometry with its block (``check_codec_fits``) before the codec is
+used for the other checks anyway.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from ..errors import TokenizerMismatchError, TokenSpaceError
+from .._paths import path_inside
+from ..bundle import identity_differences, open_codec, open_text_tokenizer
+from ..errors import BundleError, TokenSpaceError, UTIError
 from ..grammar import Grammar
 from ..token_space import TokenSpace
+from ..uti import check_codec_fits
 from .results import FAIL, PASS, Check
 
 
@@ -35,31 +40,6 @@ def _no_text(_: Any) -> Any:
     raise ValueError("the audit encodes code spans only (no text)")
 
 
-def _codec_dir(bundle_dir: Path, rel: Any) -> Path:
-    if not isinstance(rel, str) or not rel or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
-        raise ValueError(f"codec path must be relative and inside the bundle, got {rel!r}")
-    return bundle_dir / rel
-
-
-def _identity_differences(recorded: dict[str, Any], found: dict[str, Any]) -> list[str]:
-    """Human lines for every identity field that differs (weight files by name)."""
-    out = []
-    rec_files, found_files = recorded.get("weight_files") or {}, found.get("weight_files") or {}
-    for name in sorted(set(rec_files) | set(found_files)):
-        a, b = rec_files.get(name), found_files.get(name)
-        if a != b:
-            if a is None:
-                out.append(f"weight file {name} is not recorded in token_space.json")
-            elif b is None:
-                out.append(f"weight file {name} is recorded but missing")
-            else:
-                out.append(f"weight file {name} has hash {b}, recorded {a}")
-    for key in ("weights_hash", "config_hash", "kind"):
-        if recorded.get(key) != found.get(key):
-            out.append(f"{key} is {found.get(key)}, recorded {recorded.get(key)}")
-    return out
-
-
 def open_bundle(directory: Path, device: str) -> tuple[OpenedBundle, list[Check]]:
     """Open ``directory`` as far as possible; returns it and the ABI checks.
 
@@ -67,9 +47,6 @@ def open_bundle(directory: Path, device: str) -> tuple[OpenedBundle, list[Check]
     check. (A missing directory or ``token_space.json`` is a usage error the
     caller reports before calling this.)
     """
-    from .. import codecs
-    from ..text import load_text_tokenizer
-
     opened = OpenedBundle(directory)
     checks: list[Check] = []
     ts_file = directory / "token_space.json"
@@ -87,31 +64,28 @@ def open_bundle(directory: Path, device: str) -> tuple[OpenedBundle, list[Check]
                         value=ts.fingerprint))
 
     try:
-        load_text_tokenizer(ts.tokenizer, directory)
+        open_text_tokenizer(ts_file, ts)
         checks.append(Check("abi.tokenizer", "abi", PASS, f"tokenizer {ts.tokenizer.get('kind')} hash matches",
                             value=ts.tokenizer.get("hash")))
-    except (TokenizerMismatchError, ValueError, OSError) as e:
+    except (UTIError, ValueError, OSError) as e:
         checks.append(Check("abi.tokenizer", "abi", FAIL, f"text tokenizer: {e}"))
 
     for modality, recorded in ts.codecs.items():
         name = f"abi.codec.{modality}"
-        kind, options = recorded.get("kind"), dict(recorded.get("options") or {})
+        kind = recorded.get("kind")
         try:
-            path = _codec_dir(directory, recorded.get("path"))
-            codec = codecs.load(f"{kind}:{path}", device=device, **options)
+            path = path_inside(directory, recorded.get("path"), f"{modality} codec in token_space.json")
+            codec = open_codec(directory, modality, recorded, device, verify=False)
         except Exception as e:  # noqa: BLE001 - any load failure is an ABI finding, reported not raised
             opened.codec_problems[modality] = f"{modality} codec did not load: {e}"
             checks.append(Check(name, "abi", FAIL, opened.codec_problems[modality], details={"kind": kind}))
             continue
         found = codec.identity
-        differences = _identity_differences(recorded, found)
-        block = ts.codes_block(modality)
-        geometry = (codec.codebook_size, codec.num_codebooks)
-        if block is not None and geometry != (block.codebook_size, block.num_codebooks):
-            differences.append(
-                f"codec has {geometry[1]} codebook(s) of {geometry[0]} codes, block {block.name!r} has "
-                f"{block.num_codebooks} of {block.codebook_size}"
-            )
+        differences = identity_differences(recorded, found)
+        try:
+            check_codec_fits(ts, modality, codec)
+        except BundleError as e:
+            differences.append(str(e))
         details = {"kind": kind, "weights_hash": found.get("weights_hash"), "recorded": recorded.get("weights_hash")}
         if differences:
             checks.append(Check(name, "abi", FAIL,
