@@ -241,12 +241,27 @@ def _token_lm_kernel_table(d: dict[str, Any]) -> str:
 
 
 def _tokenize_table(d: dict[str, Any]) -> str:
-    rows = []
-    for r in d["rows"]:
-        facts = {k: v for k, v in r.items() if k != "case" and not isinstance(v, dict)}
-        rows.append([f"`{r.get('case')}`", "; ".join(f"{k}: {_num(v) if not isinstance(v, list) else v}"
-                                                   for k, v in facts.items())])
-    return _table(["case", "figures"], rows)
+    out = []
+    text = [r for r in d["rows"] if r.get("case") == "text"]
+    if text:
+        out.append(_table(["text: documents", "MB", "tokens", "processes", "ours docs/s", "tiktoken docs/s",
+                           "ours / tiktoken", "goal"],
+                          [[r["documents"], _num(r["mb"], 1), f"{r['tokens']:,}", r["workers"],
+                            _num(r["ours_docs_per_s"]), _num(r["tiktoken_docs_per_s"]), _num(r["ratio_vs_tiktoken"]),
+                            r.get("goal", "–")] for r in text]))
+    images = [r for r in d["rows"] if r.get("case", "").startswith("images")]
+    if images:
+        out.append(_table(["images: documents", "1 worker images/s", "2 workers images/s", "speed-up",
+                           "2-worker start-up s", "speed-up after start-up", "same bytes", "goal"],
+                          [[r["documents"], _num(r["images_per_s_w1"]), _num(r["images_per_s_w2"]),
+                            _num(r["speedup_w2_vs_w1"]), _num(r["w2_startup_s"]),
+                            _num(r["speedup_w2_vs_w1_after_startup"]), "yes" if r.get("same_bytes") else "**no**",
+                            r.get("goal", "–")] for r in images]))
+    other = [r for r in d["rows"] if r not in text and r not in images]
+    if other:  # memory and GPU cases: their fields as they are
+        out.append(_table(["case", "figures"], [[f"`{r.get('case')}`", "; ".join(
+            f"{k}: {v}" for k, v in r.items() if k != "case")] for r in other]))
+    return "\n".join(out)
 
 
 def _codecs_table(d: dict[str, Any]) -> str:
