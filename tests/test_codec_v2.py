@@ -175,8 +175,8 @@ def _images(root, n, seed):
 
 
 TINY = ImageTrainConfig(codebook_size=32, kmeans_samples=2000, kmeans_iterations=3, decoder_channels=8,
-                        decoder_blocks=1, encoder_channels=8, refine_channels=4, decoder_steps=6, batch_size=2,
-                        crop=32, save_every=2, eval_every=2, scales=(1.0, 0.5), eval_size=32)
+                        decoder_blocks=1, encoder_channels=8, encoder_blocks=1, refine_channels=4, decoder_steps=6,
+                        batch_size=2, crop=32, save_every=2, eval_every=2, scales=(1.0, 0.5), eval_size=32)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DATA = ROOT / "python" / "lumo_uti" / "data"
+# The two codecs' weights together may not exceed this (the package carries them).
+MAX_WEIGHT_BYTES = 20_000_000
 
 
 def main() -> None:
@@ -30,6 +32,10 @@ def main() -> None:
     p.add_argument("--audio-eval", help="an audio eval corpus (lumo codec-corpus audio --split eval)")
     args = p.parse_args()
 
+    weights = sum((Path(src) / "model.safetensors").stat().st_size for src in (args.image_codec, args.audio_codec))
+    if weights > MAX_WEIGHT_BYTES:
+        p.error(f"the two codecs' weights are {weights / 1e6:.1f} MB; the package allows "
+                f"{MAX_WEIGHT_BYTES / 1e6:.0f} MB")
     for modality, src in (("image", args.image_codec), ("audio", args.audio_codec)):
         dest = PACKAGE_DATA / "default" / "codecs" / modality
         shutil.rmtree(dest, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""``lumo train-codec image|audio`` and ``lumo codec-corpus image|audio`` (see docs/codec_training.md).
+"""``lumo train-codec``, ``lumo codec-eval`` and ``lumo codec-corpus`` (see docs/codec_training.md).
 
 Heavy imports happen inside the commands only, so that ``lumo --help`` stays fast.
 """
@@ -13,7 +13,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
-    """Add ``train-codec`` and ``codec-corpus`` to the ``lumo`` parser."""
+    """Add ``train-codec``, ``codec-eval`` and ``codec-corpus`` to the ``lumo`` parser."""
     sp = subparsers.add_parser(
         "train-codec", help="train the lumo-vq image or lumo-rvq audio codec on a folder of files",
         description="Train a codec: k-means codebooks on lumo's vq_search (dead-code restarts), then the "
@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--decoder-channels", type=int, help="image: context decoder width (default 128)")
     sp.add_argument("--decoder-blocks", type=int, help="image: context decoder residual blocks (default 2; 0 = none)")
     sp.add_argument("--encoder-channels", type=int, help="image: learned encoder width (default 96)")
-    sp.add_argument("--encoder-blocks", type=int, help="image: learned encoder residual blocks (default 1; 0 = "
+    sp.add_argument("--encoder-blocks", type=int, help="image: learned encoder residual blocks (default 0: "
                                                        "nearest-block search)")
     sp.add_argument("--refine-channels", type=int, help="image: full-resolution refiner width (default 24)")
     sp.add_argument("--refine-blocks", type=int, help="image: full-resolution refiner residual blocks (default 1; "
@@ -56,6 +56,17 @@ def register(subparsers: Any) -> None:
                     help="stop at the first checkpoint after this many minutes (exit status 3); the same "
                          "command again continues exactly where it stopped")
     sp.add_argument("--quiet", action="store_true", help="no progress output")
+
+    sp = subparsers.add_parser(
+        "codec-eval", help="measure a lumo-vq or lumo-rvq codec on an evaluation folder (as train-codec does)",
+        description="The final evaluation of lumo train-codec for an existing codec directory: images: PSNR, SSIM "
+                    "and block-edge ratio at 256 x 256 and codebook usage; audio: SI-SNR, mel and MR-STFT "
+                    "distances and per-codebook usage. Prints JSON (per file with --per-file).")
+    sp.set_defaults(func=_cmd_eval)
+    sp.add_argument("modality", choices=("image", "audio"))
+    sp.add_argument("--codec", required=True, metavar="DIR", help="a lumo-vq (image) or lumo-rvq (audio) directory")
+    sp.add_argument("--eval-data", required=True, metavar="DIR", help="evaluation files")
+    sp.add_argument("--per-file", action="store_true", help="include the per-file measurements")
 
     sp = subparsers.add_parser(
         "codec-corpus", help="write the reproducible training/evaluation corpus for the default codecs",
@@ -107,6 +118,25 @@ def _cmd_train(args) -> int:
     summary = {k: v for k, v in report.items() if k not in ("per_image", "per_file")}
     print(json.dumps(summary, indent=2))
     print(f"codec: {args.modality} codec in {report['codec']} (load it as {report['kind']}:{report['codec']})")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from lumo_uti.codecs.hf_common import CodecError
+
+    from .train import evaluate_audio_codec, evaluate_image_codec
+
+    try:
+        if args.modality == "image":
+            report = evaluate_image_codec(args.codec, args.eval_data)
+        else:
+            report = evaluate_audio_codec(args.codec, args.eval_data)
+    except (CodecError, ValueError, FileNotFoundError) as e:
+        print(f"lumo codec-eval: {e}", file=sys.stderr)
+        return 2
+    if not args.per_file:
+        report = {k: v for k, v in report.items() if k not in ("per_image", "per_file")}
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -79,11 +79,11 @@ class ImageTrainConfig:
     decoder_channels: int = 160
     decoder_blocks: int = 3
     encoder_channels: int = 96
-    encoder_blocks: int = 1
+    encoder_blocks: int = 0
     refine_channels: int = 24
     refine_blocks: int = 1
     refine_extra: int = 4
-    decoder_steps: int = 6000
+    decoder_steps: int = 5000
     batch_size: int = 16
     crop: int = 96
     lr: float = 1e-3
