@@ -10,12 +10,12 @@ where ``machine`` is ``benchmarks/machine.py``'s record (CPU model, ISA,
 threads, GPU) and ``rows`` the JSON lines the benchmark printed. ``lumo
 audit`` also leaves its pictures under ``docs/results/audit/``. The JSON is
 committed; the tables and plots are not: the documentation build renders
-them from the JSON (``docs/hooks/results.py`` calls :func:`tables` and
+them from the JSON (``tools/docs_hooks.py`` calls :func:`tables` and
 :func:`plots`), so a page can never disagree with its data.
 
 The settings below are modest, so that a run fits a shared 2-core machine
-(about 15 minutes in all); on a quiet machine, or to take the GPU figures,
-run the benchmark scripts with their own defaults (their docstrings).
+(about half an hour in all on 2 busy cores). For fuller sweeps, or the GPU
+figures, run the benchmark scripts with their own defaults (their docstrings).
 """
 
 from __future__ import annotations
