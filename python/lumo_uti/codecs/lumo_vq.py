@@ -146,7 +146,8 @@ class PatchVQ(nn.Module):
         self.register_buffer("codebook", torch.zeros(codebook_size, self.dim))
         self.refine_extra = refine_extra if refine_blocks > 0 else 0
         out_dim = self.dim + self.refine_extra * patch * patch
-        self.decoder = ContextDecoder(self.dim, decoder_channels, decoder_blocks, out_dim) if decoder_blocks > 0 else None
+        self.decoder = (ContextDecoder(self.dim, decoder_channels, decoder_blocks, out_dim)
+                        if decoder_blocks > 0 else None)
         self.encoder = ContextDecoder(self.dim, encoder_channels, encoder_blocks) if encoder_blocks > 0 else None
         self.refiner = Refiner(3 + self.refine_extra, refine_channels, refine_blocks) if refine_blocks > 0 else None
 

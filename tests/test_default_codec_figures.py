@@ -1,0 +1,48 @@
+"""The shipped image codec reproduces the per-photo figures that docs/codec_training.md states."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "codec_training.md"
+EVAL_IMAGES = ROOT / "python" / "lumo_uti" / "data" / "eval" / "images"
+
+
+def _documented() -> dict[str, dict[str, float]]:
+    """Rows ``| photo_<name> | PSNR | SSIM | block-edge ratio |`` of the shipped-weights table."""
+    rows = re.findall(r"^\| (photo_\w+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", DOC.read_text(), re.MULTILINE)
+    return {name: {"psnr_db": float(p), "ssim": float(s), "block_edge_ratio": float(e)} for name, p, s, e in rows}
+
+
+def test_the_documented_photos_are_bundled():
+    documented = _documented()
+    assert len(documented) >= 3
+    bundled = {p.stem for p in EVAL_IMAGES.glob("photo_*.png")}
+    assert bundled and bundled <= set(documented)
+
+
+@pytest.mark.parametrize("photo", sorted(p.stem for p in EVAL_IMAGES.glob("photo_*.png")))
+def test_shipped_image_codec_reproduces_the_documented_figures(photo):
+    from PIL import Image
+
+    import lumo_uti
+    from lumo_model.codec.image_quality import block_edge_ratio
+    from lumo_uti.codecs.image_io import images_to_tensor, to_rgb
+    from lumo_uti.metrics import psnr, ssim
+
+    codec = lumo_uti.load().image_codec
+    with Image.open(EVAL_IMAGES / f"{photo}.png") as im:
+        x = images_to_tensor([to_rgb(im).copy()], codec.mean, codec.std)
+    assert x.shape[-2:] == (256, 256)  # bundled at the evaluation size: no resizing here
+    with torch.inference_mode():
+        y = codec.decode_tensor(codec.encode_tensor(x)).clamp(-1, 1)
+    ref, rec = (x + 1) / 2, ((y + 1) / 2 * 255).round() / 255
+    want = _documented()[photo]
+    assert psnr(ref, rec) == pytest.approx(want["psnr_db"], abs=0.05)
+    assert ssim(ref, rec) == pytest.approx(want["ssim"], abs=0.005)
+    assert block_edge_ratio(rec) == pytest.approx(want["block_edge_ratio"], abs=0.01)
