@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lumo_model.codec import checkpoint as codec_ckpt
-from lumo_model.vlm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lumo_model import checkpoint
 
 
 @pytest.mark.parametrize("name", ["../outside.safetensors", "/etc/passwd", None, 3])
@@ -32,19 +32,20 @@ def test_codec_checkpoint_bad_state_json(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../elsewhere", "/tmp", "step-1/../../x", None])
-def test_vlm_latest_names_a_step_folder_beside_it(tmp_path, name):
-    save_checkpoint(tmp_path / "run", 1, torch.nn.Linear(2, 2), None, {})
+def test_latest_names_a_step_folder_beside_it(tmp_path, name):
+    checkpoint.save(tmp_path / "run", 1, tensors={"model": torch.nn.Linear(2, 2).state_dict()})
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "state.json").write_text("{}")
     (tmp_path / "run" / "latest.json").write_text(json.dumps({"step": 1, "dir": name}))
     with pytest.raises(ValueError, match="must name a step-<n> folder beside it"):
-        latest_checkpoint(tmp_path / "run")
+        checkpoint.latest(tmp_path / "run")
     with pytest.raises(ValueError, match="must name a step-<n> folder beside it"):
-        load_checkpoint(tmp_path / "run")
+        checkpoint.load(tmp_path / "run")
 
 
-def test_vlm_checkpoint_still_round_trips(tmp_path):
+def test_checkpoint_still_round_trips(tmp_path):
     net = torch.nn.Linear(2, 2)
-    save_checkpoint(tmp_path / "run", 3, net, None, {"loss": 1.5})
-    weights, opt, meta = load_checkpoint(tmp_path / "run")
-    assert torch.equal(weights["weight"], net.weight.detach()) and opt is None and meta["loss"] == 1.5
+    checkpoint.save(tmp_path / "run", 3, tensors={"model": net.state_dict()}, state={"loss": 1.5})
+    ckpt = checkpoint.load(tmp_path / "run")
+    assert torch.equal(ckpt.tensors("model")["weight"], net.weight.detach())
+    assert not ckpt.has_optimizer and ckpt.state["loss"] == 1.5 and ckpt.step == 3

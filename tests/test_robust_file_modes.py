@@ -64,7 +64,7 @@ def test_codec_files_media_and_token_space(tmp_path, umask):
 @pytest.mark.parametrize("umask", [0o022, 0o027], indirect=True, ids=["022", "027"])
 def test_training_checkpoints(tmp_path, umask):
     from lumo_model.codec import checkpoint as codec_ckpt
-    from lumo_model.vlm.checkpoint import save_checkpoint
+    from lumo_model import checkpoint
 
     codec_ckpt.save(tmp_path / "codec", {"step": 1}, {"w": torch.zeros(2)})
     codec_ckpt.save(tmp_path / "codec", {"step": 2}, {"w": torch.ones(2)})
@@ -72,8 +72,9 @@ def test_training_checkpoints(tmp_path, umask):
     opt = torch.optim.AdamW(net.parameters())
     net(torch.ones(1, 2)).sum().backward()
     opt.step()
-    save_checkpoint(tmp_path / "vlm", 1, net, opt, {"loss": 1.0})
-    save_checkpoint(tmp_path / "vlm", 1, net, opt, {"loss": 0.5})  # the same step again: swapped, not rmtree'd
+    checkpoint.save(tmp_path / "vlm", 1, tensors={"model": net.state_dict()}, optimizer=opt, state={"loss": 1.0})
+    # the same step again: swapped, not rmtree'd
+    checkpoint.save(tmp_path / "vlm", 1, tensors={"model": net.state_dict()}, optimizer=opt, state={"loss": 0.5})
     _assert_usual(tmp_path, umask, include_root=False)
     assert sorted(p.name for p in (tmp_path / "vlm").iterdir()) == ["latest.json", "step-00000001"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lumo_model.vlm.ablate import ablate, feature_transform, write_report
-from lumo_model.vlm.checkpoint import latest_checkpoint, load_checkpoint
+from lumo_model import checkpoint
 from lumo_model.vlm.train import Stage1Config, batch_indices, lr_factor, train_stage1
 from test_vlm_tiny import squares, tiny_text, tiny_vision, tiny_vlm
 
@@ -77,15 +77,15 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     model, collator = tiny_vlm()
     with pytest.raises(_Killed):
         train_stage1(model, data, _DyingCollator(collator, 7), tmp_path / "killed", cfg, **QUIET)
-    assert latest_checkpoint(tmp_path / "killed").name == "step-00000006"
+    assert checkpoint.latest(tmp_path / "killed").name == "step-00000006"
     (tmp_path / "killed" / ".step-00000009.tmp-1").mkdir()  # debris of a kill during a save
     model, collator = tiny_vlm()  # fresh process: weights from the checkpoint
     result = train_stage1(model, data, collator, tmp_path / "killed", cfg, **QUIET)
     assert result["step"] == 8 and [s for s, _ in result["losses"]] == list(range(1, 9))
     for k, v in model.connector.state_dict().items():
         assert torch.equal(v, want[k]), k
-    weights, opt, meta = load_checkpoint(tmp_path / "killed")
-    assert meta["step"] == 8 and opt is not None and meta["connector"]["num_latents"] == 8
+    ckpt = checkpoint.load(tmp_path / "killed")
+    assert ckpt.step == 8 and ckpt.has_optimizer and ckpt.state["connector"]["num_latents"] == 8
     assert sorted(p.name for p in (tmp_path / "killed").glob("step-*")) == ["step-00000006", "step-00000008"]
 
 
@@ -185,7 +185,7 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"bad.jsonl line 1: FileNotFoundError"):
         read_examples(tmp_path / "bad.jsonl")
     with pytest.raises(ValueError, match="expected a checkpoint folder"):
-        load_checkpoint(tmp_path)
+        checkpoint.load(tmp_path)
 
 
 @pytest.mark.slow
@@ -206,5 +206,5 @@ def test_torchrun_ddp_two_processes(tmp_path):
     done = subprocess.run(cmd + ["--steps", "3"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world 2" in done.stderr
-    weights, opt, meta = load_checkpoint(tmp_path / "run")
-    assert meta["step"] == 3 and opt is not None
+    ckpt = checkpoint.load(tmp_path / "run")
+    assert ckpt.step == 3 and ckpt.has_optimizer

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from lumo_uti._hashing import PREFIX, canonical_json, sha256_bytes
+
 __all__ = ["config_sha256", "canonical_config", "tensor_sha256"]
 
 # Keys that describe where/how a config was loaded, not the model: a config
@@ -31,9 +33,9 @@ def canonical_config(config: Any) -> dict[str, Any]:
 
 
 def config_sha256(config: Any) -> str:
-    """``sha256:<hex>`` of the canonical JSON (sorted keys, no spaces) of ``canonical_config``."""
-    text = json.dumps(canonical_config(config), sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """``sha256:<hex>`` of the canonical JSON of ``canonical_config`` (values JSON lacks, e.g. a dtype, as text)."""
+    as_json = json.loads(json.dumps(canonical_config(config), ensure_ascii=True, default=str))
+    return sha256_bytes(canonical_json(as_json))
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -46,4 +48,4 @@ def tensor_sha256(t: torch.Tensor) -> str:
         step = 1 << 26
         for i in range(0, raw.size, step):
             h.update(memoryview(raw[i : i + step]))
-    return "sha256:" + h.hexdigest()
+    return PREFIX + h.hexdigest()

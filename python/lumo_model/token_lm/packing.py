@@ -27,8 +27,6 @@ per cached epoch (int64 ``[documents]`` each); the tokens stay memory-mapped.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lumo_uti._hashing import canonical_json, sha256_bytes
 from lumo_uti.errors import TokenSpaceLookupError
 
 from .tasks import EOS
@@ -207,5 +206,4 @@ def open_token_shards(path: str | os.PathLike, token_space: Any) -> tuple[Any, i
             )
     files = [[s.get("bin_sha256"), s.get("idx_sha256"), s.get("documents"), s.get("tokens")]
              for s in shards.manifest["shards"]]
-    canon = json.dumps({"identity": identity, "shards": files}, sort_keys=True, separators=(",", ":"))
-    return shards, separator, "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+    return shards, separator, sha256_bytes(canonical_json({"identity": identity, "shards": files}))

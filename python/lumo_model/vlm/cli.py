@@ -137,20 +137,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from .ablate import ablate, write_report
-    from .checkpoint import load_checkpoint
+    from .. import checkpoint
     from .collator import read_examples
 
-    weights, _, meta = load_checkpoint(args.checkpoint)
+    ckpt = checkpoint.load(args.checkpoint)
+    meta = ckpt.state
     run = dict(meta.get("run", {}))
     text_dir, vision_dir = args.text or run.get("text"), args.vision or run.get("vision")
     if not text_dir or not vision_dir:
         raise FileNotFoundError("lumo vlm ablate: the checkpoint names no text/vision folder; pass --text and --vision")
     model, collator, _ = _build(text_dir, vision_dir, meta["connector"], run, meta.get("feature_layer"))
-    model.connector.load_state_dict(weights)
+    model.connector.load_state_dict(ckpt.tensors("connector"))
     report = ablate(model, read_examples(args.data), collator, batch_size=args.batch_size, seed=args.seed,
                     device=args.device, log=lambda s: print(s, file=sys.stderr, flush=True))
     report["checkpoint"] = str(args.checkpoint)
-    report["step"] = meta.get("step")
+    report["step"] = ckpt.step
     out = Path(args.out) if args.out else Path(args.checkpoint)
     jpath, mpath = write_report(report, out)
     print(json.dumps({"pass": report["pass"], "losses": report["losses"], "json": str(jpath), "markdown": str(mpath)},

@@ -2,7 +2,7 @@
 
 AdamW on the connector's parameters, linear warmup then cosine decay to
 ``min_lr_ratio * lr``, gradient-norm clipping, bf16 autocast on CUDA.
-Checkpoints every ``save_every`` steps (see ``checkpoint.py``) and resumes
+Checkpoints every ``save_every`` steps (``lumo_model.checkpoint``) and resumes
 from the latest one in ``out_dir``: the data order is a function of
 (seed, step), so a resumed run sees the batches the killed run would have.
 Under ``torchrun`` (``WORLD_SIZE > 1``) the connector is wrapped in DDP
@@ -26,7 +26,7 @@ import torch
 
 from lumo_uti._io import atomic_write_text
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .. import checkpoint
 from .collator import VLMCollator, VLMExample
 from .model import LumoVLM
 
@@ -119,18 +119,16 @@ def train_stage1(model: LumoVLM, examples: Sequence[VLMExample], collator: VLMCo
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     start, losses = 0, []
-    ckpt = latest_checkpoint(out_dir)
-    if ckpt is not None:
-        weights, opt_state, meta = load_checkpoint(ckpt)
-        model.connector.load_state_dict(weights)
-        if opt_state is not None:
-            opt.load_state_dict(opt_state)
-        start = int(meta["step"])
+    if checkpoint.latest(out_dir) is not None:
+        ckpt = checkpoint.load(out_dir)
+        model.connector.load_state_dict(ckpt.tensors("connector"))
+        ckpt.load_optimizer(opt)
+        start = ckpt.step
         sched.last_epoch = start
         for group in opt.param_groups:  # the lr of step `start`
             group["lr"] = group["initial_lr"] * lr_factor(start, cfg)
-        losses = [tuple(x) for x in meta.get("losses", [])]
-        log(f"stage1: resumed from {ckpt} at step {start}")
+        losses = [tuple(x) for x in ckpt.state.get("losses", [])]
+        log(f"stage1: resumed from {ckpt.path} at step {start}")
     connector = model.connector
     step_model: Any = model
     if world > 1:
@@ -161,8 +159,8 @@ def train_stage1(model: LumoVLM, examples: Sequence[VLMExample], collator: VLMCo
                     log(f"stage1: step {done}/{cfg.steps} loss {float(loss.detach()):.4f} "
                         f"lr {opt.param_groups[0]['lr']:.2e} {time.perf_counter() - t0:.1f}s")
             if rank == 0 and (done % cfg.save_every == 0 or done == cfg.steps):
-                save_checkpoint(out_dir, done, connector, opt,
-                                dict(state_base, losses=losses, coverage=collator.report.as_dict()))
+                checkpoint.save(out_dir, done, tensors={"connector": connector.state_dict()}, optimizer=opt,
+                                state=dict(state_base, losses=losses, coverage=collator.report.as_dict()))
     finally:
         model.connector = connector
     model.assert_towers_have_no_grad()

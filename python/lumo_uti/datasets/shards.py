@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .._hashing import PREFIX, sha256_file
 from .indexed import IndexedShard
 from .writer import JOURNAL, MANIFEST, SCHEMA, ShardFolderError
 
@@ -94,8 +94,5 @@ class TokenShards:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The plain hex digest the shard manifest records."""
+    return sha256_file(path).removeprefix(PREFIX)
