@@ -23,14 +23,6 @@ using lumo::bindings::product;
 using lumo::bindings::take;
 using lumo::bindings::take_optional;
 
-lumo::DType dtype_arg(const char* op, const char* name, int64_t code) {
-  if (!lumo::is_dtype(code)) {
-    const std::string expected = std::string(name) + " code 0 (float32), 1 (float16) or 2 (bfloat16)";
-    lumo::detail::fail_check<std::invalid_argument>(op, expected.c_str(), code);
-  }
-  return static_cast<lumo::DType>(code);
-}
-
 lumo::rows_ce::Inputs inputs(const char* op, Buffer hidden, int64_t hidden_dtype, Buffer base, int64_t base_dtype,
                              Buffer new_rows, int64_t new_dtype, Buffer base_bias, int64_t base_bias_dtype,
                              Buffer new_bias, int64_t new_bias_dtype, Buffer targets, Buffer masked, int64_t tokens,
@@ -41,11 +33,11 @@ lumo::rows_ce::Inputs inputs(const char* op, Buffer hidden, int64_t hidden_dtype
   in.dim = lumo::bindings::size_arg(op, "dim", dim);
   in.base_rows = lumo::bindings::size_arg(op, "base_rows", base_rows);
   in.new_count = lumo::bindings::size_arg(op, "new_rows", new_count);
-  in.hidden_dtype = dtype_arg(op, "hidden_dtype", hidden_dtype);
-  in.base_dtype = dtype_arg(op, "base_dtype", base_dtype);
-  in.new_dtype = dtype_arg(op, "new_dtype", new_dtype);
-  in.base_bias_dtype = dtype_arg(op, "base_bias_dtype", base_bias_dtype);
-  in.new_bias_dtype = dtype_arg(op, "new_bias_dtype", new_bias_dtype);
+  in.hidden_dtype = lumo::check_dtype(op, "hidden_dtype", hidden_dtype);
+  in.base_dtype = lumo::check_dtype(op, "base_dtype", base_dtype);
+  in.new_dtype = lumo::check_dtype(op, "new_dtype", new_dtype);
+  in.base_bias_dtype = lumo::check_dtype(op, "base_bias_dtype", base_bias_dtype);
+  in.new_bias_dtype = lumo::check_dtype(op, "new_bias_dtype", new_bias_dtype);
   in.hidden = take<const void>(op, "hidden", hidden, product(op, {{"tokens", tokens}, {"dim", dim}}));
   if (need_base) {
     in.base = take<const void>(op, "base", base, product(op, {{"base_rows", base_rows}, {"dim", dim}}));
