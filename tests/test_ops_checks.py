@@ -127,7 +127,7 @@ BAD_CALLS: list[tuple[str, Callable, Callable[[], list], type, str]] = [
     ("attention_bwd-out-dtype", OPS.resampler_attention_bwd, lambda: _attention_bwd(out=torch.randn(2, 4, 3, 8).to(bf16)),
      TypeError, r"resampler_attention: expected out of dtype float32, got bfloat16"),
     ("attention_bwd-grad_out-dtype", OPS.resampler_attention_bwd, lambda: _attention_bwd(grad_out=torch.ones(2, 4, 3, 8, dtype=i64)),
-     TypeError, r"resampler_attention: expected grad_out of dtype float32, bfloat16 or float16, got int64"),
+     TypeError, r"resampler_attention: expected grad_out of dtype float32, float16 or bfloat16, got int64"),
     ("attention_bwd-lse-device", OPS.resampler_attention_bwd, lambda: _attention_bwd(lse=torch.randn(2, 4, 3, device="meta")),
      ValueError, r"resampler_attention: expected lse on cpu \(the device of q\), got meta"),
     ("attention_bwd-q-short", OPS.resampler_attention_bwd, lambda: _attention_bwd(q=torch.randn(2, 4, 3, 7)),

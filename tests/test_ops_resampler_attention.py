@@ -163,7 +163,7 @@ def test_bad_inputs():
                             kl[:, :1].repeat(1, 3, 1, 1), vl[:, :1].repeat(1, 3, 1, 1))
     with pytest.raises(TypeError, match="expected k_ctx of dtype float32"):
         resampler_attention(q, kc.half(), vc, kl, vl)
-    with pytest.raises(TypeError, match="expected q of dtype float32, bfloat16 or float16, got float64"):
+    with pytest.raises(TypeError, match="expected q of dtype float32, float16 or bfloat16, got float64"):
         resampler_attention(q.double(), kc, vc, kl, vl)
     with pytest.raises(ValueError, match="expected 4-D q"):
         resampler_attention(q[0], kc, vc, kl, vl)

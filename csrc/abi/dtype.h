@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "abi/hd.h"
 
@@ -115,6 +116,21 @@ LUMO_HD inline void store_float(void* base, DType dt, int64_t i, float v) {
     store<DType::BF16>(base, i, v);
   } else {
     store<DType::F32>(base, i, v);
+  }
+}
+
+// Calls fn(std::integral_constant<DType, DT>{}) for the type of `code`, so a
+// kernel templated on its element type is instantiated once per type (host
+// only; the binding has checked the code).
+template <typename Fn>
+inline void dispatch_dtype(int64_t code, const Fn& fn) {
+  const DType dt = static_cast<DType>(code);
+  if (dt == DType::F16) {
+    fn(std::integral_constant<DType, DType::F16>{});
+  } else if (dt == DType::BF16) {
+    fn(std::integral_constant<DType, DType::BF16>{});
+  } else {
+    fn(std::integral_constant<DType, DType::F32>{});
   }
 }
 

@@ -1,6 +1,6 @@
 // Per-op binding registration, so adding an op never edits a shared file.
 //
-// Each csrc/bindings/cpu_<op>.cpp (linked into lumo_uti._C) or cuda_<op>.cpp
+// Each csrc/ops/<op>/bind_cpu.cpp (linked into lumo_uti._C) or bind_cuda.cpp
 // (linked into lumo_uti._C_cuda) defines its functions with
 //
 //   LUMO_BIND(bind_my_op) { m.def("my_op", ...); }

@@ -1,6 +1,6 @@
 // lumo_uti._C: CPU kernels. Private; use lumo_uti.ops.
 //
-// The module init runs every binder registered by csrc/bindings/cpu_<op>.cpp
+// The module init runs every binder registered by csrc/ops/<op>/bind_cpu.cpp
 // (see registry.h); this file only adds build_info.
 #include <pybind11/pybind11.h>
 

@@ -1,8 +1,8 @@
 // lumo_uti._C_cuda: CUDA kernels. Private; use lumo_uti.ops.
 //
 // Compiled by the host C++ compiler; the kernels and every CUDA runtime call
-// live in csrc/cuda/*.cu behind CUDA-free headers. The module init runs every
-// binder registered by csrc/bindings/cuda_<op>.cpp (see registry.h).
+// live in csrc/ops/*/cuda*.cu behind CUDA-free headers. The module init runs every
+// binder registered by csrc/ops/<op>/bind_cuda.cpp (see abi/registry.h).
 #include <pybind11/pybind11.h>
 
 #include "abi/build_info.h"

@@ -2,7 +2,7 @@
 //
 // SAFETY: every buffer argument is a tuple (address, extent) of host memory
 // that the Python caller keeps alive for the whole call; each extent is
-// checked against the sizes given (bindings/buffer.h); the function never
+// checked against the sizes given (abi/buffer.h); the function never
 // keeps a pointer after it returns. The GIL is released while it runs.
 #include <pybind11/pybind11.h>
 

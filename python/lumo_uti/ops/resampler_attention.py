@@ -8,7 +8,7 @@ head ``h // (Hq // Hkv)``. Softmax and accumulation are fp32 for every input
 dtype.
 
 Backends: ``lumo_uti._C`` (CPU), ``lumo_uti._C_cuda`` (CUDA, head dim <= 256)
-and ``resampler_attention_reference`` (any device; the fallback, or forced by
+and ``reference.resampler_attention`` (any device; the fallback, or forced by
 ``LUMO_FORCE_REFERENCE=1``). The forward op ``lumo_uti::resampler_attention_fwd``
 returns ``(out, lse)``; its autograd formula calls the backward op
 ``lumo_uti::resampler_attention_bwd``, which is deterministic on every backend
@@ -18,12 +18,11 @@ returns ``(out, lse)``; its autograd formula calls the backward op
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
 
-from . import _native
+from . import _abi, _native
 from .reference.resampler_attention import (
     resampler_attention_backward_reference,
     resampler_attention_reference,
@@ -36,27 +35,15 @@ __all__ = [
 ]
 
 _OP = "resampler_attention"
-_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 # The CUDA kernel keeps a head's row in registers, 8 values per lane.
 _CUDA_MAX_HEAD_DIM = 256
-# CPU instruction sets (every one gives the same bits); LUMO_RESAMPLER_ISA forces one.
-_ISA = {"": 0, "auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
-
-
-def _isa() -> int:
-    value = os.environ.get("LUMO_RESAMPLER_ISA", "").strip().lower()
-    if value not in _ISA:
-        raise ValueError(f"LUMO_RESAMPLER_ISA: expected one of auto, scalar, avx2, avx512, got {value!r}")
-    return _ISA[value]
+# Forces one CPU instruction set (every one gives the same bits).
+_ISA_ENV = "LUMO_RESAMPLER_ISA"
 
 
 # ---------------------------------------------------------------------------
 # Validation (front, op and fake share it).
 # ---------------------------------------------------------------------------
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale) -> None:
@@ -67,11 +54,11 @@ def _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale) -> None:
             raise TypeError(f"{_OP}: expected {n} as a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{_OP}: expected 4-D {n}, got shape {tuple(t.shape)}")
-    if q.dtype not in _DTYPE_CODE:
-        raise TypeError(f"{_OP}: expected q of dtype float32, bfloat16 or float16, got {_name(q.dtype)}")
+    if q.dtype not in _abi.DTYPE_CODES:
+        raise TypeError(f"{_OP}: expected q of dtype {_abi.FLOAT_DTYPES_TEXT}, got {_abi.dtype_name(q.dtype)}")
     for n, t in zip(names[1:], tensors[1:]):
         if t.dtype != q.dtype:
-            raise TypeError(f"{_OP}: expected {n} of dtype {_name(q.dtype)} (the dtype of q), got {_name(t.dtype)}")
+            raise TypeError(f"{_OP}: expected {n} of dtype {_abi.dtype_name(q.dtype)} (the dtype of q), got {_abi.dtype_name(t.dtype)}")
         if t.device != q.device:
             raise ValueError(f"{_OP}: expected {n} on {q.device} (the device of q), got {t.device}")
     B, Hq, L, D = q.shape
@@ -94,7 +81,7 @@ def _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale) -> None:
         if not isinstance(ctx_mask, torch.Tensor):
             raise TypeError(f"{_OP}: expected ctx_mask as a torch.Tensor or None, got {type(ctx_mask).__name__}")
         if ctx_mask.dtype != torch.bool:
-            raise TypeError(f"{_OP}: expected a bool ctx_mask, got {_name(ctx_mask.dtype)}")
+            raise TypeError(f"{_OP}: expected a bool ctx_mask, got {_abi.dtype_name(ctx_mask.dtype)}")
         if tuple(ctx_mask.shape) != (B, N):
             raise ValueError(f"{_OP}: expected ctx_mask of shape {(B, N)} ([B, N]), got {tuple(ctx_mask.shape)}")
         if ctx_mask.device != q.device:
@@ -108,14 +95,14 @@ def _check_bwd_args(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse,
     ``[B, Hq, L, D]`` (out in the dtype of q), lse ``[B, Hq, L]`` fp32, on the device of q."""
     _check_args(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale)
     B, Hq, L, D = q.shape
-    for n, t, dtypes in (("grad_out", grad_out, _DTYPE_CODE), ("out", out, (q.dtype,)),
+    for n, t, dtypes in (("grad_out", grad_out, _abi.DTYPE_CODES), ("out", out, (q.dtype,)),
                          ("lse", lse, (torch.float32,))):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{_OP}: expected {n} as a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in dtypes:
-            names = [_name(d) for d in dtypes]
+            names = [_abi.dtype_name(d) for d in dtypes]
             want = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-            raise TypeError(f"{_OP}: expected {n} of dtype {want}, got {_name(t.dtype)}")
+            raise TypeError(f"{_OP}: expected {n} of dtype {want}, got {_abi.dtype_name(t.dtype)}")
         if t.device != q.device:
             raise ValueError(f"{_OP}: expected {n} on {q.device} (the device of q), got {t.device}")
         shape = (B, Hq, L) if n == "lse" else (B, Hq, L, D)
@@ -167,13 +154,11 @@ def resampler_attention(
 
 
 def _module(device: torch.device, D: int):
-    if _native.reference_forced():
+    """The native module for ``device``, or None: the CUDA kernel takes head dims up to 256."""
+    module = _abi.module(device)
+    if module is not None and not _abi.is_cpu(module) and D > _CUDA_MAX_HEAD_DIM:
         return None
-    if device.type == "cpu":
-        return _native.cpu()
-    if device.type == "cuda" and D <= _CUDA_MAX_HEAD_DIM:
-        return _native.cuda()
-    return None
+    return module
 
 
 def _fwd_impl(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale):
@@ -191,15 +176,16 @@ def _fwd_impl(q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, scale):
     if B * L == 0:
         return out, lse
     buf = _native.buffer
-    args = [buf(q), buf(k_ctx), buf(v_ctx), buf(k_lat), buf(v_lat), buf(mask), buf(out), buf(lse),
-            B, Hq, Hkv, L, N, D, scale, _DTYPE_CODE[q.dtype]]
+    args = dict(q=buf(q), k_ctx=buf(k_ctx), v_ctx=buf(v_ctx), k_lat=buf(k_lat), v_lat=buf(v_lat),
+                ctx_mask=buf(mask), out=buf(out), lse=buf(lse), B=B, Hq=Hq, Hkv=Hkv, L=L, N=N, D=D,
+                scale=scale, dtype=_abi.dtype_code(q.dtype))
     # SAFETY: every tensor above is contiguous, lives in this frame until the
     # call returns (CPU) or is used on its device's current stream (CUDA), and
     # has the sizes given.
-    if module is _native.cpu():
-        module.resampler_attn_forward(*args, torch.get_num_threads(), _isa())
+    if _abi.is_cpu(module):
+        module.resampler_attn_forward(**args, num_threads=_abi.threads(), isa=_abi.isa(_ISA_ENV))
     else:
-        module.resampler_attn_forward(*args, *_native.queue(q.device))
+        module.resampler_attn_forward(**args, **_abi.queue(q.device))
     return out, lse
 
 
@@ -219,14 +205,16 @@ def _bwd_impl(grad_out, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, scale
         return tuple(torch.zeros_like(t) for t in ts[1:])
     grads = [torch.empty_like(t) for t in ts[1:]]
     buf = _native.buffer
-    args = [*(buf(t) for t in ts), buf(mask), buf(out), buf(lse), *(buf(g) for g in grads),
-            B, Hq, Hkv, L, N, D, scale, _DTYPE_CODE[q.dtype]]
+    args = dict(zip(("dout", "q", "k_ctx", "v_ctx", "k_lat", "v_lat"), map(buf, ts)))
+    args.update(zip(("dq", "dk_ctx", "dv_ctx", "dk_lat", "dv_lat"), map(buf, grads)))
+    args.update(ctx_mask=buf(mask), out=buf(out), lse=buf(lse), B=B, Hq=Hq, Hkv=Hkv, L=L, N=N, D=D,
+                scale=scale, dtype=_abi.dtype_code(q.dtype))
     # SAFETY: as in _fwd_impl; the gradients are fresh contiguous tensors.
-    if module is _native.cpu():
-        module.resampler_attn_backward(*args, torch.get_num_threads(), _isa())
+    if _abi.is_cpu(module):
+        module.resampler_attn_backward(**args, num_threads=_abi.threads(), isa=_abi.isa(_ISA_ENV))
     else:
         delta = torch.empty((B, Hq, L), dtype=torch.float32, device=q.device)  # workspace
-        module.resampler_attn_backward(*args, buf(delta), *_native.queue(q.device))
+        module.resampler_attn_backward(**args, delta=buf(delta), **_abi.queue(q.device))
     return tuple(grads)
 
 

@@ -14,15 +14,15 @@ namespace cpu {
 // Forward.
 //
 // q: [B, Hq, L, D]; k_ctx, v_ctx: [B, Hkv, N, D]; k_lat, v_lat: [B, Hkv, L, D],
-// all C-contiguous, storage dtype `dtype` (0 fp32, 1 bf16, 2 fp16).
+// all C-contiguous, storage dtype `dtype` (abi/dtype.h: 0 fp32, 1 fp16, 2 bf16).
 // ctx_mask: [B, N] bytes (nonzero = real position) or null (all real).
 // out: [B, Hq, L, D] in `dtype`; lse: [B, Hq, L] fp32 log-sum-exp of the
 // scaled scores (saved for the backward pass).
 // num_threads: 0 = hardware concurrency. Work items are (batch, kv head,
-// 64-row block of query rows), run on the OpenMP team (cpu/thread_pool.h);
+// 64-row block of query rows), run on the OpenMP team (runtime/thread_pool.h);
 // rows are independent, so the result does not depend on the split.
 // isa: 0 auto, 1 scalar, 2 AVX2, 3 AVX-512 (every one gives the same bits;
-// see resampler_attn_body.h).
+// see cpu_body.h).
 void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
                             const void* k_lat, const void* v_lat, const uint8_t* ctx_mask,
                             void* out, float* lse, int64_t B, int64_t Hq, int64_t Hkv,

@@ -25,7 +25,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cuda/resampler_attn_common.cuh"
+#include "ops/resampler_attention/cuda_common.cuh"
 
 namespace lumo {
 namespace cuda {
@@ -53,7 +53,7 @@ __host__ __device__ inline int64_t dkv_smem_floats(int d) {
 
 // Stages keys [k0, k0 + kTile) of (b, g) as fp32 rows of pitch p (zeros past
 // the end). A warp per row, lanes along it: coalesced reads, no divisions.
-template <int DT>
+template <DType DT>
 __device__ inline void stage_keys(const void* ctx, const void* lat, int64_t bg, int64_t k0,
                                   const Shape& s, int p, float* dst) {
   const int d_all = static_cast<int>(s.D);
@@ -74,7 +74,7 @@ __device__ inline void stage_keys(const void* ctx, const void* lat, int64_t bg, 
 
 // Stages `count` rows of a [rows, D] tensor from row `first` as fp32 rows of
 // pitch p (zeros past row `limit`); a warp per row, as stage_keys.
-template <int DT>
+template <DType DT>
 __device__ inline void stage_rows(const void* src, int64_t first, int64_t limit, int count,
                                   int64_t d_all, int p, float* dst) {
   const int d = static_cast<int>(d_all);
@@ -111,7 +111,7 @@ __device__ inline void accumulate_tile(float (&acc)[NI][kSlices], const float* w
 }
 
 // grid (B * Hkv, ceil(group * L / kRows)); kWarpsPerBlock warps.
-template <int DT>
+template <DType DT>
 __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
 forward_tiled_kernel(const void* __restrict__ q, const void* __restrict__ k_ctx,
                      const void* __restrict__ v_ctx, const void* __restrict__ k_lat,
@@ -193,7 +193,7 @@ forward_tiled_kernel(const void* __restrict__ q, const void* __restrict__ k_ctx,
 }
 
 // dq and delta = dout . out. grid and block as the forward kernel.
-template <int DT>
+template <DType DT>
 __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
 dq_tiled_kernel(const void* __restrict__ dout, const void* __restrict__ q,
                 const void* __restrict__ k_ctx, const void* __restrict__ v_ctx,
@@ -279,7 +279,7 @@ dq_tiled_kernel(const void* __restrict__ dout, const void* __restrict__ q,
 }
 
 // dk, dv. grid (B * Hkv, ceil((N + L) / kKeys)); needs delta from dq_tiled_kernel.
-template <int DT>
+template <DType DT>
 __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
 dkv_tiled_kernel(const void* __restrict__ dout, const void* __restrict__ q,
                  const void* __restrict__ k_ctx, const void* __restrict__ v_ctx,

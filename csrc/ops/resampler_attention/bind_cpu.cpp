@@ -2,8 +2,8 @@
 //
 // SAFETY: every buffer argument is a tuple (address, extent) of C-contiguous
 // host memory that the Python caller keeps alive for the whole call; each
-// extent is checked against the sizes given (bindings/buffer.h, shapes in
-// cpu/resampler_attn.h); nothing is kept after return. The GIL is released
+// extent is checked against the sizes given (abi/buffer.h, shapes in
+// ops/resampler_attention/cpu.h); nothing is kept after return. The GIL is released
 // while the kernels run. A mask (0, 0) means "all positions real".
 #include <pybind11/pybind11.h>
 
@@ -11,8 +11,8 @@
 
 #include "abi/buffer.h"
 #include "abi/registry.h"
-#include "bindings/resampler_attn_buffers.h"
-#include "cpu/resampler_attn.h"
+#include "ops/resampler_attention/bind_buffers.h"
+#include "ops/resampler_attention/cpu.h"
 
 namespace py = pybind11;
 
@@ -62,7 +62,7 @@ LUMO_BIND(bind_resampler_attn) {
         py::arg("scale"), py::arg("dtype"), py::arg("num_threads"), py::arg("isa") = 0,
         py::call_guard<py::gil_scoped_release>(),
         "Resampler attention forward: out [B,Hq,L,D] (dtype) and lse [B,Hq,L] fp32.\n"
-        "dtype: 0 fp32, 1 bf16, 2 fp16. ctx_mask: [B,N] bytes or (0, 0) for none.\n"
+        "dtype: 0 fp32, 1 fp16, 2 bf16. ctx_mask: [B,N] bytes or (0, 0) for none.\n"
         "isa: 0 auto, 1 scalar, 2 AVX2, 3 AVX-512 (same results).");
   m.def("resampler_attn_backward", &backward, py::arg("dout"), py::arg("q"), py::arg("k_ctx"),
         py::arg("v_ctx"), py::arg("k_lat"), py::arg("v_lat"), py::arg("ctx_mask"), py::arg("out"),

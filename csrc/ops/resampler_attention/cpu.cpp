@@ -1,4 +1,4 @@
-#include "cpu/resampler_attn.h"
+#include "ops/resampler_attention/cpu.h"
 
 #include <algorithm>
 #include <atomic>
@@ -15,7 +15,7 @@
 
 #include "abi/checks.h"
 #include "runtime/isa.h"
-#include "cpu/resampler_attn_math.h"
+#include "ops/resampler_attention/math.h"
 #include "runtime/thread_pool.h"
 
 namespace lumo {
@@ -44,7 +44,7 @@ using resampler::Partial;
 #endif
 
 // ---------------------------------------------------------------------------
-// Micro-kernels, one per instruction set (see resampler_attn_body.h).
+// Micro-kernels, one per instruction set (see cpu_body.h).
 // ---------------------------------------------------------------------------
 
 namespace scalar {
@@ -56,7 +56,7 @@ inline void vstore(float* p, V v) { *p = v; }
 inline V vbcast(float f) { return f; }
 inline V vmul(V a, V b) { return a * b; }
 inline V vfma(V a, V b, V c) { return std::fma(a, b, c); }
-#include "cpu/resampler_attn_body.h"
+#include "ops/resampler_attention/cpu_body.h"
 }  // namespace scalar
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -77,7 +77,7 @@ inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
 inline V vbcast(float f) { return _mm256_set1_ps(f); }
 inline V vmul(V a, V b) { return _mm256_mul_ps(a, b); }
 inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-#include "cpu/resampler_attn_body.h"
+#include "ops/resampler_attention/cpu_body.h"
 }  // namespace avx2
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -97,7 +97,7 @@ inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
 inline V vbcast(float f) { return _mm512_set1_ps(f); }
 inline V vmul(V a, V b) { return _mm512_mul_ps(a, b); }
 inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-#include "cpu/resampler_attn_body.h"
+#include "ops/resampler_attention/cpu_body.h"
 }  // namespace avx512
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -201,7 +201,7 @@ LUMO_RA_CLONES void backward_probs(float* s, float* dp, int64_t M, int64_t Mp, c
 
 // [n, D] rows at src + off -> fp32 key panels [ceil(n / JT)][D][JT] (keys
 // transposed, zero past n).
-template <int DT>
+template <DType DT>
 void pack_panels(const void* src, int64_t off, int64_t n, int64_t D, float* dst) {
   const int64_t np = round_up(n, JT);
   std::fill(dst, dst + np * D, 0.f);
@@ -212,7 +212,7 @@ void pack_panels(const void* src, int64_t off, int64_t n, int64_t D, float* dst)
 }
 
 // [n, D] rows at src + off -> fp32 [rows_pad, Dp] (zero past column D and past row n).
-template <int DT>
+template <DType DT>
 void pack_rows(const void* src, int64_t off, int64_t n, int64_t D, int64_t Dp, int64_t rows_pad,
                float* dst) {
   std::fill(dst, dst + rows_pad * Dp, 0.f);
@@ -220,7 +220,7 @@ void pack_rows(const void* src, int64_t off, int64_t n, int64_t D, int64_t Dp, i
     for (int64_t d = 0; d < D; ++d) dst[j * Dp + d] = resampler::load<DT>(src, off + (j * D + d));
 }
 
-template <int DT>
+template <DType DT>
 void from_float(const float* src, void* dst, int64_t offset, int64_t n) {
   for (int64_t i = 0; i < n; ++i) resampler::store<DT>(dst, offset + i, src[i]);
 }
@@ -294,7 +294,7 @@ uint64_t next_call_id() {
 // Query row block rb of one (batch, kv head): the block's scores against the
 // context keys and against the latent keys get their own softmax partial,
 // merged by log-sum-exp. Rows are independent: any split gives the same bits.
-template <int DT>
+template <DType DT>
 void forward_item(const Kernels& ker, uint64_t call, int64_t bg, int64_t rb, const Dims& s,
                   const void* q, const void* k_ctx, const void* v_ctx, const void* k_lat,
                   const void* v_lat, const uint8_t* ctx_mask, void* out, float* lse) {
@@ -427,7 +427,7 @@ inline int64_t backward_halves(const Dims& s) { return std::min<int64_t>(2, s.ro
 // log-sum-exp). It owns the dq rows of its row blocks; its dk/dv partial sums
 // its rows in order (heads of the group, then rows) and is combined with the
 // other half's (HalfPartials) before the pair's dk/dv rows are stored.
-template <int DT>
+template <DType DT>
 void backward_item(const Kernels& ker, uint64_t call, int64_t bg, int64_t h, const Dims& s,
                    const void* dout, const void* q, const void* k_ctx, const void* v_ctx,
                    const void* k_lat, const void* v_lat, const uint8_t* ctx_mask, const void* out,
@@ -519,8 +519,7 @@ Dims check_dims(const char* op, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, i
   LUMO_CHECK(B >= 0 && L >= 0 && N >= 0, op, "B, L, N >= 0", B < 0 ? B : (L < 0 ? L : N));
   LUMO_CHECK(D >= 1, op, "head dim D >= 1", D);
   LUMO_CHECK(Hkv >= 1 && Hq >= 1 && Hq % Hkv == 0, op, "Hq a positive multiple of Hkv >= 1", Hq);
-  LUMO_CHECK(dtype == resampler::kF32 || dtype == resampler::kBF16 || dtype == resampler::kF16,
-             op, "dtype code 0 (fp32), 1 (bf16) or 2 (fp16)", dtype);
+  check_dtype(op, "dtype", dtype);
   LUMO_CHECK(std::isfinite(scale), op, "a finite scale", scale);
   LUMO_CHECK(num_threads >= 0, op, "num_threads >= 0", num_threads);
   return Dims{B, Hq, Hkv, L, N, D, static_cast<float>(scale)};
@@ -546,15 +545,13 @@ void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
   const int64_t threads = resolve_threads(num_threads), nrb = s.row_blocks();
   const uint64_t call = next_call_id();
   auto run = [&](auto dt) {
-    constexpr int DT = decltype(dt)::value;
+    constexpr DType DT = decltype(dt)::value;
     parallel_for_items(B * Hkv * nrb, threads, [&](int64_t item) {
       forward_item<DT>(ker, call, item / nrb, item % nrb, s, q, k_ctx, v_ctx, k_lat, v_lat,
                        ctx_mask, out, lse);
     });
   };
-  if (dtype == resampler::kF32) run(std::integral_constant<int, resampler::kF32>{});
-  else if (dtype == resampler::kBF16) run(std::integral_constant<int, resampler::kBF16>{});
-  else run(std::integral_constant<int, resampler::kF16>{});
+  dispatch_dtype(dtype, run);
 }
 
 void resampler_attn_backward(const void* dout, const void* q, const void* k_ctx,
@@ -579,15 +576,13 @@ void resampler_attn_backward(const void* dout, const void* q, const void* k_ctx,
   const uint64_t call = next_call_id();
   HalfPartials halves(B * Hkv);
   auto run = [&](auto dt) {
-    constexpr int DT = decltype(dt)::value;
+    constexpr DType DT = decltype(dt)::value;
     parallel_for_items(B * Hkv * H, resolve_threads(num_threads), [&](int64_t item) {
       backward_item<DT>(ker, call, item / H, item % H, s, dout, q, k_ctx, v_ctx, k_lat, v_lat,
                         ctx_mask, out, lse, dq, dk_ctx, dv_ctx, dk_lat, dv_lat, halves);
     });
   };
-  if (dtype == resampler::kF32) run(std::integral_constant<int, resampler::kF32>{});
-  else if (dtype == resampler::kBF16) run(std::integral_constant<int, resampler::kBF16>{});
-  else run(std::integral_constant<int, resampler::kF16>{});
+  dispatch_dtype(dtype, run);
 }
 
 }  // namespace cpu

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cpu/resampler_attn_math.h"
+#include "ops/resampler_attention/math.h"
 #include "runtime/cuda_check.cuh"
 
 namespace lumo {

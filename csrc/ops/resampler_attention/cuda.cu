@@ -9,16 +9,16 @@
 // Reductions over lanes use a fixed shuffle tree and then broadcast lane 0's
 // value, so every lane sees bit-identical sums and the results do not depend
 // on scheduling.
-#include "cuda/resampler_attn.h"
+#include "ops/resampler_attention/cuda.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "abi/checks.h"
-#include "cpu/resampler_attn_math.h"
+#include "ops/resampler_attention/math.h"
 #include "runtime/cuda_check.cuh"
-#include "cuda/resampler_attn_common.cuh"
-#include "cuda/resampler_attn_tiled.cuh"
+#include "ops/resampler_attention/cuda_common.cuh"
+#include "ops/resampler_attention/cuda_tiled.cuh"
 
 namespace lumo {
 namespace cuda {
@@ -31,7 +31,7 @@ constexpr int kMaxPerLane = 8;  // D <= 256
 // Forward: block = kWarpsPerBlock query rows of one (b, hq); grid.x over rows.
 // Online softmax over the context keys then the latent keys, tile of 32 keys
 // per step (lane t scores key tile+t), so the concatenation is never built.
-template <int DT>
+template <DType DT>
 __global__ void forward_kernel(const void* __restrict__ q, const void* __restrict__ k_ctx,
                                const void* __restrict__ v_ctx, const void* __restrict__ k_lat,
                                const void* __restrict__ v_lat, const uint8_t* __restrict__ mask,
@@ -94,7 +94,7 @@ __global__ void forward_kernel(const void* __restrict__ q, const void* __restric
 
 // Backward 1: one warp per query row: delta = dout . out, then
 // dq = scale * sum_j p_j (dp_j - delta) k_j over 32-key tiles.
-template <int DT>
+template <DType DT>
 __global__ void dq_kernel(const void* __restrict__ dout, const void* __restrict__ q,
                           const void* __restrict__ k_ctx, const void* __restrict__ v_ctx,
                           const void* __restrict__ k_lat, const void* __restrict__ v_lat,
@@ -162,7 +162,7 @@ __global__ void dq_kernel(const void* __restrict__ dout, const void* __restrict_
 
 // Backward 2: one warp per key row j of (b, g): visits the group's query
 // heads and rows in order, dk_j += scale * ds q_i, dv_j += p dout_i.
-template <int DT>
+template <DType DT>
 __global__ void dkv_kernel(const void* __restrict__ dout, const void* __restrict__ q,
                            const void* __restrict__ k_ctx, const void* __restrict__ v_ctx,
                            const void* __restrict__ k_lat, const void* __restrict__ v_lat,
@@ -233,8 +233,7 @@ Shape check(const char* op, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64
   LUMO_CHECK(B >= 0 && L >= 0 && N >= 0, op, "B, L, N >= 0", B < 0 ? B : (L < 0 ? L : N));
   LUMO_CHECK(D >= 1 && D <= kMaxPerLane * kWarp, op, "head dim 1 <= D <= 256", D);
   LUMO_CHECK(Hkv >= 1 && Hq >= 1 && Hq % Hkv == 0, op, "Hq a positive multiple of Hkv >= 1", Hq);
-  LUMO_CHECK(dtype == ra::kF32 || dtype == ra::kBF16 || dtype == ra::kF16, op,
-             "dtype code 0 (fp32), 1 (bf16) or 2 (fp16)", dtype);
+  check_dtype(op, "dtype", dtype);
   LUMO_CHECK(std::isfinite(scale), op, "a finite scale", scale);
   LUMO_CHECK(device >= 0, op, "a device index >= 0", device);
   return Shape{B, Hq, Hkv, L, N, D, static_cast<float>(scale)};
@@ -265,13 +264,6 @@ void allow_smem(Kernel* kernel, size_t bytes, const char* op) {
   }
 }
 
-template <typename Fn>
-void dispatch(int64_t dtype, const Fn& fn) {
-  if (dtype == ra::kF32) fn(std::integral_constant<int, ra::kF32>{});
-  else if (dtype == ra::kBF16) fn(std::integral_constant<int, ra::kBF16>{});
-  else fn(std::integral_constant<int, ra::kF16>{});
-}
-
 }  // namespace
 
 void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
@@ -289,8 +281,8 @@ void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
   if (D <= kTiledMaxD) {
     const dim3 grid = tiled_grid(B * Hkv, (Hq / Hkv) * L, kRows, op);
     const size_t bytes = sizeof(float) * static_cast<size_t>(forward_smem_floats(static_cast<int>(D)));
-    dispatch(dtype, [&](auto dt) {
-      constexpr int DT = decltype(dt)::value;
+    dispatch_dtype(dtype, [&](auto dt) {
+      constexpr DType DT = decltype(dt)::value;
       allow_smem(forward_tiled_kernel<DT>, bytes, op);
       LUMO_LAUNCH(forward_tiled_kernel<DT>, grid, kWarpsPerBlock * kWarp, bytes, st)(
           q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, s);
@@ -300,8 +292,8 @@ void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
   }
   const int blocks = blocks_for(B * Hq * L, op);
   const size_t shmem = sizeof(float) * kWarpsPerBlock * D;
-  dispatch(dtype, [&](auto dt) {
-    constexpr int DT = decltype(dt)::value;
+  dispatch_dtype(dtype, [&](auto dt) {
+    constexpr DType DT = decltype(dt)::value;
     LUMO_LAUNCH(forward_kernel<DT>, blocks, kWarpsPerBlock * kWarp, shmem, st)(
         q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, s);
   });
@@ -329,8 +321,8 @@ void resampler_attn_backward(const void* dout, const void* q, const void* k_ctx,
     const dim3 k_grid = tiled_grid(B * Hkv, N + L, kKeys, op);
     const size_t q_bytes = sizeof(float) * static_cast<size_t>(dq_smem_floats(static_cast<int>(D)));
     const size_t k_bytes = sizeof(float) * static_cast<size_t>(dkv_smem_floats(static_cast<int>(D)));
-    dispatch(dtype, [&](auto dt) {
-      constexpr int DT = decltype(dt)::value;
+    dispatch_dtype(dtype, [&](auto dt) {
+      constexpr DType DT = decltype(dt)::value;
       allow_smem(dq_tiled_kernel<DT>, q_bytes, op);
       allow_smem(dkv_tiled_kernel<DT>, k_bytes, op);
       LUMO_LAUNCH(dq_tiled_kernel<DT>, q_grid, kWarpsPerBlock * kWarp, q_bytes, st)(
@@ -345,8 +337,8 @@ void resampler_attn_backward(const void* dout, const void* q, const void* k_ctx,
   const int q_blocks = blocks_for(B * Hq * L, op);
   const int k_blocks = blocks_for(B * Hkv * (N + L), op);
   const size_t shmem = sizeof(float) * kWarpsPerBlock * 2 * D;
-  dispatch(dtype, [&](auto dt) {
-    constexpr int DT = decltype(dt)::value;
+  dispatch_dtype(dtype, [&](auto dt) {
+    constexpr DType DT = decltype(dt)::value;
     LUMO_LAUNCH(dq_kernel<DT>, q_blocks, kWarpsPerBlock * kWarp, shmem, st)(
         dout, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse, dq, delta, s);
     LUMO_LAUNCH(dkv_kernel<DT>, k_blocks, kWarpsPerBlock * kWarp, 0, st)(

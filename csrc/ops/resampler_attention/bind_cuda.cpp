@@ -4,7 +4,7 @@
 // that the Python caller keeps alive until the work enqueued on `stream` has
 // finished (PyTorch's caching allocator does this for tensors used on their
 // current stream); each extent is checked against the sizes given
-// (bindings/buffer.h). A mask (0, 0) means "all positions real". The GIL is
+// (abi/buffer.h). A mask (0, 0) means "all positions real". The GIL is
 // released while the functions run.
 #include <pybind11/pybind11.h>
 
@@ -12,8 +12,8 @@
 
 #include "abi/buffer.h"
 #include "abi/registry.h"
-#include "bindings/resampler_attn_buffers.h"
-#include "cuda/resampler_attn.h"
+#include "ops/resampler_attention/bind_buffers.h"
+#include "ops/resampler_attention/cuda.h"
 
 namespace py = pybind11;
 

@@ -1,6 +1,6 @@
 // CUDA resampler cross-attention, callable without CUDA headers.
 //
-// Same contract as cpu/resampler_attn.h (shapes, dtype codes, mask, lse),
+// Same contract as ops/resampler_attention/cpu.h (shapes, dtype codes, mask, lse),
 // with device pointers on `device`, enqueued on `stream` (a cudaStream_t as an
 // integer). Head dim D <= 256. Asynchronous: returns once launched.
 #pragma once

@@ -1,8 +1,8 @@
 // Math shared by the CPU and CUDA resampler-attention kernels (LUMO_HD).
 //
-// Storage conversions (fp32 / bf16 / fp16 <-> float, round to nearest even),
-// the masked-score sentinel and the log-sum-exp merge of two partial softmax
-// blocks. Compiled into the CPU module, so the CPU tests exercise it too.
+// exp for softmax arguments and the log-sum-exp merge of two partial softmax
+// blocks (element loads and stores are abi/dtype.h's). Compiled into the CPU
+// module, so the CPU tests exercise it too.
 #pragma once
 
 #include <cmath>
@@ -15,33 +15,9 @@
 namespace lumo {
 namespace resampler {
 
-// Storage dtype codes passed across the Python boundary.
-enum DType : int64_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
-
-using ::lumo::dtype::bf16_to_float;
+using ::lumo::load;
+using ::lumo::store;
 using ::lumo::dtype::bits_to_float;
-using ::lumo::dtype::float_to_bf16;
-using ::lumo::dtype::float_to_bits;
-using ::lumo::dtype::float_to_fp16;
-using ::lumo::dtype::fp16_to_float;
-
-template <int DT>
-LUMO_HD inline float load(const void* p, int64_t i) {
-  if (DT == kF32) return static_cast<const float*>(p)[i];
-  if (DT == kBF16) return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
-  return fp16_to_float(static_cast<const uint16_t*>(p)[i]);
-}
-
-template <int DT>
-LUMO_HD inline void store(void* p, int64_t i, float v) {
-  if (DT == kF32) {
-    static_cast<float*>(p)[i] = v;
-  } else if (DT == kBF16) {
-    static_cast<uint16_t*>(p)[i] = float_to_bf16(v);
-  } else {
-    static_cast<uint16_t*>(p)[i] = float_to_fp16(v);
-  }
-}
 
 // exp(x) for x <= 0 (softmax arguments: a score minus a running max or the
 // log-sum-exp): Cephes' expf polynomial, within 2 ulp of expf, 0 below -87.3.
