@@ -340,3 +340,33 @@ def test_same_bits_for_any_token_split() -> None:
         second = _run(h[cut:], base, new, targets[cut:], nb, ramp=False)
         assert torch.equal(torch.cat([first[0], second[0]]), whole[0])
         assert torch.equal(torch.cat([first[1], second[1]]), whole[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_same_bits_on_every_instruction_set(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    _native_or_skip()
+    mask = _native.cpu().rows_ce_isa_mask()
+    isas = [name for name, code in (("scalar", 1), ("avx2", 2), ("avx512", 3)) if mask >> code & 1]
+    g = torch.Generator().manual_seed(6)
+    args = (torch.randn(23, 37, generator=g).to(dtype), torch.randn(300, 37, generator=g).to(dtype),
+            torch.randn(70, 37, generator=g).to(dtype), torch.randint(9, 370, (23,), generator=g),
+            torch.randn(70, generator=g).to(dtype))
+    results = {}
+    for isa in isas:
+        monkeypatch.setenv("LUMO_ROWS_CE_ISA", isa)
+        results[isa] = _run(*args)
+    for isa in isas[1:]:
+        for a, b in zip(results[isas[0]], results[isa]):
+            assert torch.equal(a, b), isa
+
+
+def test_native_kernel_refuses_inconsistent_buffers() -> None:
+    """The binding checks every extent against the sizes it is given."""
+    _native_or_skip()
+    h, b, n = torch.randn(4, 3), torch.randn(5, 3), torch.randn(2, 3)
+    with pytest.raises(ValueError, match="rows_ce_forward: expected hidden of tokens \\* dim = 15 elements, got 12"):
+        _native.cpu().rows_ce_forward(
+            hidden=_native.buffer(h), hidden_dtype=0, base=_native.buffer(b), base_dtype=0, new_rows=_native.buffer(n),
+            new_dtype=0, base_bias=(0, 0), base_bias_dtype=0, new_bias=(0, 0), new_bias_dtype=0,
+            targets=_native.buffer(torch.zeros(5, dtype=torch.long)), masked=(0, 0), tokens=5, dim=3, base_rows=5,
+            new_rows_count=2, ignore_index=-100, loss=(0, 0), lse=(0, 0), dhat=(0, 0), num_threads=1, isa=0)
