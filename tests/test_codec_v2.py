@@ -83,11 +83,11 @@ def test_codes_are_the_nearest_codebook_vectors_to_the_rounded_latents(tmp_path)
     assert not torch.equal(codes, raw)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_encode_is_the_same_at_any_thread_count_and_batch_size(tmp_path, seed):
+@pytest.mark.parametrize("seed, encoder_blocks", [(0, 1), (1, 1), (2, 0)])
+def test_encode_is_the_same_at_any_thread_count_and_batch_size(tmp_path, seed, encoder_blocks):
     # Trained-size widths (convolutions that split work over threads and batch), 64 x 64 images.
-    codec = _codec(tmp_path, _random_model(seed, patch=8, codebook_size=512, encoder_channels=96, decoder_blocks=0,
-                                           refine_blocks=0))
+    codec = _codec(tmp_path, _random_model(seed, patch=8, codebook_size=512, encoder_channels=96,
+                                           encoder_blocks=encoder_blocks, decoder_blocks=0, refine_blocks=0))
     x = torch.rand(5, 3, 64, 64) * 2 - 1
     threads = torch.get_num_threads()
     try:
@@ -241,3 +241,25 @@ def test_training_loss_reaches_the_encoder(data):
     codec_train.image_loss(model, x, TINY).backward()
     assert float(model.encoder.out.weight.grad.abs().sum()) > 0
     assert float(model.refiner.out.weight.grad.abs().sum()) > 0
+
+
+def test_cli_time_limit_and_codec_eval(data, tmp_path, capsys):
+    from lumo_uti.cli import main as lumo
+
+    train, evald = data
+    args = ["train-codec", "image", "--data", str(train), "--eval-data", str(evald), "--out", str(tmp_path / "run"),
+            "--codebook-size", "16", "--kmeans-samples", "1000", "--kmeans-iterations", "2", "--steps", "4",
+            "--save-every", "2", "--crop", "32", "--decoder-channels", "8", "--refine-channels", "4", "--quiet"]
+    assert lumo(args + ["--time-limit", "0"]) == 2
+    assert "--time-limit must be a positive" in capsys.readouterr().err
+    assert lumo(args + ["--time-limit", "1e-9"]) == 3
+    assert "run the same command again" in capsys.readouterr().err
+    codes = [lumo(args + ["--time-limit", "1e-9"]) for _ in range(2)]
+    assert codes == [3, 0]  # k-means iteration 1 | decoder step 2 | done
+    capsys.readouterr()
+    assert lumo(["codec-eval", "image", "--codec", str(tmp_path / "run" / "codec"), "--eval-data", str(evald)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["psnr_db"] == saved["psnr_db"] and "per_image" not in report
+    assert lumo(["codec-eval", "image", "--codec", str(tmp_path / "none"), "--eval-data", str(evald)]) == 2
+    assert "codec directory not found" in capsys.readouterr().err
