@@ -149,7 +149,8 @@ def test_wrong_code_count_too_few():
     err = _strict_error(bad)
     assert (err.rule, err.position) == ("image.count", img + 8)
     assert "needs 6 codes, got 5" in str(err)
-    segments, repairs = UTI.decode(bad, strict=False)
+    segments = UTI.decode(bad, strict=False)
+    repairs = segments.repairs
     expected = doc[1].codes.reshape(-1)[1:].tolist() + [0]
     assert segments[1] == ImageCodes(np.array(expected).reshape(2, 3))
     assert [(r.rule, r.action) for r in repairs] == [("image.count", "padded 1 missing codes with code 0")]
@@ -161,7 +162,8 @@ def test_wrong_code_count_too_many():
     bad = ids[: img + 9] + [extra] + ids[img + 9 :]
     err = _strict_error(bad)
     assert (err.rule, err.position) == ("image.count", img + 9)
-    segments, repairs = UTI.decode(bad, strict=False)
+    segments = UTI.decode(bad, strict=False)
+    repairs = segments.repairs
     assert segments == normalize(doc)
     assert [(r.position, r.rule) for r in repairs] == [(img + 9, "image.count")]
 
@@ -179,7 +181,8 @@ def test_foreign_block_id_inside_a_span(foreign):
     bad = ids[: img + 5] + [value] + ids[img + 5 :]
     err = _strict_error(bad)
     assert (err.rule, err.position) == ("span.foreign", img + 5)
-    segments, repairs = UTI.decode(bad, strict=False)
+    segments = UTI.decode(bad, strict=False)
+    repairs = segments.repairs
     assert segments == normalize(doc)
     assert [(r.position, r.rule, r.action) for r in repairs] == [(img + 5, "span.foreign", "dropped")]
 
@@ -189,7 +192,8 @@ def test_foreign_id_inside_audio_span():
     bad = ids[: aud + 2] + [TS.block("image").offset] + ids[aud + 2 :]
     err = _strict_error(bad)
     assert (err.rule, err.position) == ("span.foreign", aud + 2)
-    segments, repairs = UTI.decode(bad, strict=False)
+    segments = UTI.decode(bad, strict=False)
+    repairs = segments.repairs
     assert segments == normalize(doc)
 
 
@@ -199,7 +203,8 @@ def test_nested_start():
     bad = ids[: img + 4] + second + ids[img + 4 :]
     err = _strict_error(bad)
     assert (err.rule, err.position) == ("span.nested", img + 4)
-    segments, repairs = UTI.decode(bad, strict=False)
+    segments = UTI.decode(bad, strict=False)
+    repairs = segments.repairs
     assert segments[1] == ImageCodes(np.array(doc[1].codes.reshape(-1)[:1].tolist() + [0] * 5).reshape(2, 3))
     assert segments[2] == ImageCodes([[1]])
     assert ("span.nested", img + 4) in [(r.rule, r.position) for r in repairs]
@@ -211,7 +216,8 @@ def test_missing_end_followed_by_text():
     bad = ids[:end_at] + ids[end_at + 1 :]
     err = _strict_error(bad)
     assert (err.rule, err.position) == ("span.missing_end", end_at)
-    segments, repairs = UTI.decode(bad, strict=False)
+    segments = UTI.decode(bad, strict=False)
+    repairs = segments.repairs
     assert segments == normalize(doc)
     assert [(r.rule, r.position) for r in repairs] == [("span.missing_end", end_at)]
 
@@ -221,7 +227,8 @@ def test_missing_end_at_end_of_stream():
     bad = ids[: ids.index(AUD_END)]
     err = _strict_error(bad)
     assert (err.rule, err.position) == ("span.unterminated", len(bad))
-    segments, repairs = UTI.decode(bad, strict=False)
+    segments = UTI.decode(bad, strict=False)
+    repairs = segments.repairs
     assert segments == normalize(doc[:4])
     assert [r.rule for r in repairs] == ["span.unterminated"]
 
@@ -233,7 +240,8 @@ def test_truncated_audio_frame():
     err = _strict_error(bad)
     assert (err.rule, err.position) == ("audio.truncated_frame", end_at - 1)
     assert "7 of the 8 codes of frame 2" in str(err)
-    segments, repairs = UTI.decode(bad, strict=False)
+    segments = UTI.decode(bad, strict=False)
+    repairs = segments.repairs
     assert segments[3] == AudioCodes(doc[3].codes[:2])
     assert [r.rule for r in repairs] == ["audio.truncated_frame"]
 
@@ -276,7 +284,8 @@ def test_invalid_ids_anywhere(bad_id, rule, where):
     bad = ids[:at] + [bad_id] + ids[at:]
     err = _strict_error(bad)
     assert (err.rule, err.position) == (rule, at)
-    segments, repairs = UTI.decode(bad, strict=False)
+    segments = UTI.decode(bad, strict=False)
+    repairs = segments.repairs
     assert segments == normalize(doc)
     assert [(r.rule, r.position, r.action) for r in repairs] == [(rule, at, "dropped")]
 
@@ -302,14 +311,16 @@ def test_missing_grid_tokens():
     ids = [IMG_START, TS.block("image").offset, IMG_END]
     err = _strict_error(ids)
     assert (err.rule, err.position) == ("image.grid", 1)
-    segments, repairs = UTI.decode(ids, strict=False)
+    segments = UTI.decode(ids, strict=False)
+    repairs = segments.repairs
     assert segments == []
     assert "dropped the image: no grid size" in [r.action for r in repairs]
 
 
 def test_repairs_of_a_run_are_merged():
     ids = UTI.encode("a") + [-1] * 50 + UTI.encode("b")
-    segments, repairs = UTI.decode(ids, strict=False)
+    segments = UTI.decode(ids, strict=False)
+    repairs = segments.repairs
     assert segments == ["ab"]
     assert len(repairs) == 1 and (repairs[0].position, repairs[0].end) == (1, 51)
     assert "tokens 1..50" in str(repairs[0])

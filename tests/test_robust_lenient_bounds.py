@@ -32,7 +32,8 @@ def _codes_created(segments) -> int:
 # -- what a repair may create -------------------------------------------------------------------
 def test_headers_without_codes_do_not_become_huge_images():
     ids = [IMG_START, TS.grid_id(256), TS.grid_id(256)] * 1600  # 4,800 IDs asking for 1600 x 65536 codes
-    segments, repairs = UTI.decode_codes(ids, strict=False)
+    segments = UTI.decode_codes(ids, strict=False)
+    repairs = segments.repairs
     assert _codes_created(segments) <= decode_module.PAD_LIMIT * len(ids)
     assert segments == []
     dropped = [r for r in repairs if r.rule == "image.count"]
@@ -41,7 +42,7 @@ def test_headers_without_codes_do_not_become_huge_images():
 
 def test_media_decode_renders_no_padded_giants():
     uti = lumo_uti.load()  # with the default bundle's codecs
-    segments, _ = uti.decode([IMG_START, TS.grid_id(256), TS.grid_id(256)] * 100, strict=False)
+    segments = uti.decode([IMG_START, TS.grid_id(256), TS.grid_id(256)] * 100, strict=False)
     assert segments == []
 
 
@@ -56,7 +57,8 @@ def test_media_decode_renders_no_padded_giants():
 )
 def test_padding_limit_is_four_codes_per_token_present(height, width, have, padded):
     ids = [IMG_START, TS.grid_id(height), TS.grid_id(width)] + [IMAGE.offset + 7] * have + [IMG_END, 100]
-    segments, repairs = UTI.decode_codes(ids, strict=False)
+    segments = UTI.decode_codes(ids, strict=False)
+    repairs = segments.repairs
     if padded:
         expected = np.array([7] * have + [0] * (height * width - have)).reshape(height, width)
         assert segments == [ImageCodes(expected), UTI.decode([100])[0]]
@@ -94,7 +96,8 @@ def test_a_million_dropped_tokens_are_one_repair(make, monkeypatch):
     monkeypatch.setattr(decode_module._Report, "add", lambda self, *a, **k: calls.append(a) or add(self, *a, **k))
     ids = make()
     start = time.perf_counter()
-    segments, repairs = UTI.decode_codes(ids, strict=False)
+    segments = UTI.decode_codes(ids, strict=False)
+    repairs = segments.repairs
     elapsed = time.perf_counter() - start
     # Work done: one report per run and per span event, not one per token.
     assert len(calls) <= 4 and len(repairs) <= 4
@@ -105,7 +108,8 @@ def test_a_million_dropped_tokens_are_one_repair(make, monkeypatch):
 
 def test_alternating_rules_are_one_repair_per_stretch():
     ids = np.tile([-1, -1, TS.grid_id(2)], 50_000)
-    segments, repairs = UTI.decode_codes(ids, strict=False)
+    segments = UTI.decode_codes(ids, strict=False)
+    repairs = segments.repairs
     assert segments == []
     assert len(repairs) == 100_000
     assert repairs[:2] == [

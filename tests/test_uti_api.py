@@ -27,10 +27,11 @@ def test_readme_tour():
     assert (text, text2) == ("a caption", "then sound:")
     assert image.size == (64, 64) and isinstance(audio, lumo_uti.Audio) and audio.waveform.shape == (1, 4 * hop)
     assert isinstance(uti.token_space, lumo_uti.TokenSpace)
-    segments, repairs = uti.decode_codes(ids[:-2] + [-7], strict=False)  # lose a code and the end marker
+    segments = uti.decode_codes(ids[:-2] + [-7], strict=False)  # lose a code and the end marker
+    repairs = segments.repairs
     assert [r.rule for r in repairs] == ["id.negative", "span.unterminated", "audio.truncated_frame"]
     assert segments[:3] == doc[:3] and segments[3] == AudioCodes(frames[:4])
-    media, _ = uti.decode(ids[:-2] + [-7], strict=False)
+    media = uti.decode(ids[:-2] + [-7], strict=False)
     assert media[3].waveform.shape == (1, 3 * hop)
     assert lumo_uti.encode("text") == uti.encode("text")
     assert lumo_uti.decode(ids)[0] == "a caption"

@@ -8,7 +8,8 @@ global token IDs and back::
     uti = lumo_uti.load()                          # the embedded default bundle
     ids = uti.encode(["a caption", lumo_uti.ImageCodes(grid)])
     segments = uti.decode(ids)                     # strict; UTIDecodeError on bad streams
-    segments, repairs = uti.decode(ids, strict=False)
+    segments = uti.decode(ids, strict=False)
+    repairs = segments.repairs
 
 Submodules: ``token_space`` (the ABI), ``grammar`` (layout, encode, decode,
 constraints), ``text`` (tokenizers), ``codecs`` (media <-> codes), ``media``

@@ -195,10 +195,8 @@ def _cmd_decode(args) -> int:
     uti = _load(args.bundle)
     ids = _read_ids(args.ids_file)
     decode = uti.decode if args.out else uti.decode_codes
-    if args.lenient:
-        segments, repairs = decode(ids, strict=False)
-    else:
-        segments, repairs = decode(ids), []
+    segments = decode(ids, strict=not args.lenient)
+    repairs = segments.repairs
     if args.out:
         written = _write_segments(Path(args.out), segments, repairs)
         for line in written:

@@ -114,24 +114,23 @@ class UTI:
         return out
 
     # -- decode -------------------------------------------------------------------------
-    def decode(self, ids: Any, *, strict: bool = True) -> list[Any] | DecodeResult:
+    def decode(self, ids: Any, *, strict: bool = True) -> DecodeResult:
         """IDs -> segments: ``str``, media where the bundle has a codec, codes otherwise.
 
-        Strict (default): returns the list of segments and raises
-        ``UTIDecodeError`` (position + rule) on a malformed stream. Lenient:
-        returns ``DecodeResult(segments, repairs)`` and never raises for
-        integer input (see ``lumo_uti.grammar.decode`` for every repair).
+        Returns a ``DecodeResult`` either way: the list of segments, with
+        ``.repairs``. Strict (default): raises ``UTIDecodeError`` (position +
+        rule) on a malformed stream, so ``repairs`` is empty. Lenient: never
+        raises for integer input and lists each repair in ``repairs`` (see
+        ``lumo_uti.grammar.decode`` for every repair).
         """
         result = self.grammar.decode(ids, strict=strict)
-        segments = self._with_media(result.segments)
-        return segments if strict else DecodeResult(segments, result.repairs)
+        return DecodeResult(self._with_media(result), result.repairs)
 
-    def decode_codes(self, ids: Any, *, strict: bool = True) -> list[Any] | DecodeResult:
+    def decode_codes(self, ids: Any, *, strict: bool = True) -> DecodeResult:
         """Like ``decode`` but always ``str`` / ``ImageCodes`` / ``AudioCodes`` / ``ImagePlaceholder``."""
-        result = self.grammar.decode(ids, strict=strict)
-        return result.segments if strict else result
+        return self.grammar.decode(ids, strict=strict)
 
-    def decode_batch(self, batch: Iterable[Any], *, strict: bool = True) -> list[Any]:
+    def decode_batch(self, batch: Iterable[Any], *, strict: bool = True) -> list[DecodeResult]:
         """``decode`` for each ID sequence."""
         return [self.decode(ids, strict=strict) for ids in batch]
 

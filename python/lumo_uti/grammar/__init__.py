@@ -52,7 +52,7 @@ class Grammar:
         return encode_segments(self.layout, segments, encode_text or self._encode_text)
 
     def decode(self, ids: Any, *, strict: bool = True) -> DecodeResult:
-        """IDs -> ``DecodeResult(segments, repairs)``; strict raises ``UTIDecodeError``."""
+        """IDs -> ``DecodeResult`` (the segments, with ``.repairs``); strict raises ``UTIDecodeError``."""
         return self._decoder.decode(as_int64_ids(ids, one_dim=True), strict=strict)
 
     def allowed_next(self, prefix: Any) -> np.ndarray:

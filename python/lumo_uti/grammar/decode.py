@@ -34,7 +34,7 @@ codes inside a run of codes are looked at one by one, over a plain list).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -110,11 +110,27 @@ class Repair:
         return f"{where}: [{self.rule}] {self.action}"
 
 
-class DecodeResult(NamedTuple):
-    """Lenient decoding's result: the repaired segments and the repairs made."""
+class DecodeResult(list):
+    """What decoding returns, strict or lenient: the segments, in order (it is that list), and ``repairs``.
 
-    segments: list[Any]
-    repairs: list[Repair]
+    ``repairs``: what lenient decoding changed, in stream order (always empty
+    for strict decoding, which raises instead). ``segments`` is the list as a
+    plain ``list``. Equality is a list's: it compares the segments only.
+    """
+
+    def __init__(self, segments: Iterable[Any] = (), repairs: Iterable[Repair] = ()):
+        super().__init__(segments)
+        self.repairs: list[Repair] = list(repairs)
+
+    @property
+    def segments(self) -> list[Any]:
+        return list(self)
+
+    def __repr__(self) -> str:
+        return f"DecodeResult({list.__repr__(self)}, repairs={self.repairs!r})"
+
+    def __reduce__(self) -> tuple:
+        return DecodeResult, (list(self), self.repairs)
 
 
 class _SpanError(Exception):
