@@ -125,15 +125,28 @@ std::vector<int64_t> valid_tokens(const Inputs& in) {
   return idx;
 }
 
-// The hidden rows of `idx` as fp32 [round_up(size, kRows), dim], padding rows 0.
-std::vector<float> gather_hidden(const Inputs& in, const std::vector<int64_t>& idx, int64_t threads) {
+// The hidden rows of `idx` as fp32 [round_up(size, kRows), dim] (padding rows
+// 0): read in place when they are that already (fp32, every token kept, a
+// whole number of register tiles), else a converted copy.
+struct HiddenRows {
+  std::vector<float> copy;
+  const float* rows = nullptr;
+};
+
+HiddenRows gather_hidden(const Inputs& in, const std::vector<int64_t>& idx, int64_t threads) {
   const int64_t n = static_cast<int64_t>(idx.size()), D = in.dim;
-  std::vector<float> h(static_cast<size_t>(round_up(n, kRows) * D), 0.0f);
+  HiddenRows h;
+  if (in.hidden_dtype == DType::F32 && n == in.tokens && n % kRows == 0) {
+    h.rows = static_cast<const float*>(in.hidden);
+    return h;
+  }
+  h.copy.assign(static_cast<size_t>(round_up(n, kRows) * D), 0.0f);
   const int64_t block = 64;
   cpu::parallel_for_items((n + block - 1) / block, threads, [&](int64_t b) {
     for (int64_t r = b * block; r < std::min(n, (b + 1) * block); ++r)
-      for (int64_t d = 0; d < D; ++d) h[r * D + d] = load_float(in.hidden, in.hidden_dtype, idx[r] * D + d);
+      for (int64_t d = 0; d < D; ++d) h.copy[r * D + d] = load_float(in.hidden, in.hidden_dtype, idx[r] * D + d);
   });
+  h.rows = h.copy.data();
   return h;
 }
 
@@ -229,7 +242,8 @@ void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num
   const std::vector<int64_t> idx = valid_tokens(in);
   const int64_t tv = static_cast<int64_t>(idx.size()), tp = round_up(tv, kRows);
   if (tv == 0) return;
-  const std::vector<float> h = gather_hidden(in, idx, threads);
+  const HiddenRows hidden = gather_hidden(in, idx, threads);
+  const float* h = hidden.rows;
   // Bias and mask of every column, once (the super-tiles read their slice).
   std::vector<float> terms(static_cast<size_t>(V + kSuperTile));
   column_terms(in.base_bias, in.base_bias_dtype, 0, in.base_rows, 0, in, in.base_rows, terms.data());
@@ -262,7 +276,7 @@ void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num
         for (int64_t j = 0; j < width; ++j) term[j] = j < count ? terms[col0 + j] : -INFINITY;
         for (int64_t p = 0; p < width / kPanel; ++p)
           for (int64_t g = r0; g < r1; g += kRows)
-            k.score(h.data() + g * D, D, kp.data() + p * D * kPanel, D, sc.data() + (g - r0) * width + p * kPanel,
+            k.score(h + g * D, D, kp.data() + p * D * kPanel, D, sc.data() + (g - r0) * width + p * kPanel,
                     width);
         for (int64_t i = 0; i < nr; ++i) {
           float* z = sc.data() + i * width;
@@ -319,7 +333,8 @@ void new_rows_backward(const Inputs& in, const float* grad_loss, const float* ls
   const std::vector<int64_t> idx = valid_tokens(in);
   const int64_t tv = static_cast<int64_t>(idx.size()), tp = round_up(tv, kRows);
   if (tv == 0 || N == 0) return;
-  const std::vector<float> h = gather_hidden(in, idx, threads);
+  const HiddenRows hidden = gather_hidden(in, idx, threads);
+  const float* h = hidden.rows;
   constexpr int64_t kTb = 64;  // tokens per step of a tile's sweep
   cpu::parallel_for_items((N + kPanel - 1) / kPanel, threads, [&](int64_t tile) {
     const int64_t lo = tile * kPanel, count = std::min(kPanel, N - lo), col0 = in.base_rows + lo;
@@ -330,7 +345,7 @@ void new_rows_backward(const Inputs& in, const float* grad_loss, const float* ls
     for (int64_t t0 = 0; t0 < tp; t0 += kTb) {
       const int64_t nb = std::min(kTb, tp - t0), real = std::min(kTb, tv - t0);
       for (int64_t g = 0; g < nb; g += kRows)
-        k.score(h.data() + (t0 + g) * D, D, kp.data(), D, z.data() + g * kPanel, kPanel);
+        k.score(h + (t0 + g) * D, D, kp.data(), D, z.data() + g * kPanel, kPanel);
       for (int64_t r = 0; r < nb; ++r) {
         float* zr = z.data() + r * kPanel;
         if (r >= real) {
@@ -341,7 +356,7 @@ void new_rows_backward(const Inputs& in, const float* grad_loss, const float* ls
         softmax_grad_row(zr, term.data(), lse[t], grad_loss[t], in.targets[t] - col0, kPanel);
       }
       for (int64_t i = 0; i < count; i += kRows)
-        k.gemm(z.data() + i, 1, kPanel, h.data() + t0 * D, D, real, gw.data() + i * D, D, D);
+        k.gemm(z.data() + i, 1, kPanel, h + t0 * D, D, real, gw.data() + i * D, D, D);
       if (grad_new_bias != nullptr)
         for (int64_t j = 0; j < count; ++j)
           for (int64_t r = 0; r < real; ++r) gb[j] += z[r * kPanel + j];
