@@ -67,6 +67,7 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--codec", required=True, metavar="DIR", help="a lumo-vq (image) or lumo-rvq (audio) directory")
     sp.add_argument("--eval-data", required=True, metavar="DIR", help="evaluation files")
     sp.add_argument("--per-file", action="store_true", help="include the per-file measurements")
+    sp.add_argument("--beam", type=int, help="audio: the lumo-rvq beam option (default 1: greedy encoding)")
 
     sp = subparsers.add_parser(
         "codec-corpus", help="write the reproducible training/evaluation corpus for the default codecs",
@@ -130,7 +131,8 @@ def _cmd_eval(args) -> int:
         if args.modality == "image":
             report = evaluate_image_codec(args.codec, args.eval_data)
         else:
-            report = evaluate_audio_codec(args.codec, args.eval_data)
+            report = evaluate_audio_codec(args.codec, args.eval_data,
+                                          **({"beam": args.beam} if args.beam is not None else {}))
     except (CodecError, ValueError, FileNotFoundError) as e:
         print(f"lumo codec-eval: {e}", file=sys.stderr)
         return 2

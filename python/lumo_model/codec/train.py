@@ -584,13 +584,13 @@ def train_audio_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
 
 
 @torch.inference_mode()
-def evaluate_audio_codec(codec_dir: str | Path, eval_data: str | Path) -> dict[str, Any]:
+def evaluate_audio_codec(codec_dir: str | Path, eval_data: str | Path, **options: Any) -> dict[str, Any]:
     """SI-SNR, mel and MR-STFT distances per file and by group (speech/music/noise: the file name's
-    first word), and per-codebook usage over all files."""
+    first word), and per-codebook usage over all files. ``options``: codec options (e.g. ``beam``)."""
     from lumo_uti.codecs.lumo_rvq import LumoRVQCodec
     from lumo_uti.metrics import codebook_usage, mel_distance, multi_resolution_stft_distance, si_snr
 
-    codec = LumoRVQCodec(codec_dir)
+    codec = LumoRVQCodec(codec_dir, **options)
     sr = codec.sample_rate
     per_file, codes_all = {}, []
     for name, wave in _load_waves(eval_data, sr):

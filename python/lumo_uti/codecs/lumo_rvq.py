@@ -12,6 +12,12 @@ from a small 1-D convolutional post-filter over neighbouring frames (optional;
 ``postfilter_blocks == 0`` disables it), then the inverse MDCT with
 overlap-add.
 
+Option ``beam`` (default 1): with ``beam = N > 1`` the encoder keeps the ``N``
+best partial code sequences after each stage (``rvq_beam_encode``) instead of
+the single greedy one, and returns the sequence with the smallest total squared
+error; the codes decode with the same decoder (same token space), at about
+``N`` times the encoding arithmetic.
+
 Timing: an input of ``T`` samples gives ``ceil(T / hop) + 1`` frames (the
 first frame is centred on sample 0, which is what makes the reconstruction
 exact at the edges) and a code sequence of ``F`` frames decodes to
@@ -50,6 +56,37 @@ CONFIG_KEYS = config_keys({
     "postfilter_channels": (0, 4096),
     "postfilter_blocks": (0, 64),
 })
+
+
+# Largest beam option a codec accepts.
+MAX_BEAM = 256
+# Beam-search errors are rounded to multiples of this (float64 first), and equal ones are ordered by
+# code, so that the codes do not depend on the thread count or batch size.
+BEAM_GRID = 2.0 ** -32
+
+
+def rvq_beam_encode(coefficients: torch.Tensor, codebooks: torch.Tensor, beam: int) -> torch.Tensor:
+    """Residual VQ codes ``[..., Q]`` of ``coefficients`` ``[..., D]`` by beam search over ``codebooks``
+    ``[Q, K, D]``: after each stage the ``beam`` lowest-error partial sequences survive (ties: lower
+    previous beam rank, then lower code). ``beam == 1`` is the greedy encoder."""
+    q_count, k, d = codebooks.shape
+    lead = coefficients.shape[:-1]
+    x = coefficients.reshape(-1, d).double()
+    cb = codebooks.double()
+    norms = (cb * cb).sum(-1)  # [Q, K]
+    res = x[:, None, :]  # [N, B, D]: the residual of each surviving sequence
+    err = (x * x).sum(-1)[:, None]  # [N, B]
+    codes = torch.zeros(x.shape[0], 1, 0, dtype=torch.long, device=x.device)
+    for q in range(q_count):
+        dist = err[:, :, None] - 2 * (res @ cb[q].T) + norms[q]  # [N, B, K]
+        flat = torch.round(dist.reshape(x.shape[0], -1) / BEAM_GRID)
+        order = torch.sort(flat, dim=1, stable=True).indices[:, :beam]
+        src, code = order // k, order % k
+        res = torch.gather(res, 1, src[:, :, None].expand(-1, -1, d)) - cb[q][code]
+        err = torch.gather(dist.reshape(x.shape[0], -1), 1, order)
+        codes = torch.cat([torch.gather(codes, 1, src[:, :, None].expand(-1, -1, codes.shape[2])),
+                           code[:, :, None]], 2)
+    return codes[:, 0].reshape(*lead, q_count)
 
 
 def mdct_basis(hop: int) -> torch.Tensor:
@@ -142,12 +179,16 @@ class MdctRVQ(nn.Module):
         return mdct(wave, self.basis)
 
     def encode(self, wave: torch.Tensor, n_q: int | None = None,
-               packed: PackedCodebook | None = None) -> torch.Tensor:
+               packed: PackedCodebook | None = None, beam: int = 1) -> torch.Tensor:
         """``[B, T]`` -> int64 codes ``[B, F, n_q]``.
 
         ``packed``: this model's codebooks already packed (a codec's cache), else packed per call.
+        ``beam > 1``: beam search (``rvq_beam_encode``).
         """
         coefficients = self.analyse(wave)
+        if beam > 1:
+            n = self.codebooks.shape[0] if n_q is None else n_q
+            return rvq_beam_encode(coefficients, self.codebooks[:n], beam)
         if packed is None:
             return rvq_encode(coefficients, self.codebooks, n_q=n_q)
         return packed.rvq_encode(coefficients, n_q=n_q)
@@ -174,7 +215,7 @@ def load_model(directory: str | Path) -> tuple[MdctRVQ, dict[str, Any]]:
 
 
 class LumoRVQCodec(AudioCodec):
-    """``lumo-rvq``: see the module docstring. Option ``num_quantizers`` (default all)."""
+    """``lumo-rvq``: see the module docstring. Options ``num_quantizers`` (default all), ``beam`` (default 1)."""
 
     kind = "lumo-rvq"
     channels = 1
@@ -187,15 +228,21 @@ class LumoRVQCodec(AudioCodec):
         self.model.to(device)
         q, k, _ = self.model.codebooks.shape
         n = options.pop("num_quantizers", int(q))
+        beam = options.pop("beam", 1)
         if options:
-            raise CodecError(f"lumo-rvq: unknown options {sorted(options)} (known: num_quantizers)")
+            raise CodecError(f"lumo-rvq: unknown options {sorted(options)} (known: beam, num_quantizers)")
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= q:
             raise CodecError(f"lumo-rvq: num_quantizers must be an integer in [1, {q}], got {n!r}")
+        if isinstance(beam, bool) or not isinstance(beam, numbers.Integral) or not 1 <= beam <= MAX_BEAM:
+            raise CodecError(f"lumo-rvq: beam must be an integer in [1, {MAX_BEAM}], got {beam!r}")
+        self.beam = int(beam)
         self.num_codebooks, self.codebook_size = int(n), int(k)
         self._codebooks = CodebookCache()  # packed once, not in every encode
         self.sample_rate = self.model.sample_rate
         self.frame_rate = self.sample_rate / self.model.hop
-        self._identity = directory_identity(self.directory, self.kind, {"num_quantizers": n})
+        # beam 1 (the greedy encoder) is left out, so codecs without the option keep their identity.
+        ident = {"num_quantizers": n} | ({"beam": self.beam} if self.beam > 1 else {})
+        self._identity = directory_identity(self.directory, self.kind, ident)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -216,7 +263,7 @@ class LumoRVQCodec(AudioCodec):
         if waveforms.shape[-1] == 0:
             raise ValueError("lumo-rvq: zero-length waveform")
         return self.model.encode(waveforms[:, 0].float(), n_q=self.num_codebooks,
-                                 packed=self._codebooks(self.model.codebooks))
+                                 packed=self._codebooks(self.model.codebooks), beam=self.beam)
 
     @torch.inference_mode()
     def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:

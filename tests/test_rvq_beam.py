@@ -1,0 +1,74 @@
+"""lumo-rvq's beam-search encoder (option ``beam``)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from lumo_uti.codecs import CodecError
+from lumo_uti.codecs.lumo_rvq import LumoRVQCodec, MdctRVQ, rvq_beam_encode
+from lumo_uti.codecs.lumo_rvq import save_model as save_rvq
+from lumo_uti.ops import rvq_decode, rvq_encode
+
+
+def _error(x, codes, codebooks):
+    return ((x.double() - rvq_decode(codes, codebooks).double()) ** 2).sum(-1)
+
+
+def test_beam_one_is_the_greedy_encoder():
+    torch.manual_seed(0)
+    codebooks, x = torch.randn(4, 32, 16), torch.randn(300, 16)
+    assert torch.equal(rvq_beam_encode(x, codebooks, 1), rvq_encode(x, codebooks))
+
+
+def test_a_full_beam_finds_the_best_sequence():
+    torch.manual_seed(1)
+    codebooks, x = torch.randn(3, 4, 6), torch.randn(50, 6)
+    codes = rvq_beam_encode(x, codebooks, 4 ** 3)
+    every = torch.tensor(list(itertools.product(range(4), repeat=3)))  # [64, 3]
+    errors = torch.stack([_error(x, c.expand(50, 3), codebooks) for c in every], 1)
+    torch.testing.assert_close(_error(x, codes, codebooks), errors.min(1).values)
+
+
+def test_a_wider_beam_lowers_the_error():
+    torch.manual_seed(2)
+    codebooks, x = torch.randn(6, 64, 24) / torch.arange(1, 7)[:, None, None], torch.randn(500, 24)
+    errors = [float(_error(x, rvq_beam_encode(x, codebooks, b), codebooks).mean()) for b in (1, 4, 16)]
+    assert errors[0] > errors[1] > errors[2]
+
+
+def _codec(tmp_path, **options):
+    torch.manual_seed(3)
+    model = MdctRVQ(sample_rate=8000, hop=32, num_codebooks=4, codebook_size=64, postfilter_blocks=0)
+    model.codebooks.copy_(torch.randn_like(model.codebooks) * 0.1)
+    save_rvq(model, tmp_path / "rvq", name="t")
+    return LumoRVQCodec(tmp_path / "rvq", **options)
+
+
+def test_beam_codes_are_the_same_at_any_thread_count_and_batch_size(tmp_path):
+    codec = _codec(tmp_path, beam=8)
+    torch.manual_seed(4)
+    waves = torch.randn(3, 1, 4000) * 0.3
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(codec.encode_tensor(waves))
+            results.append(torch.cat([codec.encode_tensor(waves[i:i + 1]) for i in range(3)]))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(r, results[0]) for r in results)
+    greedy = _codec(tmp_path).encode_tensor(waves)
+    assert not torch.equal(results[0], greedy)
+
+
+def test_beam_option(tmp_path):
+    assert "beam" not in _codec(tmp_path).identity["options"]
+    assert _codec(tmp_path, beam=1).identity == _codec(tmp_path).identity
+    assert _codec(tmp_path, beam=4).identity["options"]["beam"] == 4
+    for bad in (0, 257, 2.0, True, "4"):
+        with pytest.raises(CodecError, match="beam must be an integer"):
+            _codec(tmp_path, beam=bad)
