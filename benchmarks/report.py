@@ -46,8 +46,8 @@ SUITES: dict[str, list[str]] = {
                  "--kernel-dims", "1024", "--reps", "3"],
     "tokenize_dataset": ["benchmarks/tokenize_dataset.py", "--cases", "text", "images", "--repeats", "1",
                          "--text-mb", "2", "--images", "48"],
-    "codecs": ["benchmarks/codecs.py", "--backends", "hf-janus,hf-encodec,hf-dac,hf-mimi", "--repeats", "3", "--budget-s", "8",
-               "--quantizer-repeats", "9"],
+    "codecs": ["benchmarks/codecs.py", "--backends", "hf-janus,hf-encodec,hf-dac", "--repeats", "3", "--budget-s", "5",
+               "--quantizer-repeats", "5"],
     "audit": ["-m", "lumo_uti.cli", "audit"],  # plus --out; its audit.json becomes the rows
 }
 
