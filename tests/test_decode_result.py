@@ -41,3 +41,25 @@ def test_equality_is_a_lists_and_pickling_keeps_the_repairs(setup):
     back = pickle.loads(pickle.dumps(dirty))
     assert type(back) is DecodeResult and back == dirty and back.repairs == dirty.repairs
     assert repr(dirty).startswith("DecodeResult([")
+
+
+def test_segment_types_are_enumerated_once():
+    """Every kind in SEGMENT_TYPES encodes, decodes, has a JSON form and a description; media has none."""
+    from PIL import Image
+
+    from lumo_uti.docjson import describe_segment, document_from_json, segment_to_json
+    from lumo_uti.segments import SEGMENT_TYPES, AudioCodes, ImagePlaceholder, segment_kind
+
+    uti = lumo_uti.load()
+    samples = {"text": "hello", "image_codes": ImageCodes(np.ones((1, 2, 2), dtype=np.int64)),
+               "audio_codes": AudioCodes(np.ones((2, 8), dtype=np.int64)), "image_placeholder": ImagePlaceholder(3)}
+    assert set(samples) == set(SEGMENT_TYPES)
+    for kind, segment in samples.items():
+        assert segment_kind(segment) == kind
+        assert document_from_json([segment_to_json(segment)]) == [segment]
+        assert describe_segment(segment) != type(segment).__name__
+        assert uti.decode_codes(uti.encode([segment])) == [segment]
+    image = Image.new("RGB", (8, 8))
+    assert segment_kind(image) is None and describe_segment(image) == "Image"
+    with pytest.raises(TypeError, match="expected str, ImageCodes, AudioCodes or ImagePlaceholder"):
+        uti.grammar.encode([image])

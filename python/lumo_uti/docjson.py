@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .segments import AudioCodes, ImageCodes, ImagePlaceholder
+from .segments import SEGMENT_TYPES, AudioCodes, ImageCodes, ImagePlaceholder, segment_kind
 
-_KEYS = ("text", "image_codes", "audio_codes", "image_placeholder")
+_KEYS = tuple(SEGMENT_TYPES)
 
 
 def document_from_json(obj: Any) -> list[Any]:
@@ -47,29 +47,30 @@ def document_from_json(obj: Any) -> list[Any]:
     return out
 
 
+_TO_JSON = {
+    "text": lambda s: s,
+    "image_codes": lambda s: {"image_codes": s.codes.tolist()},
+    "audio_codes": lambda s: {"audio_codes": s.codes.tolist()},
+    "image_placeholder": lambda s: {"image_placeholder": s.num_tokens},
+}
+
+_DESCRIBE = {
+    "text": lambda s: f"text {s if len(s) <= 44 else s[:41] + '...'!r}",
+    "image_codes": lambda s: f"image codes {s.height}x{s.width}" + (f", {s.num_layers} layers" if s.num_layers > 1 else ""),
+    "audio_codes": lambda s: f"audio codes {s.num_frames} frames x {s.num_codebooks} codebooks",
+    "image_placeholder": lambda s: f"image placeholder x{s.num_tokens}",
+}
+
+
 def segment_to_json(segment: Any) -> Any:
     """One segment -> its JSON form."""
-    if isinstance(segment, str):
-        return segment
-    if isinstance(segment, ImageCodes):
-        return {"image_codes": segment.codes.tolist()}
-    if isinstance(segment, AudioCodes):
-        return {"audio_codes": segment.codes.tolist()}
-    if isinstance(segment, ImagePlaceholder):
-        return {"image_placeholder": segment.num_tokens}
-    raise TypeError(f"cannot write {type(segment).__name__} as JSON")
+    kind = segment_kind(segment)
+    if kind is None:
+        raise TypeError(f"cannot write {type(segment).__name__} as JSON")
+    return _TO_JSON[kind](segment)
 
 
 def describe_segment(segment: Any) -> str:
     """A one-line human description of a segment."""
-    if isinstance(segment, str):
-        text = segment if len(segment) <= 44 else segment[:41] + "..."
-        return f"text {text!r}"
-    if isinstance(segment, ImageCodes):
-        layers = f", {segment.num_layers} layers" if segment.num_layers > 1 else ""
-        return f"image codes {segment.height}x{segment.width}{layers}"
-    if isinstance(segment, AudioCodes):
-        return f"audio codes {segment.num_frames} frames x {segment.num_codebooks} codebooks"
-    if isinstance(segment, ImagePlaceholder):
-        return f"image placeholder x{segment.num_tokens}"
-    return type(segment).__name__
+    kind = segment_kind(segment)
+    return _DESCRIBE[kind](segment) if kind is not None else type(segment).__name__

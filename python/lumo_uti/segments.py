@@ -138,3 +138,27 @@ class ImagePlaceholder:
 
     def __repr__(self) -> str:
         return f"ImagePlaceholder({self.num_tokens})"
+
+
+# Every segment type, by the name a JSON document uses for it (``lumo_uti.docjson``).
+# Code that treats each kind of segment differently dispatches on ``segment_kind``.
+SEGMENT_TYPES: dict[str, type] = {
+    "text": str,
+    "image_codes": ImageCodes,
+    "audio_codes": AudioCodes,
+    "image_placeholder": ImagePlaceholder,
+}
+
+
+def segment_kind(segment: Any) -> str | None:
+    """The name of ``segment``'s type in ``SEGMENT_TYPES``; None for anything else (e.g. media)."""
+    for name, cls in SEGMENT_TYPES.items():
+        if isinstance(segment, cls):
+            return name
+    return None
+
+
+def segment_type_names() -> str:
+    """``"str, ImageCodes, AudioCodes or ImagePlaceholder"``, for error messages."""
+    names = [cls.__name__ for cls in SEGMENT_TYPES.values()]
+    return ", ".join(names[:-1]) + " or " + names[-1]

@@ -12,19 +12,21 @@ import numpy as np
 
 from .errors import BundleError
 from .grammar import DecodeResult, Grammar
-from .segments import AudioCodes, ImageCodes, ImagePlaceholder
+from .segments import SEGMENT_TYPES, AudioCodes, ImageCodes, segment_type_names
 from .text import TextTokenizer
 from .token_space import TokenSpace
 
-_SEGMENT_TYPES = (str, ImageCodes, AudioCodes, ImagePlaceholder)
+_SEGMENT_TYPES = tuple(SEGMENT_TYPES.values())
 
 
 class UTI:
     """The Unified Token Interface of one bundle.
 
-    A document is one item or a list of items: ``str``, ``ImageCodes``,
-    ``AudioCodes``, ``ImagePlaceholder``, and media (``PIL.Image.Image``,
-    ``lumo_uti.Audio``) where the bundle has a codec for that modality.
+    ``encode`` takes a *document* (``encode_batch``: a list of *documents*):
+    one item or a list of items, each item a segment (``str``,
+    ``ImageCodes``, ``AudioCodes``, ``ImagePlaceholder``) or media
+    (``PIL.Image.Image``, ``lumo_uti.Audio``) where the bundle has a codec
+    for that modality.
 
     Args:
         token_space: the ABI.
@@ -82,15 +84,15 @@ class UTI:
 
     def encode_batch(self, documents: Iterable[Any], *, allow_special: bool = True) -> list[list[int]]:
         """``encode`` for each document; media of all documents go through each codec in one batched call."""
-        docs = self._with_codes([_items(doc) for doc in documents])
+        coded = self._with_codes([_items(document) for document in documents])
         encode_text = None if allow_special else (lambda t: self.text_tokenizer.encode(t, allow_special=False))
-        return [self.grammar.encode(doc, encode_text=encode_text) for doc in docs]
+        return [self.grammar.encode(document, encode_text=encode_text) for document in coded]
 
-    def _with_codes(self, docs: list[list[Any]]) -> list[list[Any]]:
+    def _with_codes(self, documents: list[list[Any]]) -> list[list[Any]]:
         """Replace media items by codes, one batched codec call per modality."""
         pending: dict[str, list[tuple[int, int]]] = {"image": [], "audio": []}
-        for d, doc in enumerate(docs):
-            for i, item in enumerate(doc):
+        for d, document in enumerate(documents):
+            for i, item in enumerate(document):
                 if isinstance(item, _SEGMENT_TYPES):
                     continue
                 for modality, codec in (("image", self.image_codec), ("audio", self.audio_codec)):
@@ -98,17 +100,17 @@ class UTI:
                         pending[modality].append((d, i))
                         break
                 else:
-                    where = f"document {d}, item {i}" if len(docs) > 1 else f"document item {i}"
+                    where = f"document {d}, item {i}" if len(documents) > 1 else f"document item {i}"
                     raise TypeError(
-                        f"{where}: cannot encode {type(item).__name__}; expected str, ImageCodes, AudioCodes, "
-                        "ImagePlaceholder, or media this bundle has a codec for "
+                        f"{where}: cannot encode {type(item).__name__}; expected {segment_type_names()}, "
+                        "or media this bundle has a codec for "
                         f"(image codec: {_kind(self.image_codec)}, audio codec: {_kind(self.audio_codec)})"
                     )
-        out = [list(doc) for doc in docs]
+        out = [list(document) for document in documents]
         for modality, places in pending.items():
             if places:
                 codec = self.image_codec if modality == "image" else self.audio_codec
-                codes = codec.encode([docs[d][i] for d, i in places])
+                codes = codec.encode([documents[d][i] for d, i in places])
                 for (d, i), c in zip(places, codes):
                     out[d][i] = c
         return out
@@ -240,7 +242,7 @@ def _kind(codec: Any) -> str | None:
 
 
 def _items(document: Any) -> list[Any]:
-    """A single item or a list/tuple of them -> list."""
+    """A document (a single item or a list/tuple of them) -> list of items."""
     return list(document) if isinstance(document, (list, tuple)) else [document]
 
 

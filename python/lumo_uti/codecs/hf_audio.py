@@ -24,14 +24,14 @@ import torch
 
 from .base import AudioCodec
 from .codebook_cache import CodebookCache, StackedCodebookCache
-from .hf_common import CodecError, directory_identity, load_model, reduce_by_directory
+from .hf_common import CodecError, directory_identity, load_hf_model, reduce_by_directory
 
 
 class _HFAudioCodec(AudioCodec):
     model_class: str
 
     def __init__(self, directory: str | Path, *, device: str | torch.device = "cpu", **options: Any):
-        self.model, self.directory = load_model(self.model_class, directory, device)
+        self.model, self.directory = load_hf_model(self.model_class, directory, device)
         self._options = self._setup(dict(options))
         self._identity = directory_identity(self.directory, self.kind, self._options)
 

@@ -53,7 +53,7 @@ def directory_identity(directory: Path, kind: str, options: dict[str, Any]) -> d
     }
 
 
-def load_model(class_name: str, directory: str | Path, device: str | torch.device) -> tuple[Any, Path]:
+def load_hf_model(class_name: str, directory: str | Path, device: str | torch.device) -> tuple[Any, Path]:
     """``transformers.<class_name>.from_pretrained(directory)`` in eval mode on ``device``."""
     import transformers
 

@@ -21,7 +21,7 @@ import torch
 
 from .base import ImageCodec
 from .codebook_cache import CodebookCache
-from .hf_common import CodecError, directory_identity, load_model, reduce_by_directory
+from .hf_common import CodecError, directory_identity, load_hf_model, reduce_by_directory
 
 _HALF = (0.5, 0.5, 0.5)
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -34,7 +34,7 @@ class _HFVQImageCodec(ImageCodec):
     std = _HALF
 
     def __init__(self, directory: str | Path, *, device: str | torch.device = "cpu", **options: Any):
-        self.model, self.directory = load_model(self.model_class, directory, device)
+        self.model, self.directory = load_hf_model(self.model_class, directory, device)
         self._options = self._check_options(options)
         self._identity = directory_identity(self.directory, self.kind, self._options)
         config = self.model.config

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import TokenSpaceError, TokenSpaceLookupError
-from ..segments import AudioCodes, ImageCodes, ImagePlaceholder
+from ..segments import AudioCodes, ImageCodes, ImagePlaceholder, segment_kind, segment_type_names
 from .layout import Kind, Layout, grid_id, interleaved_code_ids
 
 
@@ -68,20 +68,21 @@ def encode_segments(layout: Layout, segments: list[Any], encode_text: Callable[[
     """Encode a list of segments to one flat list of IDs."""
     out: list[int] = []
     for index, seg in enumerate(segments):
-        if isinstance(seg, str):
+        kind = segment_kind(seg)
+        if kind == "text":
             out.extend(encode_text(seg))
-        elif isinstance(seg, ImageCodes):
-            out.extend(encode_image_codes(layout, seg).tolist())
-        elif isinstance(seg, AudioCodes):
-            out.extend(encode_audio_codes(layout, seg).tolist())
-        elif isinstance(seg, ImagePlaceholder):
-            out.extend(encode_placeholder(layout, seg).tolist())
+        elif kind is not None:
+            out.extend(_ENCODERS[kind](layout, seg).tolist())
         else:
             raise TypeError(
-                f"segment {index}: cannot encode {type(seg).__name__}; expected str, ImageCodes, AudioCodes "
-                "or ImagePlaceholder (media needs a bundle with a codec for its modality)"
+                f"segment {index}: cannot encode {type(seg).__name__}; expected {segment_type_names()} "
+                "(media needs a bundle with a codec for its modality)"
             )
     return out
+
+
+_ENCODERS = {"image_codes": encode_image_codes, "audio_codes": encode_audio_codes,
+             "image_placeholder": encode_placeholder}
 
 
 def _check_code_range(codes: np.ndarray, codebook_size: int, what: str) -> None:
