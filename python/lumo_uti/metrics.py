@@ -1,4 +1,8 @@
-"""Reconstruction and codebook metrics (metrics_v2), in pure PyTorch.
+"""Reconstruction and codebook metrics, in pure PyTorch.
+
+This set of metrics is versioned as ``metrics_v2`` (the name the audit's
+gates and ``metrics_v2_pass`` verdict refer to): PSNR, SSIM, SI-SNR, STFT
+and mel distances, codebook usage.
 
 Used by ``lumo audit`` and by codec training. Every function takes tensors
 (any float dtype, any device), computes in float64 and returns a Python float

@@ -2,7 +2,7 @@
 
 ``ImageCodes`` and ``AudioCodes`` hold codec output (integer codes) and compare
 by value; ``ImagePlaceholder`` stands for a run of ``<|image_patch|>`` tokens
-(Track A injects continuous features at those positions).
+(the VLM, Track A, puts its connector's vectors at those positions).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class AudioCodes(_Codes):
 
 
 class ImagePlaceholder:
-    """A run of ``num_tokens`` ``<|image_patch|>`` tokens (Track A injection slots)."""
+    """A run of ``num_tokens`` ``<|image_patch|>`` tokens (slots the VLM fills with image features)."""
 
     __slots__ = ("num_tokens",)
 

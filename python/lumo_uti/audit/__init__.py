@@ -1,6 +1,6 @@
 """``lumo audit``: prove a bundle's ABI and quality before anyone trains on its tokens.
 
-DESIGN section 7; user documentation in docs/audit.md. Modules, one concept each:
+User documentation in docs/audit.md. Modules, one concept each:
 
 - ``results``: ``Check`` (one verdict) and ``AuditResult`` (all of them);
 - ``data``: finding and reading the evaluation samples;

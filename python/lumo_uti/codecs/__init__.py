@@ -1,4 +1,4 @@
-"""Codecs: media <-> codes (DESIGN section 6).
+"""Codecs: media <-> codes.
 
 ``load("KIND:DIR", device=..., **options)`` returns a codec; kinds:
 

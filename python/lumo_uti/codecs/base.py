@@ -1,4 +1,4 @@
-"""The codec protocols: ``ImageCodec`` and ``AudioCodec`` (DESIGN section 6).
+"""The codec protocols: ``ImageCodec`` and ``AudioCodec``.
 
 A codec turns media into codes and back. Subclasses implement the tensor-level
 ``encode_tensor`` / ``decode_tensor`` in the model's own space; these base
