@@ -11,8 +11,7 @@ See docs/token_lm.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lumo_uti._lazy import lazy_exports
 
 # Lazy: ``lumo --help`` imports ``lumo_model.token_lm.cli`` and must not pay
 # for torch/transformers; the names below load their module on first use.
@@ -35,14 +34,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -18,27 +18,22 @@ User documentation in docs/audit.md. Modules, one concept each:
 
 from __future__ import annotations
 
-from typing import Any
+from .._lazy import lazy_exports
 
 # Imported on first use, so that registering ``lumo audit`` keeps ``lumo --help`` free of torch.
 _EXPORTS = {
-    "GATE_METRICS": ".gates",
-    "Gates": ".gates",
-    "GatesError": ".gates",
-    "load_gates": ".gates",
-    "AuditResult": ".results",
-    "Check": ".results",
-    "AuditUsageError": ".runner",
-    "Margins": ".runner",
-    "run_audit": ".runner",
+    "GATE_METRICS": "gates",
+    "Gates": "gates",
+    "GatesError": "gates",
+    "load_gates": "gates",
+    "AuditResult": "results",
+    "Check": "results",
+    "AuditUsageError": "runner",
+    "Margins": "runner",
+    "run_audit": "runner",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
