@@ -1,6 +1,6 @@
 """The CUDA kernels, run on the CPU by the SIMT emulator, against the references.
 
-``tests/simt_build.py`` compiles the real ``csrc/cuda`` sources and bindings as
+``tests/simt_build.py`` compiles the real ``csrc/ops/*/cuda.cu`` kernels and bindings as
 C++ over ``tests/simt/simt.h`` (every CUDA thread a fiber, barriers and warp
 shuffles emulated, threads run in forward, reverse or random order). The
 ``on_simt`` fixture points the ops' CUDA paths (the module and the stream) at
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import simt_build
 from test_ops_resampler_attention import NAN_CASES, check_nan_propagation
 from lumo_uti import ops
-from lumo_uti.ops import _native
+from lumo_uti.ops import _abi, _native
 from lumo_uti.ops.reference import classify_ids_reference
 from lumo_uti.ops.resampler_attention import (
     resampler_attention_backward_reference,
@@ -31,10 +31,8 @@ from lumo_uti.ops.resampler_attention import (
 )
 
 # The package re-exports functions under some module names: look the modules up.
-ra_mod = importlib.import_module("lumo_uti.ops.resampler_attention")
 rowmask_mod = importlib.import_module("lumo_uti.ops.rowmask")
 token_range_mod = importlib.import_module("lumo_uti.ops.token_range")
-vq_mod = importlib.import_module("lumo_uti.ops.vq")
 
 FLOATS = [torch.float32, torch.float16, torch.bfloat16]
 SCHEDULES = st.sampled_from([0, 1, 2])  # forward, reverse, random thread order
@@ -54,8 +52,7 @@ def on_simt(simt_module, monkeypatch):
     monkeypatch.delenv("LUMO_FORCE_REFERENCE", raising=False)
     monkeypatch.setattr(_native, "queue", lambda device: (0, 0))
     monkeypatch.setattr(_native, "cuda", lambda: simt_module)
-    monkeypatch.setattr(vq_mod, "_module", lambda device: simt_module)
-    monkeypatch.setattr(ra_mod, "_module", lambda device, D: simt_module if D <= 256 else None)
+    monkeypatch.setattr(_abi, "module", lambda device: simt_module)
     simt_module.simt_configure(0, 0, 132)
     yield simt_module
     simt_module.simt_configure(0, 0, 132)
@@ -74,7 +71,7 @@ def test_emulator_identifies_itself(on_simt):
 
 
 # ---------------------------------------------------------------------------
-# VQ: search, RVQ encode / decode (csrc/cuda/vq.cu).
+# VQ: search, RVQ encode / decode (csrc/ops/vq/cuda.cu).
 # ---------------------------------------------------------------------------
 
 
@@ -251,7 +248,7 @@ def test_vq_kernel_argument_errors(on_simt):
 
 
 # ---------------------------------------------------------------------------
-# Resampler cross-attention (csrc/cuda/resampler_attn.cu).
+# Resampler cross-attention (csrc/ops/resampler_attention/cuda.cu).
 # ---------------------------------------------------------------------------
 
 TOL = {

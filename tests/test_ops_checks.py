@@ -309,7 +309,7 @@ def test_native_packed_calls_check_their_buffers() -> None:
         module.vq_pack(buffer(cb), 0, 10, 4, 0, (0, 0), 0)
     packed = module.vq_pack(buffer(cb), 0, 9, 4, 0, (0, 0), 0)
     x, codes, best = torch.randn(6, 4), torch.empty(6, dtype=i64), torch.empty(6)
-    assert module.vq_search_packed(packed, buffer(x), 0, 6, 4, buffer(codes), buffer(best), 1) == -1
+    assert module.vq_search_packed(packed, buffer(x), 0, 6, 4, buffer(codes), buffer(best), 1) is None
     x7 = torch.randn(7, 4)
     with pytest.raises(ValueError, match=r"^vq_search: expected codes of n = 7 elements, got 6"):
         module.vq_search_packed(packed, buffer(x7), 0, 7, 4, buffer(codes), buffer(best), 1)

@@ -258,9 +258,10 @@ def test_native_packed_codebook_is_a_copy() -> None:
     cb.zero_()  # the packed copy does not change
     codes, best = torch.empty(300, dtype=torch.int64), torch.empty(300)
     status = module.vq_search_packed(packed, buffer(x), 0, 300, 12, buffer(codes), buffer(best), 2)
-    assert status == -1 and torch.equal(codes, want[0]) and torch.equal(best, want[1])
+    assert status is None and torch.equal(codes, want[0]) and torch.equal(best, want[1])
     x[17, 3] = float("inf")
-    assert module.vq_search_packed(packed, buffer(x), 0, 300, 12, buffer(codes), buffer(best), 1) == 17
+    with pytest.raises(ValueError, match=r"^vq_search: expected finite values, got inf/NaN in x row 17$"):
+        module.vq_search_packed(packed, buffer(x), 0, 300, 12, buffer(codes), buffer(best), 1)
     with pytest.raises(ValueError, match="packed codebook's dimension"):
         x11 = x[:, :11].contiguous()
         module.vq_search_packed(packed, buffer(x11), 0, 300, 11, buffer(codes), buffer(best), 1)

@@ -23,13 +23,12 @@ that search one codebook many times (same results, no per-call packing).
 from __future__ import annotations
 
 import math
-import os
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
-from . import _native
-from .vq_cuda import rvq_decode_cuda, rvq_encode_cuda, vq_search_cuda
+from . import _abi, _native
 from .reference.vq import (
     rvq_decode_reference,
     rvq_encode_reference,
@@ -39,11 +38,11 @@ from .reference.vq import (
 
 __all__ = ["PackedCodebook", "rvq_decode", "rvq_encode", "vq_search"]
 
-_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _CODE_DTYPES = frozenset({torch.int32, torch.int64})
-_ISA = {"": 0, "auto": 0, "scalar": 1, "avx2": 2, "avx512": 3}
+# Forces one CPU instruction set (every one gives the same codes).
+_ISA_ENV = "LUMO_VQ_ISA"
 _METRICS = ("l2", "cosine")
-# Norm modes of the native vq_search (csrc/cpu/vq.h VqNorms).
+# Norm modes of the native vq_search (csrc/ops/vq/cpu.h VqNorms).
 _NORMS_COMPUTE, _NORMS_GIVEN, _NORMS_ZERO = 0, 1, 2
 
 
@@ -241,7 +240,7 @@ class PackedCodebook:
     def __repr__(self) -> str:
         packed = "packed" if self._packed is not None else "not packed"
         return (
-            f"PackedCodebook(shape={tuple(self.shape)}, dtype={_name(self._codebook.dtype)}, "
+            f"PackedCodebook(shape={tuple(self.shape)}, dtype={_abi.dtype_name(self._codebook.dtype)}, "
             f"device={self._codebook.device}, metric={self.metric!r}, {packed})"
         )
 
@@ -258,8 +257,8 @@ class PackedCodebook:
             self._cn = self._norms.to(torch.float32).contiguous()
             _check_finite(op, "codebook_norms", self._cn[:, None])
         self._packed = None
-        module = _module(cb.device)
-        isa = _isa()
+        module = _abi.module(cb.device)
+        isa = _abi.isa(_ISA_ENV)
         if module is not None and cb.device.type == "cpu":
             cbc = self._cb.contiguous()
             # SAFETY: cbc and self._cn are contiguous CPU tensors alive for the
@@ -273,30 +272,30 @@ class PackedCodebook:
                     mode = _NORMS_GIVEN
                 k, d = cbc.shape
                 packed = module.vq_pack(
-                    _native.buffer(cbc),
-                    _DTYPE_CODE[cbc.dtype],
-                    k,
-                    d,
-                    mode,
-                    _native.buffer(self._cn if mode == _NORMS_GIVEN else None),
-                    isa,
-                    torch.get_num_threads(),
+                    cb=_native.buffer(cbc),
+                    cb_dtype=_abi.dtype_code(cbc.dtype),
+                    k=k,
+                    d=d,
+                    norms=mode,
+                    cn=_native.buffer(self._cn if mode == _NORMS_GIVEN else None),
+                    isa=isa,
+                    num_threads=_abi.threads(),
                 )
                 bad, what = packed.bad_row, "codebook"
             else:
                 q_total, k, d = cbc.shape
                 packed = module.rvq_pack(
-                    _native.buffer(cbc),
-                    _DTYPE_CODE[cbc.dtype],
-                    q_total,
-                    k,
-                    d,
-                    isa,
-                    torch.get_num_threads(),
+                    cbs=_native.buffer(cbc),
+                    dtype=_abi.dtype_code(cbc.dtype),
+                    num_q=q_total,
+                    k=k,
+                    d=d,
+                    isa=isa,
+                    num_threads=_abi.threads(),
                 )
                 bad, what = packed.bad_row, "codebooks"
             if bad >= 0:
-                raise ValueError(f"{op}: expected finite values, got inf/NaN in {what} row {bad}")
+                raise _abi.non_finite_error(op, what, bad)
             self._packed = packed
         else:
             what = "codebook" if cb.dim() == 2 else "codebooks"
@@ -311,7 +310,7 @@ class PackedCodebook:
         return key
 
     def _fresh(self) -> None:
-        if self._state(_isa()) != self._key:
+        if self._state(_abi.isa(_ISA_ENV)) != self._key:
             self.refresh()
 
     def search(
@@ -346,7 +345,7 @@ class PackedCodebook:
         _check_rows(op, x, cb)
         self._fresh()
         x2 = _search_rows(x, cb.shape[1], self.metric, self.normalized)
-        module = _module(x.device) if self._packed is not None else None
+        module = _abi.module(x.device) if self._packed is not None else None
         if module is None:
             codes, best = _vq_search_op(x2, self._cb, self._cn, self.metric == "cosine")
         else:
@@ -357,20 +356,16 @@ class PackedCodebook:
                 xc = x2.contiguous()
                 # SAFETY: xc, codes and best are contiguous CPU tensors alive
                 # for the synchronous call; self._packed is immutable.
-                status = module.vq_search_packed(
-                    self._packed,
-                    _native.buffer(xc),
-                    _DTYPE_CODE[xc.dtype],
-                    n,
-                    d,
-                    _native.buffer(codes),
-                    _native.buffer(best),
-                    torch.get_num_threads(),
+                module.vq_search_packed(
+                    packed=self._packed,
+                    x=_native.buffer(xc),
+                    x_dtype=_abi.dtype_code(xc.dtype),
+                    n=n,
+                    d=d,
+                    codes=_native.buffer(codes),
+                    best=_native.buffer(best),
+                    num_threads=_abi.threads(),
                 )
-                if status >= 0:
-                    raise ValueError(f"{op}: expected finite values, got inf/NaN in x row {status}")
-                if status <= -2:
-                    raise _overflow_error(op, -2 - status)
         return _search_result(codes, best, x2, x.shape[:-1], self.metric, return_distance)
 
     def rvq_encode(self, x: torch.Tensor, *, n_q: int | None = None) -> torch.Tensor:
@@ -393,7 +388,7 @@ class PackedCodebook:
         self._fresh()
         d = cbs.shape[2]
         x2 = x.reshape(-1, d)
-        module = _module(x.device) if self._packed is not None else None
+        module = _abi.module(x.device) if self._packed is not None else None
         if module is None:
             codes = _rvq_encode_op(x2, cbs, n_q)
         else:
@@ -403,17 +398,16 @@ class PackedCodebook:
                 xc = x2.contiguous()
                 # SAFETY: xc and codes are contiguous CPU tensors alive for the
                 # synchronous call; self._packed is immutable.
-                status = module.rvq_encode_packed(
-                    self._packed,
-                    _native.buffer(xc),
-                    _DTYPE_CODE[xc.dtype],
-                    n,
-                    d,
-                    n_q,
-                    _native.buffer(codes),
-                    torch.get_num_threads(),
+                module.rvq_encode_packed(
+                    packed=self._packed,
+                    x=_native.buffer(xc),
+                    x_dtype=_abi.dtype_code(xc.dtype),
+                    n=n,
+                    d=d,
+                    n_q=n_q,
+                    codes=_native.buffer(codes),
+                    num_threads=_abi.threads(),
                 )
-                _raise_status(op, "codebooks", status)
         return codes.reshape(*x.shape[:-1], n_q)
 
 
@@ -428,16 +422,12 @@ def _tensor_state(t: torch.Tensor) -> tuple:
 # ---------------------------------------------------------------------------
 
 
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _check_float(op: str, what: str, t: object) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: expected {what} as a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _DTYPE_CODE:
+    if t.dtype not in _abi.DTYPE_CODES:
         raise TypeError(
-            f"{op}: expected {what} of dtype float32, float16 or bfloat16, got {_name(t.dtype)}"
+            f"{op}: expected {what} of dtype float32, float16 or bfloat16, got {_abi.dtype_name(t.dtype)}"
         )
 
 
@@ -446,7 +436,7 @@ def _check_same(op: str, what: str, t: torch.Tensor, x: torch.Tensor) -> None:
         raise ValueError(f"{op}: expected {what} on {x.device} (the device of x), got {t.device}")
     if t.dtype != x.dtype:
         raise TypeError(
-            f"{op}: expected {what} of dtype {_name(x.dtype)} (the dtype of x), got {_name(t.dtype)}"
+            f"{op}: expected {what} of dtype {_abi.dtype_name(x.dtype)} (the dtype of x), got {_abi.dtype_name(t.dtype)}"
         )
 
 
@@ -557,7 +547,7 @@ def _check_finite(op: str, what: str, t: torch.Tensor) -> None:
     bad = ~torch.isfinite(t).all(dim=-1)
     if bool(bad.any()):
         row = int(torch.nonzero(bad)[0, 0])
-        raise ValueError(f"{op}: expected finite values, got inf/NaN in {what} row {row}")
+        raise _abi.non_finite_error(op, what, row)
 
 
 def _check_overflow(op: str, best: torch.Tensor) -> None:
@@ -567,43 +557,7 @@ def _check_overflow(op: str, best: torch.Tensor) -> None:
 
 
 def _overflow_error(op: str, row: int) -> ValueError:
-    return ValueError(
-        f"{op}: distances overflow fp32 for row {row} (values too large for squared norms)"
-    )
-
-
-def _isa() -> int:
-    value = os.environ.get("LUMO_VQ_ISA", "").strip().lower()
-    if value not in _ISA:
-        raise ValueError(f"LUMO_VQ_ISA: expected one of auto, scalar, avx2, avx512, got {value!r}")
-    return _ISA[value]
-
-
-def _module(device: torch.device):  # noqa: ANN202 - the native module for device, or None
-    if _native.reference_forced():
-        return None
-    if device.type == "cpu":
-        return _native.cpu()
-    if device.type == "cuda":
-        return _native.cuda()
-    return None
-
-
-def _is_cpu(module) -> bool:  # noqa: ANN001
-    """True for ``_C`` (synchronous, host memory); False for ``_C_cuda`` and its emulator.
-
-    The paths branch on the module rather than the tensor's device, so the
-    tests can run the CUDA path on host memory (tests/test_cuda_simt.py).
-    """
-    return module is _native.cpu()
-
-
-def _raise_status(op: str, what: str, status: int) -> None:
-    """Raise for a non-finite row reported by the CPU kernel (see csrc/cpu/vq.h)."""
-    if status >= 0:
-        raise ValueError(f"{op}: expected finite values, got inf/NaN in x row {status}")
-    if status <= -2:
-        raise ValueError(f"{op}: expected finite values, got inf/NaN in {what} row {-2 - status}")
+    return _abi.overflow_error(op, "distances", row)
 
 
 # ---------------------------------------------------------------------------
@@ -642,8 +596,8 @@ def _vq_search_impl(
         norms = codebook_norms.to(torch.float32).contiguous()
         _check_finite(op, "codebook_norms", norms[:, None])
     mode = _NORMS_ZERO if inner_product else (_NORMS_COMPUTE if norms is None else _NORMS_GIVEN)
-    module = _module(x.device)
-    if module is not None and _is_cpu(module):
+    module = _abi.module(x.device)
+    if _abi.is_cpu(module):
         # The CPU kernel checks finiteness while it converts (one pass less).
         xc, cbc = x.contiguous(), codebook.contiguous()
         codes = torch.empty(n, dtype=torch.int64)
@@ -653,24 +607,21 @@ def _vq_search_impl(
         # packed again in every call: a cache keyed on the tensor could miss
         # writes that bypass its version counter (``.data``, numpy views);
         # PackedCodebook is the explicit cache.
-        status = module.vq_search(
-            _native.buffer(xc),
-            _DTYPE_CODE[xc.dtype],
-            n,
-            d,
-            _native.buffer(cbc),
-            _DTYPE_CODE[cbc.dtype],
-            k,
-            mode,
-            _native.buffer(norms),
-            _native.buffer(codes),
-            _native.buffer(best),
-            torch.get_num_threads(),
-            _isa(),
+        module.vq_search(
+            x=_native.buffer(xc),
+            x_dtype=_abi.dtype_code(xc.dtype),
+            n=n,
+            d=d,
+            cb=_native.buffer(cbc),
+            cb_dtype=_abi.dtype_code(cbc.dtype),
+            k=k,
+            norms=mode,
+            cn=_native.buffer(norms),
+            codes=_native.buffer(codes),
+            best=_native.buffer(best),
+            num_threads=_abi.threads(),
+            isa=_abi.isa(_ISA_ENV),
         )
-        if status <= -2 - k:  # the kernel scanned best for overflow too
-            raise _overflow_error(op, -2 - k - status)
-        _raise_status(op, "codebook", status)
         return codes, best
     _check_finite(op, "x", x)
     _check_finite(op, "codebook", codebook)
@@ -680,7 +631,7 @@ def _vq_search_impl(
         xc, cbc = x.contiguous(), codebook.contiguous()
         codes = torch.empty(n, dtype=torch.int64, device=x.device)
         best = torch.empty(n, dtype=torch.float32, device=x.device)
-        codes, best = vq_search_cuda(module, xc, cbc, norms, mode, codes, best)
+        codes, best = _vq_search_cuda(module, xc, cbc, norms, mode, codes, best)
     _check_overflow(op, best)
     return codes, best
 
@@ -720,32 +671,31 @@ def _rvq_encode_impl(x: torch.Tensor, codebooks: torch.Tensor, n_q: int) -> torc
     q_total, k, _ = codebooks.shape
     if n == 0:
         return x.new_empty(0, n_q, dtype=torch.int64)
-    module = _module(x.device)
-    if module is not None and _is_cpu(module):
+    module = _abi.module(x.device)
+    if _abi.is_cpu(module):
         xc, cbc = x.contiguous(), codebooks.contiguous()
         codes = torch.empty(n, n_q, dtype=torch.int64)
         # SAFETY: contiguous CPU tensors referenced until the call returns.
-        status = module.rvq_encode(
-            _native.buffer(xc),
-            _DTYPE_CODE[xc.dtype],
-            n,
-            d,
-            _native.buffer(cbc),
-            q_total,
-            k,
-            n_q,
-            _native.buffer(codes),
-            torch.get_num_threads(),
-            _isa(),
+        module.rvq_encode(
+            x=_native.buffer(xc),
+            dtype=_abi.dtype_code(xc.dtype),
+            n=n,
+            d=d,
+            cbs=_native.buffer(cbc),
+            num_q=q_total,
+            k=k,
+            n_q=n_q,
+            codes=_native.buffer(codes),
+            num_threads=_abi.threads(),
+            isa=_abi.isa(_ISA_ENV),
         )
-        _raise_status(op, "codebooks", status)
         return codes
     _check_finite(op, "x", x)
     _check_finite(op, "codebooks", codebooks[:n_q].reshape(-1, d))
     if module is None:
         codes = rvq_encode_reference(x, codebooks, n_q)
     else:
-        codes = rvq_encode_cuda(module, x.contiguous(), codebooks.contiguous(), n_q)
+        codes = _rvq_encode_cuda(module, x.contiguous(), codebooks.contiguous(), n_q)
     return codes
 
 
@@ -768,7 +718,7 @@ def _check_codes_and_codebooks(op: str, codes: object, codebooks: object) -> tup
     if not isinstance(codes, torch.Tensor):
         raise TypeError(f"{op}: expected codes as a torch.Tensor, got {type(codes).__name__}")
     if codes.dtype not in _CODE_DTYPES:
-        raise TypeError(f"{op}: expected int32 or int64 codes, got {_name(codes.dtype)}")
+        raise TypeError(f"{op}: expected int32 or int64 codes, got {_abi.dtype_name(codes.dtype)}")
     _check_float(op, "codebooks", codebooks)
     if codebooks.device != codes.device:
         raise ValueError(
@@ -791,32 +741,32 @@ def _rvq_decode_impl(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tens
     _check_rvq_decode_op("rvq_decode", codes, codebooks)
     n, n_q = codes.shape
     _, k, d = codebooks.shape
-    module = _module(codes.device)
+    module = _abi.module(codes.device)
     if n == 0:
         return codebooks.new_empty(0, d)
-    if module is None or not _is_cpu(module):
+    if not _abi.is_cpu(module):
         bad = (codes < 0) | (codes >= k)
         if bool(bad.any()):
             raise _range_error(codes, int(torch.nonzero(bad.reshape(-1))[0]), k)
         if module is None:
             return rvq_decode_reference(codes, codebooks)
-        return rvq_decode_cuda(module, codes.contiguous(), codebooks.contiguous())
+        return _rvq_decode_cuda(module, codes.contiguous(), codebooks.contiguous())
     cc, cbc = codes.contiguous(), codebooks.contiguous()
     out = torch.empty(n, d, dtype=torch.float32)
     # SAFETY: contiguous CPU tensors referenced until the call returns; the
     # kernel bounds-checks every code before any lookup.
     bad = module.rvq_decode(
-        _native.buffer(cc),
-        cc.element_size(),
-        n,
-        n_q,
-        _native.buffer(cbc),
-        _DTYPE_CODE[cbc.dtype],
-        cbc.shape[0],
-        k,
-        d,
-        _native.buffer(out),
-        torch.get_num_threads(),
+        codes=_native.buffer(cc),
+        codes_itemsize=cc.element_size(),
+        n=n,
+        n_q=n_q,
+        cbs=_native.buffer(cbc),
+        dtype=_abi.dtype_code(cbc.dtype),
+        num_q=cbc.shape[0],
+        k=k,
+        d=d,
+        out=_native.buffer(out),
+        num_threads=_abi.threads(),
     )
     if bad >= 0:
         raise _range_error(cc, bad, k)
@@ -828,18 +778,107 @@ def _rvq_decode_fake(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tens
     return codebooks.new_empty(codes.shape[0], codebooks.shape[2])
 
 
-if hasattr(torch.library, "custom_op"):  # torch >= 2.4
-    _vq_search_op = torch.library.custom_op("lumo_uti::vq_search", mutates_args=())(_vq_search_impl)
-    _vq_search_op.register_fake(_vq_search_fake)
-    _rvq_encode_op = torch.library.custom_op("lumo_uti::rvq_encode", mutates_args=())(
-        _rvq_encode_impl
+# ---------------------------------------------------------------------------
+# CUDA calls: workspaces from PyTorch's caching allocator, then _C_cuda.
+# Inputs are validated and contiguous; every call enqueues on the current
+# stream of the input's device, which keeps the tensors alive until it ran.
+# ---------------------------------------------------------------------------
+
+
+def _cuda_workspace(module: ModuleType, n: int, k: int, device: torch.device) -> tuple[list, dict]:
+    """The code-range split of a search and its partial results: (tensors to keep
+    referenced until the call returns, keyword arguments of the call)."""
+    queue = _abi.queue(device)
+    splits = module.vq_search_splits(n=n, k=k, device=queue["device"])
+    part_val = torch.empty(splits * n, dtype=torch.float32, device=device)
+    part_idx = torch.empty(splits * n, dtype=torch.int32, device=device)
+    kwargs = dict(part_val=_native.buffer(part_val), part_idx=_native.buffer(part_idx), splits=splits)
+    return [part_val, part_idx], {**kwargs, **queue}
+
+
+def _vq_search_cuda(
+    module: ModuleType,
+    x: torch.Tensor,
+    cb: torch.Tensor,
+    norms: torch.Tensor | None,
+    mode: int,
+    codes: torch.Tensor,
+    best: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` [N, D], ``cb`` [K, D] on one GPU -> (codes [N] int64, best [N] fp32)."""
+    n, d = x.shape
+    k = cb.shape[0]
+    cn = norms.clone() if norms is not None else torch.empty(k, dtype=torch.float32, device=x.device)
+    keep, workspace = _cuda_workspace(module, n, k, x.device)
+    module.vq_search(
+        x=_native.buffer(x),
+        x_dtype=_abi.dtype_code(x.dtype),
+        n=n,
+        d=d,
+        cb=_native.buffer(cb),
+        cb_dtype=_abi.dtype_code(cb.dtype),
+        k=k,
+        norms=mode,
+        cn=_native.buffer(cn),
+        codes=_native.buffer(codes),
+        best=_native.buffer(best),
+        **workspace,
     )
-    _rvq_encode_op.register_fake(_rvq_encode_fake)
-    _rvq_decode_op = torch.library.custom_op("lumo_uti::rvq_decode", mutates_args=())(
-        _rvq_decode_impl
+    del keep  # after the call has enqueued its work on the stream
+    return codes, best
+
+
+def _rvq_encode_cuda(module: ModuleType, x: torch.Tensor, cbs: torch.Tensor, n_q: int) -> torch.Tensor:
+    """``x`` [N, D], ``cbs`` [Q, K, D] on one GPU -> codes [N, n_q] int64."""
+    n, d = x.shape
+    q_total, k, _ = cbs.shape
+    dev = x.device
+    codes = torch.empty(n, n_q, dtype=torch.int64, device=dev)
+    residual = torch.empty(n, d, dtype=torch.float32, device=dev)
+    cn = torch.empty(n_q, k, dtype=torch.float32, device=dev)
+    keep, workspace = _cuda_workspace(module, n, k, dev)
+    module.rvq_encode(
+        x=_native.buffer(x),
+        dtype=_abi.dtype_code(x.dtype),
+        n=n,
+        d=d,
+        cbs=_native.buffer(cbs),
+        num_q=q_total,
+        k=k,
+        n_q=n_q,
+        codes=_native.buffer(codes),
+        residual=_native.buffer(residual),
+        cn=_native.buffer(cn),
+        **workspace,
     )
-    _rvq_decode_op.register_fake(_rvq_decode_fake)
-else:  # pragma: no cover - older torch: eager only
-    _vq_search_op = _vq_search_impl
-    _rvq_encode_op = _rvq_encode_impl
-    _rvq_decode_op = _rvq_decode_impl
+    del keep, residual, cn  # after the call has enqueued its work on the stream
+    return codes
+
+
+def _rvq_decode_cuda(module: ModuleType, codes: torch.Tensor, cbs: torch.Tensor) -> torch.Tensor:
+    """``codes`` [N, q] (checked in range), ``cbs`` [Q, K, D] -> [N, D] of the codebooks' dtype."""
+    n, n_q = codes.shape
+    q_total, k, d = cbs.shape
+    out = torch.empty(n, d, dtype=torch.float32, device=codes.device)
+    module.rvq_decode(
+        codes=_native.buffer(codes),
+        codes_itemsize=codes.element_size(),
+        n=n,
+        n_q=n_q,
+        cbs=_native.buffer(cbs),
+        dtype=_abi.dtype_code(cbs.dtype),
+        num_q=q_total,
+        k=k,
+        d=d,
+        out=_native.buffer(out),
+        **_abi.queue(codes.device),
+    )
+    return out.to(cbs.dtype)
+
+
+_vq_search_op = torch.library.custom_op("lumo_uti::vq_search", mutates_args=())(_vq_search_impl)
+_vq_search_op.register_fake(_vq_search_fake)
+_rvq_encode_op = torch.library.custom_op("lumo_uti::rvq_encode", mutates_args=())(_rvq_encode_impl)
+_rvq_encode_op.register_fake(_rvq_encode_fake)
+_rvq_decode_op = torch.library.custom_op("lumo_uti::rvq_decode", mutates_args=())(_rvq_decode_impl)
+_rvq_decode_op.register_fake(_rvq_decode_fake)

@@ -2,7 +2,7 @@
 //
 // SAFETY: every buffer argument is a tuple (address, extent) of C-contiguous
 // host memory that the Python caller keeps alive for the whole call; each
-// extent is checked against the sizes given (bindings/buffer.h) and the
+// extent is checked against the sizes given (abi/buffer.h) and the
 // functions keep no pointer after they return. The GIL is released while they
 // run.
 #include <pybind11/pybind11.h>
@@ -12,7 +12,8 @@
 
 #include "abi/buffer.h"
 #include "abi/registry.h"
-#include "cpu/vq.h"
+#include "abi/status.h"
+#include "ops/vq/cpu.h"
 
 namespace py = pybind11;
 
@@ -37,7 +38,17 @@ lumo::bindings::Extent given_norms(const char* op, int norms, int64_t k) {
   return norms == lumo::cpu::kNormsGiven ? product(op, {{"k", k}}) : lumo::bindings::none();
 }
 
-int64_t vq_search(Buffer x, int x_dtype, int64_t n, int64_t d, Buffer cb, int cb_dtype, int64_t k,
+// The kernels' int64 results (ops/vq/cpu.h) as a Status: -1 fine, r >= 0 a
+// non-finite x row, -2 - c a non-finite codebook row c (c < k); for the
+// search, -2 - k - r the row r whose best score overflowed fp32.
+lumo::Status search_status(int64_t raw, int64_t k) {
+  if (raw == -1) return lumo::Status::ok();
+  if (raw >= 0) return lumo::Status::non_finite(0, raw);
+  if (-2 - raw < k) return lumo::Status::non_finite(1, -2 - raw);
+  return lumo::Status::overflow(2, -2 - k - raw);
+}
+
+void vq_search(Buffer x, int x_dtype, int64_t n, int64_t d, Buffer cb, int cb_dtype, int64_t k,
                   int norms, Buffer cn, Buffer codes, Buffer best, int64_t num_threads, int isa) {
   constexpr const char* op = "vq_search";
   const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
@@ -45,8 +56,9 @@ int64_t vq_search(Buffer x, int x_dtype, int64_t n, int64_t d, Buffer cb, int cb
   const auto* cnp = take<const float>(op, "cn", cn, given_norms(op, norms, k));
   auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}}));
   auto* bestp = take<float>(op, "best", best, product(op, {{"n", n}}));
-  return lumo::cpu::vq_search(xp, x_dtype, n, d, cbp, cb_dtype, k, norms, cnp, codesp, bestp,
-                              num_threads, isa);
+  const int64_t raw = lumo::cpu::vq_search(xp, x_dtype, n, d, cbp, cb_dtype, k, norms, cnp, codesp,
+                                           bestp, num_threads, isa);
+  lumo::raise_status(op, search_status(raw, k), {"x", "codebook", "distances"});
 }
 
 // The holder is non-const for pybind11; Python never gets a mutator.
@@ -67,30 +79,34 @@ std::shared_ptr<lumo::cpu::RvqPacked> rvq_pack(Buffer cbs, int dtype, int64_t nu
       lumo::cpu::rvq_pack(cbsp, dtype, num_q, k, d, isa, num_threads));
 }
 
-int64_t rvq_encode_packed(const lumo::cpu::RvqPacked& p, Buffer x, int x_dtype, int64_t n, int64_t d,
+void rvq_encode_packed(const lumo::cpu::RvqPacked& p, Buffer x, int x_dtype, int64_t n, int64_t d,
                           int64_t n_q, Buffer codes, int64_t num_threads) {
   constexpr const char* op = "rvq_encode";
   const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
   auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}, {"n_q", n_q}}));
-  return lumo::cpu::rvq_encode_packed(p, xp, x_dtype, n, d, n_q, codesp, num_threads);
+  const int64_t raw = lumo::cpu::rvq_encode_packed(p, xp, x_dtype, n, d, n_q, codesp, num_threads);
+  lumo::raise_status(op, search_status(raw, INT64_MAX), {"x", "codebooks"});
 }
 
-int64_t vq_search_packed(const lumo::cpu::VqPacked& p, Buffer x, int x_dtype, int64_t n, int64_t d,
+void vq_search_packed(const lumo::cpu::VqPacked& p, Buffer x, int x_dtype, int64_t n, int64_t d,
                          Buffer codes, Buffer best, int64_t num_threads) {
   constexpr const char* op = "vq_search";
   const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
   auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}}));
   auto* bestp = take<float>(op, "best", best, product(op, {{"n", n}}));
-  return lumo::cpu::vq_search_packed(p, xp, x_dtype, n, d, codesp, bestp, num_threads);
+  // The codebook was checked when it was packed: -2 - r is an overflow in row r.
+  const int64_t raw = lumo::cpu::vq_search_packed(p, xp, x_dtype, n, d, codesp, bestp, num_threads);
+  lumo::raise_status(op, search_status(raw, 0), {"x", "codebook", "distances"});
 }
 
-int64_t rvq_encode(Buffer x, int dtype, int64_t n, int64_t d, Buffer cbs, int64_t num_q, int64_t k,
+void rvq_encode(Buffer x, int dtype, int64_t n, int64_t d, Buffer cbs, int64_t num_q, int64_t k,
                    int64_t n_q, Buffer codes, int64_t num_threads, int isa) {
   constexpr const char* op = "rvq_encode";
   const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
   const auto* cbsp = take<const void>(op, "cbs", cbs, stack_of(op, num_q, k, d));
   auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}, {"n_q", n_q}}));
-  return lumo::cpu::rvq_encode(xp, dtype, n, d, cbsp, num_q, k, n_q, codesp, num_threads, isa);
+  const int64_t raw = lumo::cpu::rvq_encode(xp, dtype, n, d, cbsp, num_q, k, n_q, codesp, num_threads, isa);
+  lumo::raise_status(op, search_status(raw, INT64_MAX), {"x", "codebooks"});
 }
 
 int64_t rvq_decode(Buffer codes, int64_t codes_itemsize, int64_t n, int64_t n_q, Buffer cbs, int dtype,
@@ -114,8 +130,8 @@ LUMO_BIND(bind_vq) {
         "x: [n, d], cb: [k, d] (dtype codes 0 fp32, 1 fp16, 2 bf16); norms: 0 compute\n"
         "sqnorm(cb), 1 given in cn ([k] fp32), 2 zero (inner product); codes: [n] int64;\n"
         "best: [n] fp32. isa: 0 auto, 1 scalar, 2 AVX2, 3 AVX-512.\n"
-        "Returns -1, r >= 0 (x row r not finite), -2 - c (codebook row c not finite) or\n"
-        "-2 - k - r (the best score of row r overflowed fp32).");
+        "Raises ValueError naming the first non-finite x or codebook row, or the first row\n"
+        "whose best score overflowed fp32.");
   py::class_<lumo::cpu::VqPacked, std::shared_ptr<lumo::cpu::VqPacked>>(
       m, "VqPacked", "A codebook packed for the CPU search kernel (immutable).")
       .def_property_readonly("k", [](const lumo::cpu::VqPacked& p) { return p.k; })
@@ -130,8 +146,7 @@ LUMO_BIND(bind_vq) {
   m.def("vq_search_packed", &vq_search_packed, py::arg("packed"), py::arg("x"), py::arg("x_dtype"),
         py::arg("n"), py::arg("d"), py::arg("codes"), py::arg("best"), py::arg("num_threads"),
         py::call_guard<py::gil_scoped_release>(),
-        "vq_search of x [n, d] against a VqPacked; returns -1, the first non-finite x row r,\n"
-        "or -2 - r for the first row r whose best score overflowed fp32.");
+        "vq_search of x [n, d] against a VqPacked; raises as vq_search.");
   py::class_<lumo::cpu::RvqPacked, std::shared_ptr<lumo::cpu::RvqPacked>>(
       m, "RvqPacked", "RVQ codebooks [q, k, d] packed for the CPU search kernel (immutable).")
       .def_property_readonly("q", [](const lumo::cpu::RvqPacked& p) { return p.stages.size(); })
@@ -146,13 +161,13 @@ LUMO_BIND(bind_vq) {
   m.def("rvq_encode_packed", &rvq_encode_packed, py::arg("packed"), py::arg("x"), py::arg("x_dtype"),
         py::arg("n"), py::arg("d"), py::arg("n_q"), py::arg("codes"), py::arg("num_threads"),
         py::call_guard<py::gil_scoped_release>(),
-        "rvq_encode of x [n, d] against the first n_q stages of an RvqPacked; returns -1 or the\n"
-        "first non-finite x row.");
+        "rvq_encode of x [n, d] against the first n_q stages of an RvqPacked; raises\n"
+        "ValueError naming the first non-finite x row.");
   m.def("rvq_encode", &rvq_encode, py::arg("x"), py::arg("dtype"), py::arg("n"), py::arg("d"),
         py::arg("cbs"), py::arg("num_q"), py::arg("k"), py::arg("n_q"), py::arg("codes"),
         py::arg("num_threads"), py::arg("isa"), py::call_guard<py::gil_scoped_release>(),
         "Residual VQ codes [n, n_q] int64 of x [n, d] against cbs [num_q, k, d].\n"
-        "Returns as vq_search, codebook rows numbered q * k + c.");
+        "Raises as vq_search, codebook rows numbered q * k + c.");
   m.def("rvq_decode", &rvq_decode, py::arg("codes"), py::arg("codes_itemsize"), py::arg("n"),
         py::arg("n_q"), py::arg("cbs"), py::arg("dtype"), py::arg("num_q"), py::arg("k"),
         py::arg("d"), py::arg("out"), py::arg("num_threads"),

@@ -17,9 +17,9 @@
 #include <vector>
 
 #include "abi/checks.h"
-#include "common/vq.h"
-#include "cpu/vq.h"
-#include "cpu/vq_internal.h"
+#include "ops/vq/math.h"
+#include "ops/vq/cpu.h"
+#include "ops/vq/cpu_internal.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -33,7 +33,7 @@ namespace {
 
 using namespace vqi;
 
-int elem_size(int dtype) { return dtype == vq::kF32 ? 4 : 2; }
+int elem_size(int dtype) { return static_cast<int>(dtype_size(static_cast<DType>(dtype))); }
 
 // Many rows: threads take row blocks from a counter; stages[0..n_q) are
 // packed. Returns the first bad x row or -1.
@@ -129,7 +129,7 @@ int64_t rvq_few_rows(const Kernel& ker, const RvqPacked* packed, const void* cbs
       if (packed != nullptr) {
         for (int64_t j = 0; j < d; ++j) res[j] = vq::sub_rn(res[j], p.at(code, j));
       } else {
-        for (int64_t j = 0; j < d; ++j) res[j] = vq::sub_rn(res[j], vq::load_as_float(raw, cb_dtype, code * d + j));
+        for (int64_t j = 0; j < d; ++j) res[j] = vq::sub_rn(res[j], load_float(raw, static_cast<DType>(cb_dtype), code * d + j));
       }
     }
   }
@@ -262,7 +262,7 @@ int64_t rvq_decode(const void* codes, int64_t codes_itemsize, int64_t n, int64_t
         std::fill(o, o + d, 0.0f);
         for (int64_t q = 0; q < n_q; ++q) {
           const int64_t base = (q * k + code_at(r * n_q + q)) * d;
-          for (int64_t j = 0; j < d; ++j) o[j] = vq::add_rn(o[j], vq::load_as_float(cbs, dtype, base + j));
+          for (int64_t j = 0; j < d; ++j) o[j] = vq::add_rn(o[j], load_float(cbs, static_cast<DType>(dtype), base + j));
         }
       }
     }

@@ -18,17 +18,7 @@
 namespace lumo {
 namespace vq {
 
-// Element types the kernels read (the Python front passes the matching code).
-enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
-
 using ::lumo::dtype::bits_to_float;
-
-// Element i of a buffer of `dtype` as fp32.
-LUMO_HD inline float load_as_float(const void* p, int dtype, int64_t i) {
-  if (dtype == kF16) return ::lumo::dtype::fp16_to_float(static_cast<const uint16_t*>(p)[i]);
-  if (dtype == kBF16) return ::lumo::dtype::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
-  return static_cast<const float*>(p)[i];
-}
 
 // Rounded fp32 product and sum that the compiler may not fuse into an FMA
 // (nvcc contracts a*b+c by default; the intrinsics forbid it).
@@ -67,7 +57,7 @@ LUMO_HD inline float sqnorm_seq(const float* v, int64_t d) {
 LUMO_HD inline float sqnorm_seq_typed(const void* v, int dtype, int64_t row, int64_t d) {
   float acc = 0.0f;
   for (int64_t j = 0; j < d; ++j) {
-    const float e = load_as_float(v, dtype, row * d + j);
+    const float e = load_float(v, static_cast<DType>(dtype), row * d + j);
     acc = add_rn(acc, mul_rn(e, e));
   }
   return acc;

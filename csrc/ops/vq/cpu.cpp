@@ -15,7 +15,7 @@
 // index) minimum is a strict total order, so results never depend on the
 // thread count or the schedule.
 // RVQ lives in vq_rvq.cpp; shared internals in vq_internal.h.
-#include "cpu/vq.h"
+#include "ops/vq/cpu.h"
 
 #include <immintrin.h>
 
@@ -27,8 +27,8 @@
 #include <vector>
 
 #include "abi/checks.h"
-#include "common/vq.h"
-#include "cpu/vq_internal.h"
+#include "ops/vq/math.h"
+#include "ops/vq/cpu_internal.h"
 
 // The contract forbids fusing a*b+c into an FMA. GCC contracts by default in
 // C++ (AVX-512F has FMA, so the avx512 region would), Clang within one
@@ -68,7 +68,7 @@ inline void vupdate(V& bv, I& bi, V s, I idx) {
   }
 }
 inline void vopaque(V&) {}
-#include "cpu/vq_search_body.h"
+#include "ops/vq/cpu_search_body.h"
 }  // namespace scalar
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -104,7 +104,7 @@ inline void vupdate(V& bv, I& bi, V s, I idx) {
       _mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(idx), m));
 }
 inline void vopaque(V& v) { asm("" : "+x"(v)); }
-#include "cpu/vq_search_body.h"
+#include "ops/vq/cpu_search_body.h"
 // Packs a full tile of T = 16 fp32 codes: each half (8 codes) in blocks of 8
 // dimensions, read row-wise (prefetch-friendly) and transposed in registers.
 inline void transpose8(V r[8]) {
@@ -183,7 +183,7 @@ inline void vupdate(V& bv, I& bi, V s, I idx) {
   bi = _mm512_mask_mov_epi32(bi, m, idx);
 }
 inline void vopaque(V& v) { asm("" : "+v"(v)); }
-#include "cpu/vq_search_body.h"
+#include "ops/vq/cpu_search_body.h"
 // Packs a full tile of T = 32 fp32 codes: each half (16 codes) in blocks of
 // 16 dimensions, read row-wise (prefetch-friendly) and transposed in registers.
 inline void transpose16(V r[16]) {
@@ -272,8 +272,7 @@ void check_common(const char* op, int64_t n, int64_t d, int64_t k, int dtype, in
   LUMO_CHECK(d >= 1, op, "d >= 1", d);
   LUMO_CHECK(k >= 1, op, "k >= 1 (a non-empty codebook)", k);
   LUMO_CHECK_RANGE(k < std::numeric_limits<int32_t>::max() - 64, op, "k < 2^31 - 64", k);
-  LUMO_CHECK(dtype == vq::kF32 || dtype == vq::kF16 || dtype == vq::kBF16, op,
-             "dtype code 0 (fp32), 1 (fp16) or 2 (bf16)", dtype);
+  check_dtype(op, "dtype", dtype);
   LUMO_CHECK(num_threads >= 0, op, "num_threads >= 0", num_threads);
 }
 
@@ -296,7 +295,7 @@ int64_t pack_tiles(const Kernel& ker, const PackSource& src, VqPacked& p, int64_
   float acc[64];
   uint8_t ok[64];
   int64_t bad = -1;
-  const bool fast = src.dtype == vq::kF32 && ker.pack_f32 != nullptr;
+  const bool fast = src.dtype == static_cast<int>(DType::F32) && ker.pack_f32 != nullptr;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t c0 = t * T, lanes = std::min(T, k - c0);
     float* tile = p.tiles.data() + t * d * T;
@@ -313,11 +312,11 @@ int64_t pack_tiles(const Kernel& ker, const PackSource& src, VqPacked& p, int64_
       std::fill(ok, ok + T, uint8_t{1});
       for (int64_t j = 0; j < d; ++j) {
         float* dst = tile + j * T;
-        if (src.dtype == vq::kF32) {
+        if (src.dtype == static_cast<int>(DType::F32)) {
           const float* s = static_cast<const float*>(src.cb) + c0 * d + j;
           for (int64_t l = 0; l < lanes; ++l) dst[l] = s[l * d];
         } else {
-          for (int64_t l = 0; l < lanes; ++l) dst[l] = vq::load_as_float(src.cb, src.dtype, (c0 + l) * d + j);
+          for (int64_t l = 0; l < lanes; ++l) dst[l] = load_float(src.cb, static_cast<DType>(src.dtype), (c0 + l) * d + j);
         }
         for (int64_t l = lanes; l < T; ++l) dst[l] = 0.0f;
         for (int64_t l = 0; l < T; ++l) {
@@ -402,7 +401,7 @@ int64_t load_rows(const void* x, int dtype, int64_t d, int64_t r0, int64_t rows,
   for (int64_t r = 0; r < rows; ++r) {
     bool finite = true;
     for (int64_t j = 0; j < d; ++j) {
-      const float v = vq::load_as_float(x, dtype, (r0 + r) * d + j);
+      const float v = load_float(x, static_cast<DType>(dtype), (r0 + r) * d + j);
       s.x[r * d + j] = v;
       finite = finite && std::isfinite(v);
     }
@@ -538,8 +537,7 @@ int64_t vq_search(const void* x, int x_dtype, int64_t n, int64_t d, const void* 
                   int norms, const float* cn_given, int64_t* codes, float* best, int64_t num_threads, int isa) {
   constexpr const char* op = "vq_search";
   check_common(op, n, d, k, x_dtype, num_threads);
-  LUMO_CHECK(cb_dtype == vq::kF32 || cb_dtype == vq::kF16 || cb_dtype == vq::kBF16, op,
-             "codebook dtype code 0, 1 or 2", cb_dtype);
+  check_dtype(op, "cb_dtype", cb_dtype);
   LUMO_CHECK(norms == kNormsCompute || norms == kNormsGiven || norms == kNormsZero, op,
              "norms mode 0, 1 or 2", norms);
   const Kernel ker = pick_kernel(isa, op);

@@ -10,7 +10,7 @@
 // of a row and a second tiny kernel over the splits finish the minimum; both
 // use the strict order pair_less, so the result is deterministic and equal to
 // the CPU kernel's. No N x K matrix exists; extra memory is O(splits * N + K).
-#include "cuda/vq.h"
+#include "ops/vq/cuda.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -19,7 +19,7 @@
 #include <math_constants.h>
 
 #include "abi/checks.h"
-#include "common/vq.h"
+#include "ops/vq/math.h"
 #include "runtime/cuda_check.cuh"
 
 namespace lumo {
@@ -33,7 +33,6 @@ static_assert(kTileRows == kTileCodes, "x and code tiles share the staging layou
 constexpr int kMaxSplits = 64;
 constexpr int32_t kNoIndex = 2147483647;
 
-using vq::load_as_float;
 using vq::pair_less;
 
 __global__ void norms_kernel(const void* __restrict__ cb, int dtype, int64_t k, int64_t d,
@@ -46,7 +45,7 @@ __global__ void to_float_kernel(const void* __restrict__ x, int dtype, int64_t c
                                 float* __restrict__ out) {
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
-    out[i] = load_as_float(x, dtype, i);
+    out[i] = load_float(x, static_cast<DType>(dtype), i);
   }
 }
 
@@ -82,7 +81,7 @@ search_kernel(const void* __restrict__ x, int x_dtype, int64_t n, int64_t d,
     for (int e = threadIdx.x; e < kTileRows * BK; e += kThreads) {
       const int r = e / BK, j = e % BK;
       const int64_t row = m0 + r;
-      xs[j][r] = (row < n && j < d) ? load_as_float(x, x_dtype, row * d + j) : 0.0f;
+      xs[j][r] = (row < n && j < d) ? load_float(x, static_cast<DType>(x_dtype), row * d + j) : 0.0f;
     }
   }
   for (int64_t c0 = k_begin; c0 < k_end; c0 += kTileCodes) {
@@ -95,9 +94,9 @@ search_kernel(const void* __restrict__ x, int x_dtype, int64_t n, int64_t d,
       for (int e = threadIdx.x; e < kTileRows * BK; e += kThreads) {
         const int r = e / BK, j = e % BK;
         const int64_t row = m0 + r, col = d0 + j;
-        if (!x_once) xs[j][r] = (row < n && col < d) ? load_as_float(x, x_dtype, row * d + col) : 0.0f;
+        if (!x_once) xs[j][r] = (row < n && col < d) ? load_float(x, static_cast<DType>(x_dtype), row * d + col) : 0.0f;
         const int64_t code = c0 + r;
-        cs[j][r] = (code < k_end && col < d) ? load_as_float(cb, cb_dtype, code * d + col) : 0.0f;
+        cs[j][r] = (code < k_end && col < d) ? load_float(cb, static_cast<DType>(cb_dtype), code * d + col) : 0.0f;
       }
       __syncthreads();
 #pragma unroll
@@ -169,7 +168,7 @@ __global__ void finalize_kernel(const float* __restrict__ part_val,
   if (best != nullptr) best[row] = none ? CUDART_INF_F : v;
   if (residual != nullptr) {
     float* r = residual + row * d;
-    for (int64_t j = 0; j < d; ++j) r[j] = vq::sub_rn(r[j], load_as_float(cb, cb_dtype, code * d + j));
+    for (int64_t j = 0; j < d; ++j) r[j] = vq::sub_rn(r[j], load_float(cb, static_cast<DType>(cb_dtype), code * d + j));
   }
 }
 
@@ -186,7 +185,7 @@ __global__ void decode_kernel(const void* __restrict__ codes, int64_t itemsize, 
       const int64_t c = itemsize == 4 ? static_cast<const int32_t*>(codes)[i]
                                       : static_cast<const int64_t*>(codes)[i];
       if (c < 0 || c >= k) continue;
-      acc = vq::add_rn(acc, load_as_float(cbs, dtype, (q * k + c) * d + j));
+      acc = vq::add_rn(acc, load_float(cbs, static_cast<DType>(dtype), (q * k + c) * d + j));
     }
     out[e] = acc;
   }
@@ -197,8 +196,7 @@ void check_sizes(const char* op, int64_t n, int64_t d, int64_t k, int dtype, int
   LUMO_CHECK(d >= 1, op, "d >= 1", d);
   LUMO_CHECK(k >= 1, op, "k >= 1 (a non-empty codebook)", k);
   LUMO_CHECK_RANGE(k < kNoIndex - kTileCodes, op, "k < 2^31 - 64", k);
-  LUMO_CHECK(dtype == vq::kF32 || dtype == vq::kF16 || dtype == vq::kBF16, op,
-             "dtype code 0 (fp32), 1 (fp16) or 2 (bf16)", dtype);
+  check_dtype(op, "dtype", dtype);
   LUMO_CHECK(device >= 0, op, "a device index >= 0", device);
 }
 
@@ -248,8 +246,7 @@ void vq_search(const void* x, int x_dtype, int64_t n, int64_t d, const void* cb,
                int32_t* part_idx, int64_t splits, uintptr_t stream, int device) {
   constexpr const char* op = "vq_search (cuda)";
   check_sizes(op, n, d, k, x_dtype, device);
-  LUMO_CHECK(cb_dtype == vq::kF32 || cb_dtype == vq::kF16 || cb_dtype == vq::kBF16, op,
-             "codebook dtype code 0, 1 or 2", cb_dtype);
+  check_dtype(op, "cb_dtype", cb_dtype);
   LUMO_CHECK(norms >= 0 && norms <= 2, op, "norms mode 0, 1 or 2", norms);
   LUMO_CHECK(splits >= 1 && splits <= kMaxSplits, op, "1 <= splits <= 64", splits);
   if (n == 0) return;
@@ -278,7 +275,7 @@ void rvq_encode(const void* x, int dtype, int64_t n, int64_t d, const void* cbs,
   LUMO_CHECK(x && cbs && codes && residual && cn && part_val && part_idx, op, "non-null pointers", "null");
   DeviceGuard guard(device, op);
   const auto s = reinterpret_cast<cudaStream_t>(stream);
-  const int elem = dtype == vq::kF32 ? 4 : 2;
+  const int elem = static_cast<int>(dtype_size(static_cast<DType>(dtype)));
   LUMO_LAUNCH(to_float_kernel, static_cast<unsigned>(std::min<int64_t>(ceil_div(n * d, 256), 4096)), 256, 0, s)(
       x, dtype, n * d, residual);
   throw_on_error(cudaGetLastError(), op, "conversion kernel launch");
@@ -290,7 +287,7 @@ void rvq_encode(const void* x, int dtype, int64_t n, int64_t d, const void* cbs,
   // The residual stays in device memory (L2 for typical sizes) between stages.
   for (int64_t q = 0; q < n_q; ++q) {
     const void* cb = static_cast<const char*>(cbs) + q * k * d * elem;
-    launch_search(residual, vq::kF32, n, d, cb, dtype, k, cn + q * k, codes + q, n_q, nullptr,
+    launch_search(residual, static_cast<int>(DType::F32), n, d, cb, dtype, k, cn + q * k, codes + q, n_q, nullptr,
                   residual, part_val, part_idx, splits, s, op);
   }
 }

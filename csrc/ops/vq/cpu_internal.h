@@ -10,10 +10,10 @@
 #include <thread>
 #include <vector>
 
-#include "common/vq.h"
+#include "ops/vq/math.h"
 #include "runtime/isa.h"
 #include "runtime/thread_pool.h"
-#include "cpu/vq.h"
+#include "ops/vq/cpu.h"
 
 namespace lumo {
 namespace cpu {

@@ -11,7 +11,7 @@
 
 #include "abi/buffer.h"
 #include "abi/registry.h"
-#include "cuda/vq.h"
+#include "ops/vq/cuda.h"
 
 namespace py = pybind11;
 
