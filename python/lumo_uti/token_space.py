@@ -244,18 +244,12 @@ class TokenSpace:
         Blocks that already carry an offset must sit exactly where appending puts
         them (otherwise the error names the gap or overlap).
         """
-        placed, cursor = [], base.base_rows
-        for blk in blocks:
-            placed.append(blk if blk.offset is not None else replace(blk, offset=cursor))
-            cursor = placed[-1].offset + placed[-1].size
+        placed = _place([], blocks, base.base_rows)
         return cls(_assemble(name, base.to_json(), placed, pad_to_multiple_of, codecs or {}))
 
     def extend(self, blocks: Iterable[Block], *, name: str | None = None) -> "TokenSpace":
         """A new token space with ``blocks`` appended; existing IDs do not move."""
-        placed, cursor = list(self._blocks), self.vocab_size
-        for blk in blocks:
-            placed.append(blk if blk.offset is not None else replace(blk, offset=cursor))
-            cursor = placed[-1].offset + placed[-1].size
+        placed = _place(list(self._blocks), blocks, self.vocab_size)
         return TokenSpace(
             _assemble(name or self.name, self._data["base"], placed, self._data["pad_to_multiple_of"], self.codecs)
         )
@@ -508,6 +502,14 @@ def default_blocks() -> list[Block]:
 
 
 # -- validation -------------------------------------------------------------------------
+def _place(placed: list[Block], blocks: Iterable[Block], cursor: int) -> list[Block]:
+    """Append ``blocks`` to ``placed`` one after another from ``cursor`` (a block with an offset keeps it)."""
+    for blk in blocks:
+        placed.append(blk if blk.offset is not None else replace(blk, offset=cursor))
+        cursor = placed[-1].offset + placed[-1].size
+    return placed
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name} is not allowed")
 
