@@ -1,4 +1,4 @@
-"""``lumo tokenize-dataset`` and ``lumo shards inspect`` (registered through ``lumo_uti.cli``)."""
+"""``lumo tokenize-dataset`` and ``lumo shards inspect`` (registered through the ``lumo.commands`` entry points)."""
 
 from __future__ import annotations
 
