@@ -42,6 +42,7 @@ _BUILD_INFO = """#pragma once
 #define LUMO_BI_CUDA_COMPILER "{cxx}"
 #define LUMO_BI_CUDA_FLAGS "{flags}"
 #define LUMO_BI_CUDA_ARCHS "simt"
+#define LUMO_BI_CUDA_ARCHS_SOURCE "simt"
 #define LUMO_BI_CUDA_TOOLKIT "none"
 """
 
@@ -53,8 +54,8 @@ class SimtUnavailable(RuntimeError):
 def _sources() -> list[Path]:
     """The sources CMakeLists.txt puts into ``_C_cuda``, plus the emulator's own."""
     csrc = ROOT / "csrc"
-    kernels = sorted(csrc.glob("ops/*/cuda*.cu")) + sorted(csrc.glob("cuda/*.cu"))
-    bindings = sorted(csrc.glob("ops/*/bind_cuda.cpp")) + sorted(csrc.glob("bindings/cuda_*.cpp"))
+    kernels = sorted(csrc.glob("ops/*/cuda*.cu"))
+    bindings = sorted(csrc.glob("ops/*/bind_cuda.cpp"))
     runtime = [csrc / "runtime" / "cuda_runtime.cu", csrc / "runtime" / "module_cuda.cpp"]
     return kernels + bindings + runtime + [SIMT / "simt_bindings.cpp", SIMT / "simt_selftest.cu"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -96,7 +97,7 @@ def _expected_archs(cmake_archs: str) -> set[str]:
 
 
 def test_cuda_module_if_built() -> None:
-    """_C_cuda: no libtorch, static cudart, sm_80 + sm_90 SASS and compute_90 PTX."""
+    """_C_cuda: no libtorch, static cudart, the machine code and PTX its build reports."""
     found = _modules("_C_cuda")
     if not found:
         pytest.skip(f"CUDA kernels not built ({_native.cuda_reason()})")
@@ -108,8 +109,8 @@ def test_cuda_module_if_built() -> None:
     info = backends()["build_info"]["cuda"]
     assert info["module"] == "lumo_uti._C_cuda"
     assert set(embedded_archs(so)) == _expected_archs(info["cuda_archs"])
-    if info["cuda_archs"] == "80-real;90-real;90-virtual":  # the default of CMakeLists.txt
-        assert set(embedded_archs(so)) == {"sm_80", "sm_90", "compute_90"}
+    if info["cuda_archs_source"] == "default":  # what PyTorch's wheels cover, T4 included
+        assert set(embedded_archs(so)) == {"sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "compute_90"}
     assert info["runtime_version"] >= 11000
     module = _native._cuda_module
     try:
@@ -211,3 +212,32 @@ def test_import_survives_broken_native_modules() -> None:
     assert got["cpu_reason"] == "import error: ImportError: simulated: lumo_uti._C is broken"
     assert got["cuda"] is False
     assert got["cuda_reason"] == "import error: ImportError: simulated: lumo_uti._C_cuda is broken"
+
+
+@pytest.mark.parametrize(
+    ("torch_list", "expected"),
+    [
+        ("7.5;8.0;8.6+PTX", "75-real;80-real;86-real;86-virtual"),
+        ("8.9 9.0a+PTX", "89-real;90a-real;90a-virtual"),
+        ("Turing", None),
+    ],
+)
+def test_torch_cuda_arch_list_is_honoured(tmp_path: Path, torch_list: str, expected: str | None) -> None:
+    """CMakeLists.txt turns PyTorch's TORCH_CUDA_ARCH_LIST into CMake architectures (configure only)."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not on PATH")
+    import pybind11
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TORCH_CUDA_ARCH_LIST": torch_list}
+    run = subprocess.run(
+        [cmake, "-S", str(root), "-B", str(tmp_path), "-DLUMO_CUDA=off", "-DLUMO_PRINT_CUDA_ARCHS=on",
+         f"-Dpybind11_DIR={pybind11.get_cmake_dir()}"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    if expected is None:
+        assert run.returncode != 0 and "TORCH_CUDA_ARCH_LIST: expected entries such as 7.5" in run.stderr
+    else:
+        assert run.returncode == 0, run.stderr
+        assert f"LumoOmni: CUDA architectures {expected} (TORCH_CUDA_ARCH_LIST={torch_list})" in run.stdout

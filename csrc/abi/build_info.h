@@ -21,7 +21,8 @@ inline pybind11::dict build_info(const char* module) {
   info["cuda_status"] = LUMO_BI_CUDA_STATUS;  // "built: ..." or "not built: <why>"
   info["cuda_compiler"] = LUMO_BI_CUDA_COMPILER;
   info["cuda_flags"] = LUMO_BI_CUDA_FLAGS;
-  info["cuda_archs"] = LUMO_BI_CUDA_ARCHS;
+  info["cuda_archs"] = LUMO_BI_CUDA_ARCHS;  // CMake form: "75-real;90-virtual"
+  info["cuda_archs_source"] = LUMO_BI_CUDA_ARCHS_SOURCE;  // default, TORCH_CUDA_ARCH_LIST=..., or the define
   info["cuda_toolkit"] = LUMO_BI_CUDA_TOOLKIT;
   info["links_libtorch"] = false;
 #ifdef LUMO_BI_SANITIZE

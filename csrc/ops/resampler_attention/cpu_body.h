@@ -1,5 +1,5 @@
 // Resampler-attention micro-kernels, written once over a small vector
-// interface and included by resampler_attn.cpp once per instruction set
+// interface and included by cpu.cpp once per instruction set
 // (scalar, AVX2, AVX-512), each time inside its own namespace and
 // `#pragma GCC target` region. No include guard on purpose. The including
 // file defines before it:

@@ -1,6 +1,6 @@
-// CUDA resampler cross-attention (see resampler_attn.h).
+// CUDA resampler cross-attention (see cuda.h).
 //
-// Head dims D <= 128 run the tiled kernels of resampler_attn_tiled.cuh (K/V or
+// Head dims D <= 128 run the tiled kernels of cuda_tiled.cuh (K/V or
 // query tiles in shared memory, reused by a block's rows). Larger D (<= 256)
 // runs the row-wise kernels below.
 //

@@ -19,7 +19,7 @@ void resampler_attn_forward(const void* q, const void* k_ctx, const void* v_ctx,
 // Deterministic backward: dq first (and each row's delta = dout . out into the
 // fp32 workspace `delta` [B, Hq, L]), then dk/dv, visiting the group's query
 // heads and rows in a fixed order. No atomics. D <= 128 runs the tiled kernels
-// (resampler_attn_tiled.cuh), larger D one warp per query row / key row.
+// (cuda_tiled.cuh), larger D one warp per query row / key row.
 void resampler_attn_backward(const void* dout, const void* q, const void* k_ctx,
                              const void* v_ctx, const void* k_lat, const void* v_lat,
                              const uint8_t* ctx_mask, const void* out, const float* lse,

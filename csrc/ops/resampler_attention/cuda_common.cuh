@@ -1,5 +1,5 @@
-// Pieces shared by the row-wise (resampler_attn.cu) and tiled
-// (resampler_attn_tiled.cuh) CUDA resampler-attention kernels.
+// Pieces shared by the row-wise (cuda.cu) and tiled
+// (cuda_tiled.cuh) CUDA resampler-attention kernels.
 #pragma once
 
 #include <cmath>

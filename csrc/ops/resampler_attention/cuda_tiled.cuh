@@ -1,6 +1,6 @@
 // Tiled CUDA resampler-attention kernels for head dims D <= 128.
 //
-// The row-wise kernels (resampler_attn.cu) give every query row (or key row) a
+// The row-wise kernels (cuda.cu) give every query row (or key row) a
 // warp that reads all the keys (or queries) it needs from global memory, so
 // K/V are read once per query row. Here a block stages tiles in shared memory
 // and reuses them for many rows:
@@ -13,7 +13,7 @@
 //     group's query rows in tiles of 32; lane t scores query row t against the
 //     warp's 4 keys, then every lane accumulates its dims of dk and dv.
 // Sums run in a fixed order (tiles in order, keys/rows in order inside a tile,
-// the warp reductions of resampler_attn_common.cuh), so results are
+// the warp reductions of cuda_common.cuh), so results are
 // deterministic; nothing is accumulated with atomics.
 //
 // Shared-memory rows are padded to an odd pitch, so lane t reading row t at

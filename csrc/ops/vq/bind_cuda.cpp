@@ -4,7 +4,7 @@
 // that the Python caller keeps alive until the work enqueued on `stream` has
 // finished (the caching allocator of PyTorch does this for tensors used on
 // their current stream); each extent is checked against the sizes given
-// (bindings/buffer.h). The GIL is released while the functions run.
+// (abi/buffer.h). The GIL is released while the functions run.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>

@@ -2,7 +2,7 @@
 //
 // Plan: the codebook is converted to fp32 and packed into tiles of 2*W codes
 // laid out [tile][d][2W] (W = SIMD lanes), so the micro-kernel
-// (vq_search_body.h) loads one code vector per dimension and broadcasts the
+// (cpu_search_body.h) loads one code vector per dimension and broadcasts the
 // row value. Rows are processed in blocks of 64 (converted to fp32 in a
 // thread-local tile), codes in blocks of about 128 KiB of packed data that stay
 // in L2 while the row blocks sweep them: tiny D keeps the whole working set in
@@ -14,7 +14,7 @@
 // every score is computed the same way whatever the split, and the (value,
 // index) minimum is a strict total order, so results never depend on the
 // thread count or the schedule.
-// RVQ lives in vq_rvq.cpp; shared internals in vq_internal.h.
+// RVQ lives in cpu_rvq.cpp; shared internals in cpu_internal.h.
 #include "ops/vq/cpu.h"
 
 #include <immintrin.h>

@@ -1,6 +1,6 @@
 // CPU kernels of the VQ ops (torch-free: raw pointers, sizes and dtype codes).
 //
-// Arithmetic contract: csrc/common/vq.h. Element types: lumo::vq::DType
+// Arithmetic contract: ops/vq/math.h. Element types: lumo::DType codes
 // (0 fp32, 1 fp16, 2 bf16). All buffers are C-contiguous host memory that the
 // caller keeps alive for the call; outputs must not overlap inputs.
 // num_threads: 0 = hardware concurrency. Results never depend on it.

@@ -1,5 +1,5 @@
-// Internals shared by the CPU VQ kernels (vq.cpp: packing and search;
-// vq_rvq.cpp: residual VQ). Not part of the kernel API (cpu/vq.h).
+// Internals shared by the CPU VQ kernels (cpu.cpp: packing and search;
+// cpu_rvq.cpp: residual VQ). Not part of the kernel API (cpu.h).
 #pragma once
 
 #include <algorithm>

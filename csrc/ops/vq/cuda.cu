@@ -5,7 +5,7 @@
 // Per 64-code tile, 256 threads each accumulate a 4 x 4 micro-tile of dot
 // products over d in chunks of BK staged (as fp32) in shared memory, in the
 // order d = 0..D-1 with separate rounded mul and add (__fmul_rn/__fadd_rn, no
-// FMA: csrc/common/vq.h), then fold the scores into a running (value, index)
+// FMA: ops/vq/math.h), then fold the scores into a running (value, index)
 // minimum per row in registers. A warp-shuffle reduction over the 16 threads
 // of a row and a second tiny kernel over the splits finish the minimum; both
 // use the strict order pair_less, so the result is deterministic and equal to

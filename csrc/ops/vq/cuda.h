@@ -1,6 +1,6 @@
 // CUDA kernels of the VQ ops (torch-free; callable without CUDA headers).
 //
-// Same arithmetic contract as the CPU kernels (csrc/common/vq.h), so the codes
+// Same arithmetic contract as the CPU kernels (ops/vq/math.h), so the codes
 // are identical. Pointers are device memory on `device`; work is enqueued on
 // `stream` (a cudaStream_t as an integer) and the caller keeps every buffer
 // alive until it ran. Workspaces are allocated by the caller (the Python front

@@ -1,6 +1,6 @@
 // VQ arithmetic shared by the CPU and CUDA kernels (and so covered by the CPU tests).
 //
-// The contract (python/lumo_uti/ops/vq_reference.py, docs/ops_vq.md): inputs
+// The contract (python/lumo_uti/ops/reference/vq.py, docs/ops_vq.md): inputs
 // become fp32; norms and dot products are sums of fp32 products in the order
 // d = 0..D-1 with every product and sum rounded (no FMA); the ranking key is
 // score = cn - (dot + dot); the code is the lowest index of the smallest key.

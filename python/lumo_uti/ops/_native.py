@@ -152,7 +152,7 @@ def buffer(t: torch.Tensor | None) -> tuple[int, int]:
     The extent counts the elements the tensor covers from its address (its
     numel when contiguous, 0 when empty). The bindings check it against the
     sizes they are given, so a buffer that does not match them raises instead
-    of being read out of bounds (csrc/bindings/buffer.h).
+    of being read out of bounds (csrc/abi/buffer.h).
     """
     if t is None:
         return (0, 0)
@@ -192,6 +192,10 @@ def build_info() -> dict[str, Any]:
         cuda_info["runtime_version"] = _cuda_module.runtime_version()
         cuda_info["driver_version"] = _cuda_module.driver_version()
         cuda_info["path"] = _cuda_module.__file__
+        from ._fatbin import embedded_archs
+
+        # What the module carries (read from its file), next to what CMake was asked for.
+        cuda_info["embedded_archs"] = embedded_archs(cuda_info["path"])
         info["cuda"] = cuda_info
     if module is not None:
         info["cpu"]["path"] = module.__file__
