@@ -218,12 +218,12 @@ def _token_lm_table(d: dict[str, Any]) -> str:
         peaks = r.get("peak_step_bytes") or r.get("peak_rss_bytes") or {}
         for name, ms in r.get("median_ms", {}).items():
             b = r.get("bytes", {}).get(name, {})
-            rows.append([r["hidden"], r["tokens"], r["new_rows"], name, _num(ms, 1),
+            rows.append([r["hidden"], r["tokens"], r["new_rows"], name, _num(ms / 1e3, 2),
                          _mib(b.get("trainable_param_bytes")), _mib(b.get("grad_bytes")),
                          _mib(b.get("optimizer_state_bytes")), _mib(peaks.get(name))])
         for note in r.get("notes", []):
             rows.append([r["hidden"], r["tokens"], r["new_rows"], "*note*", note, "", "", "", ""])
-    return _table(["hidden", "tokens", "new rows", "variant", "step ms", "trainable MiB", "grads MiB",
+    return _table(["hidden", "tokens", "new rows", "variant", "step s", "trainable MiB", "grads MiB",
                    "optimizer MiB", "peak MiB"], rows)
 
 
