@@ -280,6 +280,15 @@ def _codecs_table(d: dict[str, Any]) -> str:
                    "rounds", "codes identical"], rows)
 
 
+def _shipped_fingerprint() -> str | None:
+    """The embedded default bundle's fingerprint (None when lumo_uti is not importable)."""
+    try:
+        from lumo_uti.bundle import default_bundle_dir
+    except ImportError:
+        return None
+    return json.loads((default_bundle_dir() / "token_space.json").read_text()).get("fingerprint")
+
+
 def _audit_tables(d: dict[str, Any]) -> dict[str, str]:
     audit = d["rows"][0]
     metrics = audit.get("metrics", {})
@@ -292,7 +301,13 @@ def _audit_tables(d: dict[str, Any]) -> dict[str, str]:
     crows = [[f"`{c['name']}`", c.get("group"), c.get("verdict")] for c in audit.get("checks", [])
              if c.get("group") != "metrics"]
     verdict = "**pass**" if audit.get("metrics_v2_pass") else "**fail**"
-    head = (f"`metrics_v2_pass`: {verdict} ({', '.join(f'{v} {k}' for k, v in audit.get('summary', {}).items())}); "
+    stale = ""
+    shipped = _shipped_fingerprint()
+    if shipped and audit.get("token_space_fingerprint") != shipped:
+        stale = ('!!! warning "Measured on another bundle"\n    This audit ran on token space '
+                 f"`{audit.get('token_space_fingerprint')}`; the package now ships `{shipped}`. "
+                 "Run `python benchmarks/report.py --measure audit`.\n\n")
+    head = stale + (f"`metrics_v2_pass`: {verdict} ({', '.join(f'{v} {k}' for k, v in audit.get('summary', {}).items())}); "
             f"token space `{audit.get('token_space_fingerprint', '')[:19]}…`\n\n")
     return {"audit.metrics": head + _table(["metric", "value", "gate", "verdict"], mrows),
             "audit.checks": _table(["check", "group", "verdict"], crows)}
