@@ -6,12 +6,16 @@ killed run resumes where it stopped (same seed, same result):
 1. **Codebooks by k-means** on ``lumo_uti.ops.vq_search`` with dead-code
    restarts (``kmeans``): image blocks ``patch x patch x 3`` for ``lumo-vq``;
    MDCT frames, one residual stage after another, for ``lumo-rvq``.
-2. **Decoder refinement**: the codes are fixed by stage 1; the context decoder
-   (image) / post-filter (audio) learns, with Adam on the mean squared error,
-   the residual that turns looked-up vectors into the original signal.
+2. **Decoder refinement**: the codebooks are fixed by stage 1. Image: the
+   context decoder, the full-resolution refiner and any learned encoder learn,
+   with AdamW, L1 + (1 - SSIM) (+ MSE, + commitment; ``ImageTrainConfig``) with
+   straight-through codes; the evaluation photos are measured every
+   ``eval_every`` steps. Audio: the post-filter learns the mean squared error.
+   ``--init-codebook`` replaces the image k-means by an existing codec's
+   codebook; a time limit stops a run at a checkpoint (``TimeUp``).
 
-Then a final evaluation on ``--eval-data`` (PSNR/SSIM at 256 x 256 and
-codebook usage for images; SI-SNR, mel and multi-resolution STFT distances and
+Then a final evaluation on ``--eval-data`` (PSNR/SSIM/block-edge ratio at 256 x 256
+and codebook usage for images; SI-SNR, mel and multi-resolution STFT distances and
 per-codebook usage for audio) and the export: ``OUT/codec`` is a codec
 directory (``lumo-vq:OUT/codec`` / ``lumo-rvq:OUT/codec``) and
 ``OUT/eval.json`` holds the measurements. ``OUT/log.jsonl`` records every
