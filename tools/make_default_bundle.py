@@ -36,12 +36,15 @@ def main() -> None:
     if weights > MAX_WEIGHT_BYTES:
         p.error(f"the two codecs' weights are {weights / 1e6:.1f} MB; the package allows "
                 f"{MAX_WEIGHT_BYTES / 1e6:.0f} MB")
-    for modality, src in (("image", args.image_codec), ("audio", args.audio_codec)):
+    # Read both codecs first: a source may be the installed codec itself (e.g. keeping the audio one).
+    sources = {modality: {name: (Path(src) / name).read_bytes() for name in ("config.json", "model.safetensors")}
+               for modality, src in (("image", args.image_codec), ("audio", args.audio_codec))}
+    for modality, contents in sources.items():
         dest = PACKAGE_DATA / "default" / "codecs" / modality
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
-        for name in ("config.json", "model.safetensors"):
-            shutil.copy2(Path(src) / name, dest / name)
+        for name, data in contents.items():
+            (dest / name).write_bytes(data)
     import lumo_uti
 
     lumo_uti.build_default_token_space().save(PACKAGE_DATA / "default" / "token_space.json")
