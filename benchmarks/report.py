@@ -74,7 +74,7 @@ def _libraries() -> dict[str, str | None]:
     from importlib import metadata
 
     versions: dict[str, str | None] = {}
-    for name in ("lumoomni", "torch", "numpy", "faiss-cpu", "transformers", "tiktoken"):
+    for name in ("lumoomni", "torch", "numpy", "faiss-cpu", "transformers", "tiktoken", "peft"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -197,11 +197,11 @@ def _resampler_table(d: dict[str, Any]) -> str:
         if r.get("bench") != "resampler_attention":
             continue
         sh, peak = r["shape"], r.get("peak_bytes", {})
-        rows.append([r["setting"], f"{sh['Hq']}x{sh['D']}, {sh['Hkv']} kv", sh["B"], r["mode"],
+        rows.append([f"{r['setting']} ({sh['Hq']}x{sh['D']}, {sh['Hkv']} kv) B={sh['B']}", r["mode"],
                      _num(r["lumo_s"] * 1e3), _num(r["sdpa_concat_s"] * 1e3), _num(r["speedup_vs_sdpa"]),
                      _mib(peak.get("lumo")), _mib(peak.get("sdpa_concat")), _mib(r.get("concat_kv_bytes_avoided"))])
-    return _table(["setting", "heads", "B", "pass", "ours ms", "cat + SDPA ms", "speed-up", "ours peak MiB",
-                   "SDPA peak MiB", "concat K/V avoided MiB"], rows)
+    return _table(["setting", "pass", "ours ms", "SDPA ms", "speed-up", "ours peak MiB", "SDPA peak MiB",
+                   "K/V concat avoided MiB"], rows)
 
 
 def _connector_table(d: dict[str, Any]) -> str:
@@ -218,13 +218,12 @@ def _token_lm_table(d: dict[str, Any]) -> str:
         peaks = r.get("peak_step_bytes") or r.get("peak_rss_bytes") or {}
         for name, ms in r.get("median_ms", {}).items():
             b = r.get("bytes", {}).get(name, {})
-            rows.append([r["hidden"], r["tokens"], r["new_rows"], name, _num(ms / 1e3, 2),
+            rows.append([f"D={r['hidden']} T={r['tokens']}", name, _num(ms / 1e3, 2),
                          _mib(b.get("trainable_param_bytes")), _mib(b.get("grad_bytes")),
                          _mib(b.get("optimizer_state_bytes")), _mib(peaks.get(name))])
         for note in r.get("notes", []):
-            rows.append([r["hidden"], r["tokens"], r["new_rows"], "*note*", note, "", "", "", ""])
-    return _table(["hidden", "tokens", "new rows", "variant", "step s", "trainable MiB", "grads MiB",
-                   "optimizer MiB", "peak MiB"], rows)
+            rows.append([f"D={r['hidden']} T={r['tokens']}", "*note*", note, "", "", "", ""])
+    return _table(["shape", "variant", "step s", "params MiB", "grads MiB", "optimizer MiB", "peak MiB"], rows)
 
 
 def _token_lm_kernel_table(d: dict[str, Any]) -> str:
@@ -233,11 +232,10 @@ def _token_lm_kernel_table(d: dict[str, Any]) -> str:
         if r.get("case") != "kernel":
             continue
         ms, out = r["median_ms"], r.get("output_bytes", {})
-        rows.append([r["hidden"], r["tokens"], r["new_rows"], _num(ms.get("rowmask"), 3),
+        rows.append([f"D={r['hidden']} T={r['tokens']}", _num(ms.get("rowmask"), 3),
                      _num(ms.get("dense_embedding_backward"), 3), _num(r.get("speedup_vs_dense")),
                      _mib(out.get("rowmask")), _mib(out.get("dense_embedding_backward"))])
-    return _table(["hidden", "tokens", "new rows", "rowmask ms", "dense backward ms", "speed-up",
-                   "rowmask gradient MiB", "dense gradient MiB"], rows)
+    return _table(["shape", "rowmask ms", "dense ms", "speed-up", "rowmask grad MiB", "dense grad MiB"], rows)
 
 
 def _tokenize_table(d: dict[str, Any]) -> str:
