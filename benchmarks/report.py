@@ -180,15 +180,21 @@ def machine_line(data: dict[str, Any]) -> str:
 
 
 def _vq_table(d: dict[str, Any]) -> str:
-    names = sorted({n for r in d["rows"] for n in r.get("baselines", {})})
-    rows = []
-    for r in d["rows"]:
-        sh, b = r.get("shape", {}), r.get("baselines", {})
-        shape = " ".join(f"{k}={v}" for k, v in sh.items())
-        rows.append([f"`{r['case']}`", shape, _num(r.get("ours_ms"), 3), _num(r.get("ours_packed_ms"), 3)]
-                    + [_num(b[n]["speedup"]) + ("" if b[n].get("agree") in (None, 1.0) else
-                                                f" (agree {b[n]['agree']})") if n in b else "–" for n in names])
-    return _table(["case", "shape", "ours ms", "packed ms"] + [f"x {n}" for n in names], rows)
+    """One table per op (vq_search, rvq_encode): each has its own baselines."""
+    out = []
+    for op in dict.fromkeys(r.get("op") for r in d["rows"]):
+        rows_of_op = [r for r in d["rows"] if r.get("op") == op]
+        names = sorted({n for r in rows_of_op for n in r.get("baselines", {})})
+        rows = []
+        for r in rows_of_op:
+            b = r.get("baselines", {})
+            shape = " ".join(f"{k}={v}" for k, v in r.get("shape", {}).items())
+            rows.append([f"`{r['case']}`", shape, _num(r.get("ours_ms"), 3), _num(r.get("ours_packed_ms"), 3)]
+                        + [_num(b[n]["speedup"]) + ("" if b[n].get("agree") in (None, 1.0) else
+                                                    f" (agree {b[n]['agree']})") if n in b else "–" for n in names])
+        out.append(f"`{op}`:\n\n" + _table(["case", "shape", "ours ms", "packed ms"] + [f"x {n}" for n in names],
+                                              rows))
+    return "\n".join(out)
 
 
 def _resampler_table(d: dict[str, Any]) -> str:

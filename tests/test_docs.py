@@ -133,6 +133,7 @@ def test_results_tables_render_from_json(tmp_path, report):
                                              "cdist": {"speedup": 3.0, "agree": 0.999}}}])
     tables = report.tables(tmp_path)
     assert "| `tiny_d8` | N=4096 K=16384 D=8 | 1.250 | 1.000 | 3.00 (agree 0.999) | 7.50 |" in tables["vq.speed"]
+    assert tables["vq.speed"].startswith("`vq_search`:")
     assert "Test CPU (avx2, 4 cores, 3 torch threads, no GPU)" in tables["vq.machine"]
     assert "2026-01-02T03:04:05Z" in tables["vq.machine"] and "torch 9.9" in tables["vq.machine"]
     assert "Not measured yet" in tables["resampler.attention"]  # no file: the page says how to measure it
