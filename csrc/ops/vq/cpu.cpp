@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -154,6 +155,31 @@ inline uint32_t pack_tile_f32(const float* src, const float* next, int64_t d, fl
 }  // namespace avx2
 #if defined(__clang__)
 #pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+// The screened kernel needs FMA (checked at run time apart from AVX2). Only
+// the explicit vfma fuses: contraction stays off in this file.
+namespace avx2 {
+inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+inline V vmin(V a, V b) { return _mm256_min_ps(a, b); }
+using F = __m256;
+inline F fle(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
+inline F for2(F f, F g) { return _mm256_or_ps(f, g); }
+inline bool fany(F f) { return _mm256_movemask_ps(f) != 0; }
+inline float hmin(V v) {
+  __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+#include "ops/vq/cpu_screen_body.h"
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
 #pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
 #else
 #pragma GCC pop_options
@@ -184,6 +210,21 @@ inline void vupdate(V& bv, I& bi, V s, I idx) {
 }
 inline void vopaque(V& v) { asm("" : "+v"(v)); }
 #include "ops/vq/cpu_search_body.h"
+inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+inline V vmin(V a, V b) { return _mm512_min_ps(a, b); }
+using F = __mmask16;
+inline F fle(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
+inline F for2(F f, F g) { return static_cast<F>(f | g); }
+inline bool fany(F f) { return f != 0; }
+inline float hmin(V v) {
+  const __m256 h = _mm256_min_ps(_mm512_castps512_ps256(v),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  __m128 m = _mm_min_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+#include "ops/vq/cpu_screen_body.h"
 // Packs a full tile of T = 32 fp32 codes: each half (16 codes) in blocks of
 // 16 dimensions, read row-wise (prefetch-friendly) and transposed in registers.
 inline void transpose16(V r[16]) {
@@ -255,16 +296,29 @@ int isa_mask() {
 #endif
 }
 
+// LUMO_VQ_SCREEN=0 runs the plain exact kernel (same results; for
+// measurements and tests of both paths).
+static bool screening_enabled() {
+  const char* v = std::getenv("LUMO_VQ_SCREEN");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 Kernel pick_kernel(int isa, const char* op) {
   const int mask = isa_mask();
   isa = static_cast<int>(resolve_isa(isa, mask));
   LUMO_CHECK(isa >= kIsaScalar && isa <= kIsaAvx512 && (mask >> isa & 1), op,
              "an instruction set this CPU runs (isa bit in vq_isa_mask())", isa);
 #ifdef LUMO_VQ_X86
-  if (isa == kIsaAvx512) return {avx512::W, &avx512::search_rows, isa, &avx512::pack_tile_f32};
-  if (isa == kIsaAvx2) return {avx2::W, &avx2::search_rows, isa, &avx2::pack_tile_f32};
+  const bool screen = screening_enabled();
+  if (isa == kIsaAvx512) {
+    return {avx512::W, &avx512::search_rows, isa, &avx512::pack_tile_f32, screen ? &avx512::screen_rows : nullptr};
+  }
+  if (isa == kIsaAvx2) {
+    return {avx2::W, &avx2::search_rows, isa, &avx2::pack_tile_f32,
+            screen && __builtin_cpu_supports("fma") ? &avx2::screen_rows : nullptr};
+  }
 #endif
-  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr};
+  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr};
 }
 
 void check_common(const char* op, int64_t n, int64_t d, int64_t k, int dtype, int64_t num_threads) {
@@ -288,7 +342,11 @@ void pack_layout(int64_t k, int64_t d, int W, VqPacked& p) {
   // resize() keeps the storage of an earlier, larger layout: no fresh pages.
   p.tiles.resize(static_cast<size_t>(p.ntiles * d * p.tile));
   p.cn.resize(static_cast<size_t>(p.ntiles * p.tile));
+  p.bound.resize(static_cast<size_t>(p.ntiles * 2));
 }
+
+// max(m, v) that keeps NaN once seen (a bound that cannot be trusted).
+static inline float max_or_nan(float m, float v) { return m != m ? m : v <= m ? m : v; }
 
 int64_t pack_tiles(const Kernel& ker, const PackSource& src, VqPacked& p, int64_t t0, int64_t t1) {
   const int64_t k = p.k, d = p.d, T = p.tile;
@@ -334,6 +392,13 @@ int64_t pack_tiles(const Kernel& ker, const PackSource& src, VqPacked& p, int64_
     }
     // Lanes past k never win: every comparison with NaN is false.
     for (int64_t l = lanes; l < T; ++l) cn[l] = std::numeric_limits<float>::quiet_NaN();
+    float max_sq = 0.0f, max_cn = 0.0f;
+    for (int64_t l = 0; l < lanes; ++l) {
+      max_sq = max_or_nan(max_sq, acc[l]);
+      max_cn = max_or_nan(max_cn, std::fabs(cn[l]));
+    }
+    p.bound[2 * t] = max_sq;
+    p.bound[2 * t + 1] = max_cn;
   }
   return bad;
 }
@@ -346,18 +411,71 @@ static int64_t tiles_per_block(const VqPacked& p) {
   return std::max<int64_t>(1, kCodeBlockBytes / (p.d * p.tile * static_cast<int64_t>(sizeof(float))));
 }
 
+// Fills s.xn2 and s.beta for the screened kernel: beta[r] bounds |a - s| for
+// row r and every code of tiles [t0, t1), where s is the contract's score and
+// a the FMA screening score (cpu_screen_body.h). With u = 2^-24 and
+// g = (d + 2) u / (1 - (d + 2) u), S = |x| |c| >= sum_j |x_j c_j|:
+//   exact dot: error <= g S (sequential sum of rounded products), doubled;
+//   s = cn - 2 dot rounded: <= u (|cn| + 2 S (1 + g));
+//   a, d FMAs from cn: <= g (|cn| + 2 S);
+//   underflow: <= 3 d 2^-150 absolute.
+// beta = (4 g + 4 u) S + (g + 2 u) max|cn| + d 2^-146, with margins; +inf
+// (no screening) where values could overflow or a bound is inf/NaN.
+// Returns whether any row can be screened.
+static bool screen_bounds(const VqPacked& p, Scratch& s, int64_t padded, int64_t t0, int64_t t1) {
+  const int64_t d = p.d;
+  double max_sq = 0.0, max_cn = 0.0;
+  bool finite = true;
+  for (int64_t t = t0; t < t1; ++t) {
+    const float a = p.bound[2 * t], b = p.bound[2 * t + 1];
+    finite = finite && a <= 1e36f && b <= 1e36f;
+    max_sq = std::max<double>(max_sq, a);
+    max_cn = std::max<double>(max_cn, b);
+  }
+  const double u = std::ldexp(1.0, -24);
+  const double g = static_cast<double>(d + 2) * u / (1.0 - static_cast<double>(d + 2) * u);
+  const double c_norm = std::sqrt(max_sq) * (1.0 + 4.0 * g);
+  bool any = false;
+  for (int64_t r = 0; r < padded; ++r) {
+    const float* x = s.x.data() + r * d;
+    float* xn2 = s.xn2.data() + r * d;
+    double sq = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      sq += static_cast<double>(x[j]) * x[j];
+      xn2[j] = -2.0f * x[j];
+    }
+    const double big_s = std::sqrt(sq) * c_norm * (1.0 + 1e-9);
+    const double beta = ((4.0 * g + 4.0 * u) * big_s + (g + 2.0 * u) * max_cn + d * std::ldexp(1.0, -146)) * 1.01;
+    float bf = std::numeric_limits<float>::infinity();
+    if (finite && big_s < 1e36 && beta < 1e30) {
+      bf = static_cast<float>(beta);
+      if (static_cast<double>(bf) < beta) bf = std::nextafter(bf, std::numeric_limits<float>::infinity());
+      any = true;
+    }
+    s.beta[r] = bf;
+  }
+  return any;
+}
+
 void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows, int64_t t0, int64_t t1,
                   float* val, int32_t* idx) {
   const int W = ker.W;
   const int64_t padded = padded_rows(rows);
   std::fill(s.bv.begin(), s.bv.begin() + padded * W, std::numeric_limits<float>::infinity());
   std::fill(s.bi.begin(), s.bi.begin() + padded * W, std::numeric_limits<int32_t>::max());
+  const bool screen = ker.screen != nullptr && p.d <= kScreenMaxD && screen_bounds(p, s, padded, t0, t1);
   const int64_t tb = tiles_per_block(p);
   for (int64_t kb = t0; kb < t1; kb += tb) {
     const int64_t ke = std::min(t1, kb + tb);
     for (int64_t rb = 0; rb < padded; rb += kRows) {
-      ker.fn(s.x.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke, s.bv.data() + rb * W,
-             s.bi.data() + rb * W);
+      const float* beta = s.beta.data() + rb;
+      if (screen && std::all_of(beta, beta + kRows, [](float b) { return b < 1e30f; })) {
+        ker.screen(s.x.data() + rb * p.d, s.xn2.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke,
+                   s.bv.data() + rb * W, s.bi.data() + rb * W, beta);
+      } else {
+        ker.fn(s.x.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke, s.bv.data() + rb * W,
+               s.bi.data() + rb * W);
+      }
     }
   }
   for (int64_t r = 0; r < rows; ++r) {

@@ -28,10 +28,13 @@ struct VqPacked {
   int64_t bad_row = -1;  // first codebook row holding inf/NaN, or -1
   std::vector<float> tiles;
   std::vector<float> cn;
+  // Per tile: the largest sqnorm of its codes and the largest |cn| (inf/NaN
+  // when a code holds one): the screening bound of the search.
+  std::vector<float> bound;
 
   // Element j of code c, as fp32 (the exact converted value).
   float at(int64_t c, int64_t j) const { return tiles[((c / tile) * d + j) * tile + c % tile]; }
-  int64_t nbytes() const { return static_cast<int64_t>((tiles.size() + cn.size()) * sizeof(float)); }
+  int64_t nbytes() const { return static_cast<int64_t>((tiles.size() + cn.size() + bound.size()) * sizeof(float)); }
 };
 
 // Packs cb ([k, d] of cb_dtype; norms and cn_given as in vq_search) for `isa`,

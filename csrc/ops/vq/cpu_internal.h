@@ -22,6 +22,11 @@ namespace vqi {
 constexpr int kRows = 4;                          // rows per micro-kernel call
 constexpr int64_t kRowBlock = 64;                 // rows converted and searched together
 constexpr int64_t kCodeBlockBytes = 128 * 1024;   // packed code data swept per row block
+// Largest D searched by the screened kernel. Above it the exact kernel's
+// separate multiply and add run at the FMA rate on AMD cores (the adds have
+// their own pipes) and its compare-and-blend is a small share of the work,
+// so screening only adds its exact re-scoring (measured slower at D = 128).
+constexpr int64_t kScreenMaxD = 32;
 // Packing one codebook element costs about this many multiply-adds of search
 // (thread decisions only).
 constexpr double kPackCost = 4.0;
@@ -38,12 +43,18 @@ using SearchFn = void (*)(const float* xs, int64_t d, const float* tiles, const 
 // of the codes holding inf/NaN. `next` (or null): the next tile's rows, to
 // prefetch. Null where the instruction set has none.
 using PackTileFn = uint32_t (*)(const float* src, const float* next, int64_t d, float* tile, float* norms);
+// The screened micro-kernel (cpu_screen_body.h): SearchFn's results, bit for
+// bit, with xn2 [kRows][d] = -2 * xs and beta [kRows] the rows' finite bounds
+// on |FMA score - exact score| (screen_bounds).
+using ScreenFn = void (*)(const float* xs, const float* xn2, int64_t d, const float* tiles, const float* cn,
+                          int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta);
 
 struct Kernel {
   int W;
   SearchFn fn;
   int isa;
   PackTileFn pack_f32;
+  ScreenFn screen;  // null where the instruction set has no FMA (or LUMO_VQ_SCREEN=0)
 };
 
 Kernel pick_kernel(int isa, const char* op);
@@ -70,9 +81,12 @@ struct Scratch {
   std::vector<float> x;   // [kRowBlock][d] fp32 rows (zero past the last row)
   std::vector<float> bv;  // [kRowBlock][W] lane minima
   std::vector<int32_t> bi;
+  std::vector<float> xn2;   // [kRowBlock][d] -2 * x, for the screened kernel
+  std::vector<float> beta;  // [kRowBlock] screening bounds (+inf: no screening)
   Scratch(int64_t d, int W)
       : x(static_cast<size_t>(kRowBlock * d)), bv(static_cast<size_t>(kRowBlock * W)),
-        bi(static_cast<size_t>(kRowBlock * W)) {}
+        bi(static_cast<size_t>(kRowBlock * W)), xn2(static_cast<size_t>(kRowBlock * d)),
+        beta(static_cast<size_t>(kRowBlock)) {}
 };
 
 // Searches the `rows` fp32 rows in s.x against tiles [t0, t1) of p and writes
