@@ -463,7 +463,8 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
   const int64_t padded = padded_rows(rows);
   std::fill(s.bv.begin(), s.bv.begin() + padded * W, std::numeric_limits<float>::infinity());
   std::fill(s.bi.begin(), s.bi.begin() + padded * W, std::numeric_limits<int32_t>::max());
-  const bool screen = ker.screen != nullptr && p.d <= kScreenMaxD && screen_bounds(p, s, padded, t0, t1);
+  const bool screen = ker.screen != nullptr && (p.d <= kScreenMaxD || t1 - t0 >= kScreenMinTiles) &&
+                      screen_bounds(p, s, padded, t0, t1);
   const int64_t tb = tiles_per_block(p);
   for (int64_t kb = t0; kb < t1; kb += tb) {
     const int64_t ke = std::min(t1, kb + tb);

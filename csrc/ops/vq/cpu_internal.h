@@ -22,11 +22,14 @@ namespace vqi {
 constexpr int kRows = 4;                          // rows per micro-kernel call
 constexpr int64_t kRowBlock = 64;                 // rows converted and searched together
 constexpr int64_t kCodeBlockBytes = 128 * 1024;   // packed code data swept per row block
-// Largest D searched by the screened kernel. Above it the exact kernel's
-// separate multiply and add run at the FMA rate on AMD cores (the adds have
-// their own pipes) and its compare-and-blend is a small share of the work,
-// so screening only adds its exact re-scoring (measured slower at D = 128).
+// When the screened kernel runs: D <= kScreenMaxD (the exact kernel's
+// compare-and-blend per code is a large share of the work), or a sweep of at
+// least kScreenMinTiles tiles (the exact re-scoring of new minima, about
+// ln(tiles) per row, is then a few percent). Few tiles at large D (K = 1024,
+// D = 128) measured faster with the exact kernel alone; K = 8192, D = 256 was
+// 1.1-1.4x faster screened.
 constexpr int64_t kScreenMaxD = 32;
+constexpr int64_t kScreenMinTiles = 128;
 // Packing one codebook element costs about this many multiply-adds of search
 // (thread decisions only).
 constexpr double kPackCost = 4.0;
