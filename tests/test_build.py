@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,11 @@ def test_torch_cuda_arch_list_is_honoured(tmp_path: Path, torch_list: str, expec
     else:
         assert run.returncode == 0, run.stderr
         assert f"LumoOmni: CUDA architectures {expected} (TORCH_CUDA_ARCH_LIST={torch_list})" in run.stdout
+
+
+def test_ops_load_on_attribute_access() -> None:
+    """``import lumo_uti; lumo_uti.ops.backends()`` works in a fresh process (ops is not imported eagerly)."""
+    code = "import sys, lumo_uti; assert 'lumo_uti.ops' not in sys.modules; print(lumo_uti.ops.backends()['cpu'])"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() in ("True", "False")
