@@ -42,6 +42,26 @@ def _attention_bwd(**changes: torch.Tensor) -> list:
     return list(args.values())
 
 
+def _rows_ce(**changes: object) -> list:
+    """Valid inputs of rows_ce_forward (hidden, base_weight, new_weight, targets, base_bias, new_bias,
+    ignore_index, masked, with_grad), with some replaced."""
+    args = dict(hidden=torch.randn(5, 4), base_weight=torch.randn(7, 4), new_weight=torch.randn(3, 4),
+                targets=torch.tensor([0, 9, -100, 4, 2]), base_bias=torch.randn(7), new_bias=torch.randn(3),
+                ignore_index=-100, masked=[1, 2], with_grad=True)
+    args.update(changes)
+    return list(args.values())
+
+
+def _rows_ce_bwd(**changes: object) -> list:
+    """Valid inputs of rows_ce_new_rows_backward (grad_loss, hidden, new_weight, new_bias, targets, lse,
+    base_rows, ignore_index, masked), with some replaced."""
+    args = dict(grad_loss=torch.ones(5), hidden=torch.randn(5, 4), new_weight=torch.randn(3, 4),
+                new_bias=torch.randn(3), targets=torch.tensor([0, 9, -100, 4, 2]), lse=torch.randn(5),
+                base_rows=7, ignore_index=-100, masked=[1, 2])
+    args.update(changes)
+    return list(args.values())
+
+
 # (name, op, make_args, exception, message). make_args builds the arguments at
 # test time (after seeding).
 BAD_CALLS: list[tuple[str, Callable, Callable[[], list], type, str]] = [
@@ -152,6 +172,62 @@ BAD_CALLS: list[tuple[str, Callable, Callable[[], list], type, str]] = [
      TypeError, r"classify_ids: expected int64 boundaries, got int32"),
     ("classify-bounds-device", OPS.classify_ids, lambda: [torch.zeros(4, dtype=i64), torch.tensor([0, 5], device="meta")],
      ValueError, r"classify_ids: expected boundaries on cpu \(the device of ids\), got meta"),
+    # -- rows_ce_forward(hidden [T, D], base [R, D], new [N, D], targets [T], base_bias [R]?, new_bias [N]?, ...)
+    ("rows_ce_fwd-hidden-1d", OPS.rows_ce_forward, lambda: _rows_ce(hidden=torch.randn(5)),
+     ValueError, r"rows_ce_forward: expected hidden of shape \[T, D\], got \(5,\)"),
+    ("rows_ce_fwd-base-d", OPS.rows_ce_forward, lambda: _rows_ce(base_weight=torch.randn(7, 3)),
+     ValueError, r"rows_ce_forward: expected base_weight of shape \[rows, 4\] \(D of hidden\), got \(7, 3\)"),
+    ("rows_ce_fwd-new-d", OPS.rows_ce_forward, lambda: _rows_ce(new_weight=torch.randn(3, 1 << 16)),
+     ValueError, r"rows_ce_forward: expected new_weight of shape \[rows, 4\] \(D of hidden\), got \(3, 65536\)"),
+    ("rows_ce_fwd-targets-short", OPS.rows_ce_forward, lambda: _rows_ce(targets=torch.zeros(4, dtype=i64)),
+     ValueError, r"rows_ce_forward: expected targets of shape \[5\] \(T of hidden\), got \(4,\)"),
+    ("rows_ce_fwd-float-targets", OPS.rows_ce_forward, lambda: _rows_ce(targets=torch.zeros(5)),
+     TypeError, r"rows_ce_forward: expected integer targets, got float32"),
+    ("rows_ce_fwd-base_bias-short", OPS.rows_ce_forward, lambda: _rows_ce(base_bias=torch.randn(6)),
+     ValueError, r"rows_ce_forward: expected base_bias of shape \[7\] \(R of base_weight\), got \(6,\)"),
+    ("rows_ce_fwd-new_bias-short", OPS.rows_ce_forward, lambda: _rows_ce(new_bias=torch.randn(2)),
+     ValueError, r"rows_ce_forward: expected new_bias of shape \[3\] \(N of new_weight\), got \(2,\)"),
+    ("rows_ce_fwd-hidden-dtype", OPS.rows_ce_forward, lambda: _rows_ce(hidden=torch.ones(5, 4, dtype=i64)),
+     TypeError, r"rows_ce_forward: expected hidden of dtype float32, float16, bfloat16 or float64, got int64"),
+    ("rows_ce_fwd-new-dtype", OPS.rows_ce_forward, lambda: _rows_ce(new_weight=torch.ones(3, 4, dtype=torch.int32)),
+     TypeError, r"rows_ce_forward: expected new_weight of dtype float32, float16, bfloat16 or float64, got int32"),
+    ("rows_ce_fwd-device", OPS.rows_ce_forward, lambda: _rows_ce(base_weight=torch.randn(7, 4, device="meta")),
+     ValueError, r"rows_ce_forward: expected base_weight on cpu \(the device of hidden\), got meta"),
+    ("rows_ce_fwd-targets-device", OPS.rows_ce_forward, lambda: _rows_ce(targets=torch.zeros(5, dtype=i64, device="meta")),
+     ValueError, r"rows_ce_forward: expected targets on cpu \(the device of hidden\), got meta"),
+    ("rows_ce_fwd-masked-past-vocab", OPS.rows_ce_forward, lambda: _rows_ce(masked=[8, 11]),
+     ValueError, r"rows_ce_forward: expected masked as sorted \[start, stop\) pairs within \[0, 10\], got \[8, 11\]"),
+    ("rows_ce_fwd-masked-unsorted", OPS.rows_ce_forward, lambda: _rows_ce(masked=[4, 6, 1, 2]),
+     ValueError, r"rows_ce_forward: expected masked as sorted \[start, stop\) pairs"),
+    ("rows_ce_fwd-masked-odd", OPS.rows_ce_forward, lambda: _rows_ce(masked=[1]),
+     ValueError, r"rows_ce_forward: expected masked as sorted \[start, stop\) pairs"),
+    ("rows_ce_fwd-no-rows", OPS.rows_ce_forward,
+     lambda: _rows_ce(base_weight=torch.randn(0, 4), new_weight=torch.randn(0, 4), targets=torch.full((5,), -100),
+                      base_bias=None, new_bias=None, masked=[]),
+     ValueError, r"rows_ce_forward: expected at least one head row, got R = N = 0"),
+    # -- rows_ce_new_rows_backward(grad_loss [T], hidden [T, D], new [N, D], new_bias [N]?, targets [T], lse [T], ...)
+    ("rows_ce_bwd-lse-short", OPS.rows_ce_new_rows_backward, lambda: _rows_ce_bwd(lse=torch.randn(4)),
+     ValueError, r"rows_ce_new_rows_backward: expected lse of shape \[5\] \(T of hidden\), got \(4,\)"),
+    ("rows_ce_bwd-lse-dtype", OPS.rows_ce_new_rows_backward, lambda: _rows_ce_bwd(lse=torch.randn(5).half()),
+     TypeError, r"rows_ce_new_rows_backward: expected lse of dtype float32 \(the forward's\), got float16"),
+    ("rows_ce_bwd-grad_loss-short", OPS.rows_ce_new_rows_backward, lambda: _rows_ce_bwd(grad_loss=torch.ones(3)),
+     ValueError, r"rows_ce_new_rows_backward: expected grad_loss of shape \[5\] \(T of hidden\), got \(3,\)"),
+    ("rows_ce_bwd-grad_loss-dtype", OPS.rows_ce_new_rows_backward, lambda: _rows_ce_bwd(grad_loss=torch.ones(5, dtype=i64)),
+     TypeError, r"rows_ce_new_rows_backward: expected grad_loss of dtype float32, float16, bfloat16 or float64, got int64"),
+    ("rows_ce_bwd-new-d", OPS.rows_ce_new_rows_backward, lambda: _rows_ce_bwd(new_weight=torch.randn(3, 6)),
+     ValueError, r"rows_ce_new_rows_backward: expected new_weight of shape \[N, 4\] \(D of hidden\), got \(3, 6\)"),
+    ("rows_ce_bwd-new_bias-short", OPS.rows_ce_new_rows_backward, lambda: _rows_ce_bwd(new_bias=torch.randn(4)),
+     ValueError, r"rows_ce_new_rows_backward: expected new_bias of shape \[3\] \(N of new_weight\), got \(4,\)"),
+    ("rows_ce_bwd-targets-short", OPS.rows_ce_new_rows_backward, lambda: _rows_ce_bwd(targets=torch.zeros(6, dtype=i64)),
+     ValueError, r"rows_ce_new_rows_backward: expected targets of shape \[5\] \(T of hidden\), got \(6,\)"),
+    ("rows_ce_bwd-float-targets", OPS.rows_ce_new_rows_backward, lambda: _rows_ce_bwd(targets=torch.zeros(5)),
+     TypeError, r"rows_ce_new_rows_backward: expected integer targets, got float32"),
+    ("rows_ce_bwd-device", OPS.rows_ce_new_rows_backward, lambda: _rows_ce_bwd(lse=torch.randn(5, device="meta")),
+     ValueError, r"rows_ce_new_rows_backward: expected lse on cpu \(the device of hidden\), got meta"),
+    ("rows_ce_bwd-negative-base-rows", OPS.rows_ce_new_rows_backward, lambda: _rows_ce_bwd(base_rows=-1),
+     ValueError, r"rows_ce_new_rows_backward: expected base_rows >= 0, got -1"),
+    ("rows_ce_bwd-masked-past-vocab", OPS.rows_ce_new_rows_backward, lambda: _rows_ce_bwd(masked=[2, 12]),
+     ValueError, r"rows_ce_new_rows_backward: expected masked as sorted \[start, stop\) pairs within \[0, 10\]"),
 ]
 
 def test_every_registered_op_is_covered() -> None:
@@ -253,6 +329,22 @@ def _attention_bwd_args(b: Buffers) -> dict:
              (("q", 192), ("k_ctx", 160), ("v_ctx", 160), ("k_lat", 96), ("v_lat", 96))}
     return dict(dout=b(torch.randn(2, 4, 3, 8)), **fwd, **grads)
 
+def _rows_ce_fwd_args(b: Buffers) -> dict:
+    return dict(hidden=b(torch.randn(5, 4)), hidden_dtype=0, base=b(torch.randn(7, 4)), base_dtype=0,
+                new_rows=b(torch.randn(3, 4)), new_dtype=0, base_bias=b(torch.randn(7)), base_bias_dtype=0,
+                new_bias=b(torch.randn(3)), new_bias_dtype=0, targets=b(torch.tensor([0, 9, -100, 4, 2])),
+                masked=b(torch.tensor([1, 2])), tokens=5, dim=4, base_rows=7, new_rows_count=3, ignore_index=-100,
+                loss=b(torch.empty(5)), lse=b(torch.empty(5)), dhat=b(torch.empty(5, 4)), num_threads=1, isa=0)
+
+
+def _rows_ce_bwd_args(b: Buffers) -> dict:
+    fwd = _rows_ce_fwd_args(b)
+    keep = ("hidden", "hidden_dtype", "new_rows", "new_dtype", "new_bias", "new_bias_dtype", "targets", "masked",
+            "tokens", "dim", "base_rows", "new_rows_count", "ignore_index", "num_threads", "isa")
+    return dict(grad_loss=b(torch.ones(5)), lse=b(torch.zeros(5)), grad_new=b(torch.empty(3, 4)),
+                grad_new_bias=b(torch.empty(3)), **{k: fwd[k] for k in keep})
+
+
 
 # (function, make_args, changes, message): every case has sizes that disagree
 # with a buffer (or overflow); the kernels would read or write out of bounds.
@@ -287,6 +379,26 @@ NATIVE_CASES = [
      r"resampler_attention_backward \(cpu\): expected dout of B \* Hq \* L \* D = 192 elements, got 48"),
     ("resampler_attn_backward", _attention_bwd_args, lambda b: dict(dk_lat=b(torch.empty(5))),
      r"resampler_attention_backward \(cpu\): expected dk_lat of B \* Hkv \* L \* D = 96 elements, got 5"),
+    ("rows_ce_forward", _rows_ce_fwd_args, lambda b: dict(dim=8),
+     r"rows_ce_forward: expected hidden of tokens \* dim = 40 elements, got 20"),
+    ("rows_ce_forward", _rows_ce_fwd_args, lambda b: dict(base_rows=9),
+     r"rows_ce_forward: expected base of base_rows \* dim = 36 elements, got 28"),
+    ("rows_ce_forward", _rows_ce_fwd_args, lambda b: dict(new_rows_count=4),
+     r"rows_ce_forward: expected new_rows of new_rows \* dim = 16 elements, got 12"),
+    ("rows_ce_forward", _rows_ce_fwd_args, lambda b: dict(base_bias=b(torch.randn(6))),
+     r"rows_ce_forward: expected base_bias of base_rows = 7 elements, got 6"),
+    ("rows_ce_forward", _rows_ce_fwd_args, lambda b: dict(dhat=b(torch.empty(5, 3))),
+     r"rows_ce_forward: expected dhat of tokens \* dim = 20 elements, got 15"),
+    ("rows_ce_forward", _rows_ce_fwd_args, lambda b: dict(lse=b(torch.empty(4))),
+     r"rows_ce_forward: expected lse of tokens = 5 elements, got 4"),
+    ("rows_ce_forward", _rows_ce_fwd_args, lambda b: dict(targets=b(torch.tensor([0, 1, 2, 3, 10]))),
+     r"rows_ce_forward: expected targets in \[0, base_rows \+ new_rows\) or ignore_index, got 10"),
+    ("rows_ce_new_rows_backward", _rows_ce_bwd_args, lambda b: dict(grad_new=b(torch.empty(2, 4))),
+     r"rows_ce_new_rows_backward: expected grad_new of new_rows \* dim = 12 elements, got 8"),
+    ("rows_ce_new_rows_backward", _rows_ce_bwd_args, lambda b: dict(lse=b(torch.empty(3))),
+     r"rows_ce_new_rows_backward: expected lse of tokens = 5 elements, got 3"),
+    ("rows_ce_new_rows_backward", _rows_ce_bwd_args, lambda b: dict(tokens=6),
+     r"rows_ce_new_rows_backward: expected hidden of tokens \* dim = 24 elements, got 20"),
 ]
 
 

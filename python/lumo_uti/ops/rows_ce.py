@@ -270,6 +270,72 @@ def _native_new_rows_backward(module, grad_loss, hidden, new, new_bias, targets,
     return grad_new, grad_bias
 
 
+_FWD = "rows_ce_forward"
+_BWD = "rows_ce_new_rows_backward"
+_FLOAT_NAMES = "float32, float16, bfloat16 or float64"
+
+
+def _arg(op: str, name: str, t: torch.Tensor | None, shape: tuple[int, ...] | None, shape_text: str,
+         device: torch.device, ints: bool = False) -> None:
+    """One tensor argument of a registered op: dtype, shape (None: 2-D, any size) and device."""
+    if t is None:
+        return
+    if ints and t.dtype not in _INTS:
+        raise TypeError(f"{op}: expected integer {name}, got {_name(t.dtype)}")
+    if not ints and t.dtype not in _FLOATS:
+        raise TypeError(f"{op}: expected {name} of dtype {_FLOAT_NAMES}, got {_name(t.dtype)}")
+    if (t.dim() != 2) if shape is None else (tuple(t.shape) != shape):
+        raise ValueError(f"{op}: expected {name} of shape {shape_text}, got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{op}: expected {name} on {device} (the device of hidden), got {t.device}")
+
+
+def _check_masked(op: str, masked: list[int], vocab: int) -> None:
+    ok = len(masked) % 2 == 0 and all(0 <= a <= b <= vocab for a, b in zip([0, *masked], [*masked, vocab]))
+    if not ok:
+        raise ValueError(f"{op}: expected masked as sorted [start, stop) pairs within [0, {vocab}], got {masked}")
+
+
+def _check_fwd_op(hidden, base, new, targets, base_bias, new_bias, masked) -> None:
+    """What the registered forward reads: torch.ops callers skip the public front's checks."""
+    op, dev = _FWD, hidden.device
+    _arg(op, "hidden", hidden, None, "[T, D]", dev)
+    t_count, dim = hidden.shape
+    _arg(op, "base_weight", base, None, f"[R, {dim}]", dev)
+    _arg(op, "new_weight", new, None, f"[N, {dim}]", dev)
+    for name, t in (("base_weight", base), ("new_weight", new)):
+        if t.shape[1] != dim:
+            raise ValueError(f"{op}: expected {name} of shape [rows, {dim}] (D of hidden), got {tuple(t.shape)}")
+    rows, count = base.shape[0], new.shape[0]
+    _arg(op, "targets", targets, (t_count,), f"[{t_count}] (T of hidden)", dev, ints=True)
+    _arg(op, "base_bias", base_bias, (rows,), f"[{rows}] (R of base_weight)", dev)
+    _arg(op, "new_bias", new_bias, (count,), f"[{count}] (N of new_weight)", dev)
+    if rows + count == 0:
+        raise ValueError(f"{op}: expected at least one head row, got R = N = 0")
+    _check_masked(op, masked, rows + count)
+
+
+def _check_bwd_op(grad_loss, hidden, new, new_bias, targets, lse, base_rows, masked) -> None:
+    """What the registered backward reads (as _check_fwd_op)."""
+    op, dev = _BWD, hidden.device
+    _arg(op, "hidden", hidden, None, "[T, D]", dev)
+    t_count, dim = hidden.shape
+    _arg(op, "grad_loss", grad_loss, (t_count,), f"[{t_count}] (T of hidden)", dev)
+    _arg(op, "new_weight", new, None, f"[N, {dim}]", dev)
+    if new.shape[1] != dim:
+        raise ValueError(f"{op}: expected new_weight of shape [N, {dim}] (D of hidden), got {tuple(new.shape)}")
+    count = new.shape[0]
+    _arg(op, "new_bias", new_bias, (count,), f"[{count}] (N of new_weight)", dev)
+    _arg(op, "targets", targets, (t_count,), f"[{t_count}] (T of hidden)", dev, ints=True)
+    _arg(op, "lse", lse, (t_count,), f"[{t_count}] (T of hidden)", dev)
+    acc = _acc_dtype(hidden, new, new_bias, grad_loss)
+    if lse.dtype != acc:
+        raise TypeError(f"{op}: expected lse of dtype {_name(acc)} (the forward's), got {_name(lse.dtype)}")
+    if base_rows < 0:
+        raise ValueError(f"{op}: expected base_rows >= 0, got {base_rows}")
+    _check_masked(op, masked, base_rows + count)
+
+
 @torch.library.custom_op("lumo_uti::rows_ce_forward", mutates_args=())
 def _fwd_op(
     hidden: torch.Tensor,
@@ -282,11 +348,13 @@ def _fwd_op(
     masked: list[int],
     with_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_fwd_op(hidden, base_weight, new_weight, targets, base_bias, new_bias, masked)
     return _fwd_impl(hidden, base_weight, new_weight, targets, base_bias, new_bias, ignore_index, masked, with_grad)
 
 
 @_fwd_op.register_fake
 def _fwd_fake(hidden, base_weight, new_weight, targets, base_bias, new_bias, ignore_index, masked, with_grad):
+    _check_fwd_op(hidden, base_weight, new_weight, targets, base_bias, new_bias, masked)
     acc = _acc_dtype(hidden, base_weight, new_weight, base_bias, new_bias)
     t_count, dim = hidden.shape
     dhat = hidden.new_empty((t_count, dim) if with_grad else (0,), dtype=acc)
@@ -305,11 +373,13 @@ def _new_bwd_op(
     ignore_index: int,
     masked: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_bwd_op(grad_loss, hidden, new_weight, new_bias, targets, lse, base_rows, masked)
     return _new_bwd_impl(grad_loss, hidden, new_weight, new_bias, targets, lse, base_rows, ignore_index, masked)
 
 
 @_new_bwd_op.register_fake
 def _new_bwd_fake(grad_loss, hidden, new_weight, new_bias, targets, lse, base_rows, ignore_index, masked):
+    _check_bwd_op(grad_loss, hidden, new_weight, new_bias, targets, lse, base_rows, masked)
     acc = _acc_dtype(hidden, new_weight, new_bias, grad_loss)
     rows, dim = new_weight.shape
     return new_weight.new_empty((rows, dim), dtype=acc), new_weight.new_empty((rows,), dtype=acc)

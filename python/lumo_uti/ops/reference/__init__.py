@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .resampler_attention import resampler_attention_backward_reference, resampler_attention_reference
 from .rowmask import rowmask_embedding_backward_reference
+from .rows_ce import rows_ce_forward_reference, rows_ce_new_rows_backward_reference
 from .token_range import classify_ids_reference
 from .vq import (
     dot_seq,
@@ -26,6 +27,8 @@ __all__ = [
     "resampler_attention_backward_reference",
     "resampler_attention_reference",
     "rowmask_embedding_backward_reference",
+    "rows_ce_forward_reference",
+    "rows_ce_new_rows_backward_reference",
     "rvq_decode_reference",
     "rvq_encode_reference",
     "sqnorm_seq",
