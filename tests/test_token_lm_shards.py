@@ -280,7 +280,7 @@ def test_command_trains_from_shards_and_writes_an_adapter(workdir, tmp_path, cap
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [2, 4] and all(np.isfinite(r["loss"]) for r in logs)
     assert {"text", "image", "audio"} <= set(logs[0]["loss_by_region"]) | set(logs[1]["loss_by_region"])
-    state = json.loads((out / "checkpoints" / "step_00000004" / "state.json").read_text())
+    state = json.loads((out / "checkpoints" / "step-00000004" / "state.json").read_text())["state"]
     assert state["data_sha256"] == open_token_shards(workdir / "shards", token_space())[2]
     from transformers import AutoModelForCausalLM
 
@@ -301,7 +301,7 @@ def test_loss_on_image_trains_on_image_spans_only(workdir, tmp_path, capsys) -> 
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     regions = set().union(*(r["loss_by_region"] for r in logs))
     assert regions and regions <= {"image", "grid", "special"}
-    assert json.loads((out / "checkpoints" / "step_00000004" / "state.json").read_text())["config"]["loss_on"] == "image"
+    assert json.loads((out / "checkpoints" / "step-00000004" / "state.json").read_text())["state"]["config"]["loss_on"] == "image"
 
 
 def test_resume_from_shards_equals_uninterrupted(workdir, tmp_path) -> None:
@@ -316,7 +316,7 @@ def test_resume_from_shards_equals_uninterrupted(workdir, tmp_path) -> None:
         pass
 
     def kill_after_step_2_checkpoint(line: str) -> None:
-        if "checkpoint" in line and "step_00000002" in line:
+        if "checkpoint" in line and "step-00000002" in line:
             raise Killed
 
     with pytest.raises(Killed):
@@ -354,3 +354,15 @@ def test_folder_without_manifest_is_refused(workdir, tmp_path, capsys) -> None:
     folder.mkdir()
     assert main(_args(workdir, tmp_path / "run", data=folder)) == 2
     assert "not a finished token-shard folder (no manifest.json)" in capsys.readouterr().err
+
+
+def test_fused_and_materialized_losses_agree_on_packed_shards(workdir, tmp_path, capsys) -> None:
+    # Packed windows carry position_ids and a block-diagonal mask: both loss paths must see them.
+    logs = {}
+    for loss in ("fused", "materialized"):
+        out = tmp_path / loss
+        assert main(_args(workdir, out, "--loss", loss)) == 0, capsys.readouterr().err
+        logs[loss] = [json.loads(x)["loss"] for x in (out / "log.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+    assert len(logs["fused"]) == 2
+    np.testing.assert_allclose(logs["fused"], logs["materialized"], rtol=1e-5)

@@ -136,8 +136,8 @@ def test_command_trains_checkpoints_and_writes_an_adapter(workdir, tmp_path, cap
     assert json.loads(captured.out)["step"] == 4
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [2, 4] and all(r["loss_by_region"] for r in logs)
-    assert json.loads((out / "latest.json").read_text())["step"] == 4
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 4
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest.json", "step-00000002", "step-00000004"]
     # The adapter loads onto the saved base, and the rows moved from their init.
     from transformers import AutoModelForCausalLM
 
@@ -165,7 +165,7 @@ def test_resume_after_interrupt_equals_uninterrupted(workdir, tmp_path) -> None:
         pass
 
     def kill_after_step_2_checkpoint(line: str) -> None:
-        if "checkpoint" in line and "step_00000002" in line:
+        if "checkpoint" in line and "step-00000002" in line:
             raise Killed
 
     with pytest.raises(Killed):
@@ -200,7 +200,7 @@ def test_sigkill_then_resume_loses_nothing(workdir, tmp_path) -> None:
     ref = subprocess.run(_cli(workdir, tmp_path / "ref", *steps), env=env, capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr
     proc = subprocess.Popen(_cli(workdir, tmp_path / "run", *steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "run" / "latest.json"
+    latest = tmp_path / "run" / "checkpoints" / "latest.json"
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -230,7 +230,7 @@ def test_two_process_gloo_run_trains_and_saves(workdir, tmp_path) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "2 process(es)" in proc.stderr and "step 3/3" in proc.stderr
-    state = json.loads((out / "checkpoints" / "step_00000003" / "state.json").read_text())
+    state = json.loads((out / "checkpoints" / "step-00000003" / "state.json").read_text())["state"]
     assert state["world_size"] == 2
     from transformers import AutoModelForCausalLM
 
@@ -282,7 +282,7 @@ def test_bfloat16_run_keeps_float32_master_rows(workdir, tmp_path) -> None:
 
     straight = tmp_path / "straight"
     train(_cfg(workdir, straight, steps=4, dtype="bfloat16"), log=lambda s: None)
-    master = load_st(str(straight / "checkpoints" / "step_00000004" / "master.safetensors"))
+    master = load_st(str(straight / "checkpoints" / "step-00000004" / "master.safetensors"))
     adapter = _rows(straight / "adapter")
     assert master and all(v.dtype == torch.float32 for v in master.values())
     rounded = sorted(v.to(torch.bfloat16).float().sum().item() for v in master.values())
@@ -296,7 +296,7 @@ def test_bfloat16_run_keeps_float32_master_rows(workdir, tmp_path) -> None:
         pass
 
     def kill(line: str) -> None:
-        if "checkpoint" in line and "step_00000002" in line:
+        if "checkpoint" in line and "step-00000002" in line:
             raise Killed
 
     with pytest.raises(Killed):

@@ -22,19 +22,18 @@ every step.
 Output directory::
 
     log.jsonl                  one JSON object per logged step
-    checkpoints/step_XXXXXXXX/ adapter/ (rows-only adapter), optimizer.pt, state.json,
+    checkpoints/               a run folder of ``lumo_model.checkpoint``:
+      latest.json              {"step": N, "dir": "step-0000000N"} (written last)
+      step-XXXXXXXX/           adapter/ (rows-only adapter), optimizer.safetensors, state.json,
                                master.safetensors (16-bit runs: the float32 rows)
-    latest.json                {"step": N, "checkpoint": "checkpoints/step_..."}
     adapter/                   the final rows-only adapter
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -45,17 +44,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lumo_uti._io import atomic_write_text
+from lumo_uti._hashing import sha256_file
+
+from .. import checkpoint
 
 from .expansion import expand, expansion_of, trainable_parameters
-from .packaging import atomic_dir, patch_load, save_trainable_rows
+from .packaging import patch_load, save_trainable_rows
 from .packing import ShardPacker, collate_windows, open_token_shards
 from .tasks import LOSS_ON, Example, loss_id_mask, read_examples
 
 __all__ = ["TrainConfig", "train", "forbidden_columns", "forbidden_ranges", "rows_loss", "LOSSES"]
 
 CKPT_DIR = "checkpoints"
-LATEST = "latest.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOSSES = ("fused", "materialized")
 MASTER = "master.safetensors"
@@ -132,8 +132,9 @@ def rows_loss(logits: torch.Tensor, labels: torch.Tensor, forbidden: torch.Tenso
 class RowsLossModel(torch.nn.Module):
     """An expanded model and its loss in one forward (so DDP sees the whole step).
 
-    ``forward(input_ids, attention_mask, labels) -> [B, L-1]`` per-target loss
-    (0 where the label is -100). ``fused``: the decoder's last hidden state
+    ``forward(input_ids, attention_mask, labels, position_ids=None) -> [B, L-1]``
+    per-target loss (0 where the label is -100). Packed token shards pass
+    ``position_ids`` (each document restarts at 0) and a 4-D block-diagonal mask. ``fused``: the decoder's last hidden state
     into ``rows_linear_cross_entropy`` (the model's logits must be
     ``lm_head(last_hidden_state)``, as for Qwen3); ``materialized``: the
     model's logits into ``rows_loss``.
@@ -145,13 +146,17 @@ class RowsLossModel(torch.nn.Module):
         self.register_buffer("forbidden", forbidden, persistent=False)
         self.ranges = [(int(a), int(b)) for a, b in _mask_runs(forbidden)]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
         if self.loss == "materialized":
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = self.model(**inputs).logits
             return rows_loss(logits, labels, self.forbidden)
         from lumo_uti.ops import rows_linear_cross_entropy
 
-        out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        out = self.model.get_decoder()(**inputs, use_cache=False)
         head = self.model.get_output_embeddings()
         return rows_linear_cross_entropy(
             out.last_hidden_state[:, :-1], head.base_weight, head.new_weight, labels[:, 1:],
@@ -245,7 +250,7 @@ class _ExampleData:
 
     def __init__(self, cfg: TrainConfig, uti: Any, loss_ids: torch.Tensor):
         self.examples = read_examples(cfg.data, uti)
-        self.hash = _file_sha256(cfg.data)
+        self.hash = sha256_file(cfg.data)
         self.cfg, self.loss_ids = cfg, loss_ids
         self.pad_id = uti.token_space.special_tokens.get("<|endoftext|>", 0)
         self.summary = f"{len(self.examples)} examples"
@@ -279,21 +284,12 @@ def _open_data(cfg: TrainConfig, uti: Any) -> _ExampleData | _ShardData:
     return _ExampleData(cfg, uti, loss_ids)
 
 
-def _file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
 # -- distributed ----------------------------------------------------------------------------------
 
 
 def _dist_setup() -> tuple[int, int, torch.device, bool]:
     """(rank, world, device, initialised_here) from the torchrun environment."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     if world == 1:
@@ -318,30 +314,12 @@ def _barrier(world: int) -> None:
 
 def _save_checkpoint(out: Path, model: Any, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int,
                      master: _MasterRows | None = None) -> Path:
-    name = f"step_{state['step']:08d}"
-    ckpt = out / CKPT_DIR / name
-    with atomic_dir(ckpt) as tmp:
-        save_trainable_rows(model, tmp / "adapter")
+    def write(step_dir: Path) -> None:
+        save_trainable_rows(model, step_dir / "adapter")
         if master is not None:
-            master.save(tmp / MASTER)
-        opt_tmp = tmp / "optimizer.pt"
-        torch.save(optimizer.state_dict(), opt_tmp)
-        atomic_write_text(tmp / "state.json", json.dumps(state, indent=2, sort_keys=True) + "\n")
-    # The pointer moves only once the checkpoint is complete: a kill at any
-    # moment leaves latest.json naming a whole checkpoint.
-    atomic_write_text(out / LATEST, json.dumps({"step": state["step"], "checkpoint": f"{CKPT_DIR}/{name}"}) + "\n")
-    old = sorted(p for p in (out / CKPT_DIR).iterdir() if p.is_dir() and p.name.startswith("step_"))
-    for p in old[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
-    return ckpt
+            master.save(step_dir / MASTER)
 
-
-def _latest(out: Path) -> Path | None:
-    path = out / LATEST
-    if not path.exists():
-        return None
-    ref = json.loads(path.read_text(encoding="utf-8"))
-    return out / ref["checkpoint"]
+    return checkpoint.save(out / CKPT_DIR, state["step"], optimizer=optimizer, state=state, keep=keep, write=write)
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -374,15 +352,17 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict
         ts = uti.token_space
         data = _open_data(cfg, uti)
         data_hash = data.hash
-        ckpt = _latest(out) if cfg.resume else None
-        if not cfg.resume and (out / LATEST).exists():
-            raise FileExistsError(f"{out} holds a run already (latest.json); pass --resume or another --out")
+        run_dir = out / CKPT_DIR
+        ckpt = checkpoint.load(run_dir) if cfg.resume and checkpoint.latest(run_dir) is not None else None
+        if not cfg.resume and checkpoint.latest(run_dir) is not None:
+            raise FileExistsError(f"{out} holds a run already ({run_dir / checkpoint.LATEST}); "
+                                  "pass --resume or another --out")
         start = 0
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
         model = _load_base(cfg, device)
         if ckpt is not None:
-            state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+            state = ckpt.state
             if state["data_sha256"] != data_hash:
                 raise ValueError(
                     f"tokenlm train: --resume with another data file: the run used {state['data_sha256']}, "
@@ -400,14 +380,14 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict
                         f"tokenlm train: --resume with {key} {getattr(cfg, key)!r}, the run used {was!r}: "
                         "the batches depend on it"
                     )
-            model = patch_load(model, ckpt / "adapter")
+            model = patch_load(model, ckpt.path / "adapter")
             if expansion_of(model).token_space.fingerprint != ts.fingerprint:
                 raise ValueError(
                     f"tokenlm train: --resume with another bundle: the run used token space "
                     f"{expansion_of(model).token_space.fingerprint}, this bundle has {ts.fingerprint}"
                 )
             start = int(state["step"])
-            say(f"tokenlm: resumed from {ckpt} at step {start}")
+            say(f"tokenlm: resumed from {ckpt.path} at step {start}")
         else:
             model = expand(model, ts, init="mean", noise_std=cfg.noise_std, seed=cfg.seed)
         params = trainable_parameters(model)
@@ -415,10 +395,10 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None) -> dict
             p.requires_grad_(True)
         master = _MasterRows(params) if any(p.dtype != torch.float32 for p in params) else None
         optimizer = torch.optim.AdamW(master.masters if master else params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if ckpt is not None and master is not None and (ckpt / MASTER).exists():
-            master.load(ckpt / MASTER)
+        if ckpt is not None and master is not None and (ckpt.path / MASTER).exists():
+            master.load(ckpt.path / MASTER)
         if ckpt is not None:
-            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=device))
+            ckpt.load_optimizer(optimizer)
         n_trainable = sum(p.numel() for p in params)
         say(
             f"tokenlm: {data.summary}, {world} process(es), vocab {expansion_of(model).total_rows} "
