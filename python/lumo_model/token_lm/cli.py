@@ -1,6 +1,6 @@
 """``lumo tokenlm ...``: train the new rows of a token LM, merge an adapter.
 
-Registered through ``lumo_uti.cli.COMMAND_MODULES``; torch and transformers are
+Registered through the ``lumo.commands`` entry points (pyproject.toml); torch and transformers are
 imported inside the commands only, so ``lumo --help`` stays fast.
 """
 
