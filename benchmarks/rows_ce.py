@@ -15,7 +15,11 @@ Qwen3 of width ``--dim`` over the real vocabulary, ``RowsLossModel`` forward +
 backward), fused vs materialised: peak RSS rise and loss.
 
     python benchmarks/rows_ce.py --tokens 2048 8192
-    LUMO_ROWS_CE_ISA=avx2 python benchmarks/rows_ce.py --tokens 2048
+    LUMO_ROWS_CE_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        python benchmarks/rows_ce.py --tokens 2048
+
+(the AVX2 run forces PyTorch's ATen, MKL and oneDNN kernels to AVX2 too, so
+the materialised baseline runs on the same ISA; ``machine.isa_forced`` records it)
     python benchmarks/rows_ce.py --device cuda --dim 4096 --tokens 8192 --dtype bfloat16
     python benchmarks/rows_ce.py --step --tokens 2048
 """

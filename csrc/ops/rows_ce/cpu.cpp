@@ -56,7 +56,9 @@ inline V vfma(V a, V b, V c) { return std::fma(a, b, c); }
 #pragma GCC target("avx2,fma")
 #endif
 namespace avx2 {
-constexpr int W = 8, SV = 2, CV = 3;
+// 4 rows x 3 vectors: 12 of the 16 ymm registers accumulate (the AVX-512
+// tiles' 4 x 4 would spill here).
+constexpr int W = 8, SV = 3, CV = 3;
 using V = __m256;
 inline V vzero() { return _mm256_setzero_ps(); }
 inline V vload(const float* p) { return _mm256_loadu_ps(p); }
@@ -152,26 +154,39 @@ HiddenRows gather_hidden(const Inputs& in, const std::vector<int64_t>& idx, int6
 
 // Rows [lo, lo + count) of a table packed as kPanel-wide panels [D, kPanel]
 // (rows transposed) into kp, and as rows [count, D] into wr (when non-null);
-// columns past count are 0.
-void pack_rows(const void* table, DType dt, int64_t lo, int64_t count, int64_t D, float* kp, float* wr,
-               int64_t threads) {
+// columns past count are 0. The transpose runs in strips of kPackStrip
+// dimensions so the panel rows it writes stay in L1.
+template <DType DT>
+void pack_rows_as(const void* table, int64_t lo, int64_t count, int64_t D, float* kp, float* wr, int64_t threads) {
+  constexpr int64_t kPackStrip = 16;
   const int64_t panels = (count + kPanel - 1) / kPanel;
   cpu::parallel_for_items(panels, threads, [&](int64_t p) {
     float* panel = kp + p * D * kPanel;
-    for (int64_t c = 0; c < kPanel; ++c) {
-      const int64_t j = p * kPanel + c;
-      if (j < count) {
-        const int64_t src = (lo + j) * D;
-        for (int64_t d = 0; d < D; ++d) {
-          const float v = load_float(table, dt, src + d);
-          panel[d * kPanel + c] = v;
-          if (wr != nullptr) wr[j * D + d] = v;
+    const int64_t real = std::min(kPanel, count - p * kPanel);
+    for (int64_t d0 = 0; d0 < D; d0 += kPackStrip) {
+      const int64_t d1 = std::min(D, d0 + kPackStrip);
+      for (int64_t c = 0; c < kPanel; ++c) {
+        const int64_t j = p * kPanel + c;
+        if (c < real) {
+          const int64_t src = (lo + j) * D;
+          for (int64_t d = d0; d < d1; ++d) {
+            const float v = load<DT>(table, src + d);
+            panel[d * kPanel + c] = v;
+            if (wr != nullptr) wr[j * D + d] = v;
+          }
+        } else {
+          for (int64_t d = d0; d < d1; ++d) panel[d * kPanel + c] = 0.0f;
         }
-      } else {
-        for (int64_t d = 0; d < D; ++d) panel[d * kPanel + c] = 0.0f;
       }
     }
   });
+}
+
+void pack_rows(const void* table, DType dt, int64_t lo, int64_t count, int64_t D, float* kp, float* wr,
+               int64_t threads) {
+  if (dt == DType::F16) return pack_rows_as<DType::F16>(table, lo, count, D, kp, wr, threads);
+  if (dt == DType::BF16) return pack_rows_as<DType::BF16>(table, lo, count, D, kp, wr, threads);
+  pack_rows_as<DType::F32>(table, lo, count, D, kp, wr, threads);
 }
 
 // z[j] += term[j]; returns max_j z[j] (-inf for none).

@@ -1,38 +1,48 @@
 // Rows-CE micro-kernels, written once over a small vector interface and
 // included by cpu.cpp once per instruction set (scalar, AVX2, AVX-512), each
 // time inside its own namespace and target region. No include guard on
-// purpose. The including file defines W (lanes), SV (vectors per score-tile
-// row, SV * W divides kPanel), CV (most vectors per gemm-tile row), V and
+// purpose. The including file defines W (lanes, W divides kPanel), SV (most
+// vectors per score-tile row), CV (most vectors per gemm-tile row), V and
 // vzero, vload, vstore, vbcast, vfma (a * b + c, one rounding).
 //
 // Every output element accumulates its products in its own lane, in order of
 // the reduced index, with a fused multiply-add: the SIMD width and the
 // register blocking never change a bit, so every ISA gives the same output.
 
-constexpr int R = 4;        // rows of a register tile
-constexpr int TW = SV * W;  // columns of a score tile
+constexpr int R = 4;  // rows of a register tile
+
+// s[r * lds + c] += ... for c < NV * W: an [R x NV * W] block of dot products
+// against the panel columns at kc (row stride P).
+template <int NV>
+inline void score_block(const float* q, int64_t ldq, const float* kc, int64_t D, float* s, int64_t lds) {
+  constexpr int64_t P = ::lumo::rows_ce::kPanel;
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = vzero();
+  for (int64_t d = 0; d < D; ++d) {
+    V kv[NV];
+    for (int v = 0; v < NV; ++v) kv[v] = vload(kc + d * P + v * W);
+    for (int r = 0; r < R; ++r) {
+      const V a = vbcast(q[r * ldq + d]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = vfma(a, kv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) vstore(s + r * lds + v * W, acc[r][v]);
+}
 
 // s[r * lds + c] = sum_{d < D} q[r * ldq + d] * kp[d * P + c] for r < R,
 // c < P (P = kPanel): a [R x P] block of dot products against one packed
-// panel kp: [D, P] (the panel's rows transposed).
+// panel kp: [D, P] (the panel's rows transposed), SV vectors per block (R * SV
+// accumulators fill the register file) and the rest of the panel in one
+// narrower block.
 inline void score_tile(const float* q, int64_t ldq, const float* kp, int64_t D, float* s, int64_t lds) {
   constexpr int64_t P = ::lumo::rows_ce::kPanel;
-  for (int64_t c0 = 0; c0 < P; c0 += TW) {
-    V acc[R][SV];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < SV; ++v) acc[r][v] = vzero();
-    const float* kc = kp + c0;
-    for (int64_t d = 0; d < D; ++d) {
-      V kv[SV];
-      for (int v = 0; v < SV; ++v) kv[v] = vload(kc + d * P + v * W);
-      for (int r = 0; r < R; ++r) {
-        const V a = vbcast(q[r * ldq + d]);
-        for (int v = 0; v < SV; ++v) acc[r][v] = vfma(a, kv[v], acc[r][v]);
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < SV; ++v) vstore(s + r * lds + c0 + v * W, acc[r][v]);
-  }
+  constexpr int64_t TW = SV * W, kRest = (P % TW) / W;
+  static_assert(P % W == 0, "a panel is a whole number of vectors");
+  int64_t c0 = 0;
+  for (; c0 + TW <= P; c0 += TW) score_block<SV>(q, ldq, kp + c0, D, s + c0, lds);
+  if constexpr (kRest > 0) score_block<kRest>(q, ldq, kp + c0, D, s + c0, lds);
 }
 
 // c[i * ldc + x] += sum_{k < K, in order} a[i * as_i + k * as_k] * b[k * ldb + x]
