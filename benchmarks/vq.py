@@ -92,6 +92,10 @@ def peak_mb(fn: Callable[[], object], device: str) -> float | None:
 # The clock of the timings: wall time, or with --clock cpu the process's CPU
 # time (steadier on a shared machine; meaningful with --threads 1).
 CLOCK: Callable[[], float] = time.perf_counter
+# Pause before each timed call (--gap-ms): OpenMP workers (FAISS's, PyTorch's)
+# keep spinning for a while after their call, and a method timed right after
+# one would share the cores with them.
+GAP_S = 0.0
 
 
 def interleaved(
@@ -104,6 +108,8 @@ def interleaved(
     for _ in range(repeat):
         for name, fn in methods.items():
             _sync(device)
+            if GAP_S:
+                time.sleep(GAP_S)
             t0 = CLOCK()
             fn()
             _sync(device)
@@ -405,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
         help="wall time (default) or the process's CPU time (use with --threads 1 on a busy machine)",
     )
     parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="pause before each timed call, so no method runs while the previous one's OpenMP "
+        "threads still spin (e.g. 20)",
+    )
+    parser.add_argument(
         "--baselines",
         nargs="+",
         default=None,
@@ -423,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             faiss.omp_set_num_threads(args.threads)
         except ImportError:
             pass
-    global CLOCK
+    global CLOCK, GAP_S
+    GAP_S = args.gap_ms / 1e3
     if args.clock == "cpu":
         if args.device != "cpu":
             parser.error("--clock cpu: CPU time only measures CPU work")
@@ -434,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.cases:
         only = None if args.baselines is None else set(args.baselines)
         result = run_case(name, args.dtype, args.device, args.repeat, only)
-        print(json.dumps({**result, "clock": args.clock, "machine": info}), flush=True)
+        print(json.dumps({**result, "clock": args.clock, "gap_ms": args.gap_ms, "machine": info}), flush=True)
     return 0
 
 
