@@ -269,7 +269,7 @@ void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num
   // descheduled thread would stall every meeting). Per-token results do not
   // depend on the block size, which only trades the per-block packing of the
   // rows against load balance.
-  const int64_t block = std::clamp<int64_t>(round_up((tp + 4 * threads - 1) / (4 * threads), kRows), kRows, 128);
+  const int64_t block = std::clamp<int64_t>(round_up((tp + 2 * threads - 1) / (2 * threads), kRows), kRows, 256);
   cpu::parallel_for_items((tp + block - 1) / block, threads, [&](int64_t b) {
     const int64_t r0 = b * block, r1 = std::min(tp, r0 + block), nr = r1 - r0;
     std::vector<float> kp(static_cast<size_t>(kSuperTile * D)), wr, sc(static_cast<size_t>(nr * kSuperTile));
@@ -314,12 +314,16 @@ void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num
           m[i] = mn;
         }
         if (!with_grad) continue;
-        // Column strips of the rows stay in cache while every token group uses them.
-        constexpr int64_t kStrip = 256;
+        // [kDepth x kStrip] blocks of the rows stay in cache while every
+        // token group uses them; each element's fma chain still runs over the
+        // vocabulary in order (the accumulators round-trip through memory exactly).
+        constexpr int64_t kStrip = 256, kDepth = 64;
         for (int64_t x = 0; x < D; x += kStrip) {
           const int64_t cols = std::min(kStrip, D - x);
-          for (int64_t g = 0; g < nr; g += kRows)
-            k.gemm(sc.data() + g * width, width, 1, wrows + x, D, count, acc.data() + g * D + x, D, cols);
+          for (int64_t k0 = 0; k0 < count; k0 += kDepth)
+            for (int64_t g = 0; g < nr; g += kRows)
+              k.gemm(sc.data() + g * width + k0, width, 1, wrows + k0 * D + x, D, std::min(kDepth, count - k0),
+                     acc.data() + g * D + x, D, cols);
         }
       }
     }

@@ -65,14 +65,20 @@ inline void gemm_tile(const float* a, int64_t as_i, int64_t as_k, const float* b
     for (int v = 0; v < NV; ++v) vstore(c + i * ldc + v * W, acc[i][v]);
 }
 
-// gemm_tile over columns [0, cols) in chunks of CV vectors; the columns past
+// gemm_tile over columns [0, cols) in chunks of CV vectors (CV <= 4); the columns past
 // the last whole vector run one lane at a time (the same fma chain per element).
 inline void gemm_acc(const float* a, int64_t as_i, int64_t as_k, const float* b, int64_t ldb, int64_t K,
                      float* c, int64_t ldc, int64_t cols) {
   const int64_t nvec = cols / W;
   int64_t x = 0;
   for (; x + CV * W <= nvec * W; x += CV * W) gemm_tile<CV>(a, as_i, as_k, b + x, ldb, K, c + x, ldc);
-  for (; x + W <= nvec * W; x += W) gemm_tile<1>(a, as_i, as_k, b + x, ldb, K, c + x, ldc);
+  // The whole vectors left (fewer than CV) in one narrower tile.
+  switch (nvec - x / W) {
+    case 3: gemm_tile<3 <= CV ? 3 : 1>(a, as_i, as_k, b + x, ldb, K, c + x, ldc); x += 3 * W; break;
+    case 2: gemm_tile<2 <= CV ? 2 : 1>(a, as_i, as_k, b + x, ldb, K, c + x, ldc); x += 2 * W; break;
+    case 1: gemm_tile<1>(a, as_i, as_k, b + x, ldb, K, c + x, ldc); x += W; break;
+    default: break;
+  }
   for (; x < cols; ++x) {
     for (int i = 0; i < R; ++i) {
       float acc = c[i * ldc + x];
