@@ -9,30 +9,24 @@
 #include <utility>
 #include <vector>
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include "abi/checks.h"
 #include "runtime/isa.h"
+#include "runtime/isa_target.h"
 #include "ops/resampler_attention/math.h"
 #include "runtime/thread_pool.h"
+
+// Only the micro-kernels fuse multiply-adds, explicitly (vfma; IEEE fma has one
+// rounding on every ISA). Elsewhere no contraction, so that the element-wise
+// loops give the same bits in every clone. GCC contracts by default in C++,
+// Clang within one expression: switch it off here.
+LUMO_FP_CONTRACT_OFF
+#include "runtime/simd.h"
 
 namespace lumo {
 namespace cpu {
 namespace {
 
 using resampler::Partial;
-
-// Only the micro-kernels fuse multiply-adds, explicitly (vfma; IEEE fma has one
-// rounding on every ISA). Elsewhere no contraction, so that the element-wise
-// loops give the same bits in every clone. GCC contracts by default in C++,
-// Clang within one expression: switch it off here.
-#if defined(__clang__)
-#pragma STDC FP_CONTRACT OFF
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
 
 // Element-wise loops (softmax, probabilities) are compiled three times
 // (AVX-512F, AVX2, baseline x86-64) and picked at load time; each lane does
@@ -48,63 +42,31 @@ using resampler::Partial;
 // ---------------------------------------------------------------------------
 
 namespace scalar {
-constexpr int W = 1, SV = 4, CV = 4;
-using V = float;
-inline V vzero() { return 0.0f; }
-inline V vload(const float* p) { return *p; }
-inline void vstore(float* p, V v) { *p = v; }
-inline V vbcast(float f) { return f; }
-inline V vmul(V a, V b) { return a * b; }
-inline V vfma(V a, V b, V c) { return std::fma(a, b, c); }
+using namespace simd::scalar;
+constexpr int SV = 4, CV = 4;
 #include "ops/resampler_attention/cpu_body.h"
 }  // namespace scalar
 
-#if defined(__GNUC__) && defined(__x86_64__)
+#ifdef LUMO_X86
 #define LUMO_RA_X86 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+LUMO_TARGET_PUSH("avx2,fma")
 namespace avx2 {
+using namespace simd::avx2;
 // 16 registers: 4 x 2 score accumulators, or 4 x 3 gemm accumulators + 3 loads + 1 broadcast.
-constexpr int W = 8, SV = 2, CV = 3;
-using V = __m256;
-inline V vzero() { return _mm256_setzero_ps(); }
-inline V vload(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
-inline V vbcast(float f) { return _mm256_set1_ps(f); }
-inline V vmul(V a, V b) { return _mm256_mul_ps(a, b); }
-inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+constexpr int SV = 2, CV = 3;
 #include "ops/resampler_attention/cpu_body.h"
 }  // namespace avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
-#else
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f")
-#endif
+LUMO_TARGET_POP
+
+LUMO_TARGET_PUSH("avx512f")
 namespace avx512 {
+using namespace simd::avx512;
 // 32 registers: 4 x 4 accumulators + 4 loads + 1 broadcast.
-constexpr int W = 16, SV = 4, CV = 4;
-using V = __m512;
-inline V vzero() { return _mm512_setzero_ps(); }
-inline V vload(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
-inline V vbcast(float f) { return _mm512_set1_ps(f); }
-inline V vmul(V a, V b) { return _mm512_mul_ps(a, b); }
-inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+constexpr int SV = 4, CV = 4;
 #include "ops/resampler_attention/cpu_body.h"
 }  // namespace avx512
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif  // x86
+LUMO_TARGET_POP
+#endif  // LUMO_X86
 
 using ScoreFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float, float*,
                          int64_t);

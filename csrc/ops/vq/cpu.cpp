@@ -30,15 +30,13 @@
 #include "abi/checks.h"
 #include "ops/vq/math.h"
 #include "ops/vq/cpu_internal.h"
+#include "runtime/isa_target.h"
 
 // The contract forbids fusing a*b+c into an FMA. GCC contracts by default in
 // C++ (AVX-512F has FMA, so the avx512 region would), Clang within one
 // expression: switch contraction off for this file.
-#if defined(__clang__)
-#pragma STDC FP_CONTRACT OFF
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+LUMO_FP_CONTRACT_OFF
+#include "runtime/simd.h"
 
 namespace lumo {
 namespace cpu {
@@ -49,62 +47,17 @@ namespace {
 // ---------------------------------------------------------------------------
 
 namespace scalar {
-constexpr int W = 1;
-using V = float;
-using I = int32_t;
-inline V vzero() { return 0.0f; }
-inline V vload(const float* p) { return *p; }
-inline void vstore(float* p, V v) { *p = v; }
-inline V vbcast(float f) { return f; }
-inline V vadd(V a, V b) { return a + b; }
-inline V vmul(V a, V b) { return a * b; }
-inline V vsub(V a, V b) { return a - b; }
-inline I iload(const int32_t* p) { return *p; }
-inline void istore(int32_t* p, I v) { *p = v; }
-inline I iramp(int32_t base) { return base; }
-inline void vupdate(V& bv, I& bi, V s, I idx) {
-  if (s < bv) {
-    bv = s;
-    bi = idx;
-  }
-}
-inline void vopaque(V&) {}
+using namespace simd::scalar;
 #include "ops/vq/cpu_search_body.h"
 }  // namespace scalar
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#ifdef LUMO_X86
 #define LUMO_VQ_X86 1
 
-// No "fma" in these targets: the compiler then cannot fuse mul and add.
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2")
-#endif
+// No "fma" in this target: the compiler then cannot fuse mul and add.
+LUMO_TARGET_PUSH("avx2")
 namespace avx2 {
-constexpr int W = 8;
-using V = __m256;
-using I = __m256i;
-inline V vzero() { return _mm256_setzero_ps(); }
-inline V vload(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
-inline V vbcast(float f) { return _mm256_set1_ps(f); }
-inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
-inline V vmul(V a, V b) { return _mm256_mul_ps(a, b); }
-inline V vsub(V a, V b) { return _mm256_sub_ps(a, b); }
-inline I iload(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-inline void istore(int32_t* p, I v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
-inline I iramp(int32_t base) {
-  return _mm256_add_epi32(_mm256_set1_epi32(base), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-inline void vupdate(V& bv, I& bi, V s, I idx) {
-  const V m = _mm256_cmp_ps(s, bv, _CMP_LT_OQ);
-  bv = _mm256_blendv_ps(bv, s, m);
-  bi = _mm256_castps_si256(
-      _mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(idx), m));
-}
-inline void vopaque(V& v) { asm("" : "+x"(v)); }
+using namespace simd::avx2;
 #include "ops/vq/cpu_search_body.h"
 // Packs a full tile of T = 16 fp32 codes: each half (8 codes) in blocks of 8
 // dimensions, read row-wise (prefetch-friendly) and transposed in registers.
@@ -153,77 +106,20 @@ inline uint32_t pack_tile_f32(const float* src, const float* next, int64_t d, fl
   return bad;
 }
 }  // namespace avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+LUMO_TARGET_POP
+
+LUMO_TARGET_PUSH("avx2,fma")
 // The screened kernel needs FMA (checked at run time apart from AVX2). Only
 // the explicit vfma fuses: contraction stays off in this file.
 namespace avx2 {
-inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-inline V vmin(V a, V b) { return _mm256_min_ps(a, b); }
-using F = __m256;
-inline F fle(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
-inline F for2(F f, F g) { return _mm256_or_ps(f, g); }
-inline bool fany(F f) { return _mm256_movemask_ps(f) != 0; }
-inline float hmin(V v) {
-  __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
-  return _mm_cvtss_f32(m);
-}
 #include "ops/vq/cpu_screen_body.h"
 }  // namespace avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
-#else
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f")
-#endif
+LUMO_TARGET_POP
+
+LUMO_TARGET_PUSH("avx512f")
 namespace avx512 {
-constexpr int W = 16;
-using V = __m512;
-using I = __m512i;
-inline V vzero() { return _mm512_setzero_ps(); }
-inline V vload(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
-inline V vbcast(float f) { return _mm512_set1_ps(f); }
-inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
-inline V vmul(V a, V b) { return _mm512_mul_ps(a, b); }
-inline V vsub(V a, V b) { return _mm512_sub_ps(a, b); }
-inline I iload(const int32_t* p) { return _mm512_loadu_si512(p); }
-inline void istore(int32_t* p, I v) { _mm512_storeu_si512(p, v); }
-inline I iramp(int32_t base) {
-  return _mm512_add_epi32(_mm512_set1_epi32(base),
-                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-}
-inline void vupdate(V& bv, I& bi, V s, I idx) {
-  const __mmask16 m = _mm512_cmp_ps_mask(s, bv, _CMP_LT_OQ);
-  bv = _mm512_mask_mov_ps(bv, m, s);
-  bi = _mm512_mask_mov_epi32(bi, m, idx);
-}
-inline void vopaque(V& v) { asm("" : "+v"(v)); }
+using namespace simd::avx512;
 #include "ops/vq/cpu_search_body.h"
-inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-inline V vmin(V a, V b) { return _mm512_min_ps(a, b); }
-using F = __mmask16;
-inline F fle(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
-inline F for2(F f, F g) { return static_cast<F>(f | g); }
-inline bool fany(F f) { return f != 0; }
-inline float hmin(V v) {
-  const __m256 h = _mm256_min_ps(_mm512_castps512_ps256(v),
-                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  __m128 m = _mm_min_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
-  return _mm_cvtss_f32(m);
-}
 #include "ops/vq/cpu_screen_body.h"
 // Packs a full tile of T = 32 fp32 codes: each half (16 codes) in blocks of
 // 16 dimensions, read row-wise (prefetch-friendly) and transposed in registers.
@@ -277,12 +173,8 @@ inline uint32_t pack_tile_f32(const float* src, const float* next, int64_t d, fl
   return bad;
 }
 }  // namespace avx512
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif  // x86
+LUMO_TARGET_POP
+#endif  // LUMO_X86
 
 }  // namespace
 

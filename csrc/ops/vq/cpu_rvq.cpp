@@ -20,12 +20,9 @@
 #include "ops/vq/math.h"
 #include "ops/vq/cpu.h"
 #include "ops/vq/cpu_internal.h"
+#include "runtime/isa_target.h"
 
-#if defined(__clang__)
-#pragma STDC FP_CONTRACT OFF
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+LUMO_FP_CONTRACT_OFF
 
 namespace lumo {
 namespace cpu {
