@@ -48,7 +48,7 @@ def _run(module, monkeypatch, case, schedule=0):
 
 @st.composite
 def case_st(draw):
-    t = draw(st.sampled_from([1, 3, 17, 33]))
+    t = draw(st.sampled_from([1, 3, 17, 33, 70]))
     d = draw(st.sampled_from([1, 5, 16, 21]))
     r = draw(st.sampled_from([1, 70, 300]))
     n = draw(st.sampled_from([0, 1, 65]))
@@ -61,6 +61,8 @@ def case_st(draw):
     for a, b in masked:
         targets[(targets >= a) & (targets < b)] = 0
     targets[torch.rand(t, generator=g) < 0.25] = -100
+    if draw(st.booleans()):
+        targets[t // 2:] = -100  # a padded tail: whole blocks of ignored tokens when t >= 33
     return dict(
         hidden=torch.randn(t, d, generator=g).to(dt), base=(0.5 * torch.randn(r, d, generator=g)).to(dt),
         new=(0.5 * torch.randn(n, d, generator=g)).to(dt), targets=targets,

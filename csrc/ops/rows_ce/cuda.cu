@@ -1,7 +1,7 @@
 // Rows-only linear cross-entropy on CUDA.
 //
 // Forward: one block per 16 tokens walks the vocabulary in super-tiles of
-// kSuperTile rows. A super-tile's logits [16 x 256] are built in shared memory
+// kSuperTile rows (a block whose tokens are all ignored only writes zeros). A super-tile's logits [16 x 256] are built in shared memory
 // from D-chunks of the hidden states and rows; a warp per token then makes the
 // online log-sum-exp step; and each thread, owning one column d of the block's
 // rows of dhat (global memory, written by this block only), rescales it and
@@ -45,6 +45,20 @@ __global__ void forward_kernel(Inputs in, float* __restrict__ loss, float* __res
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kBlockTokens, D = in.dim;
   const bool with_grad = dhat != nullptr;
+  __shared__ bool any_valid;
+  if (tid == 0) {
+    any_valid = false;
+    for (int t = 0; t < kBlockTokens; ++t) any_valid = any_valid || is_valid(in, t0 + t);
+  }
+  __syncthreads();
+  if (!any_valid) {  // every token ignored (padding): zero outputs, no walk over the vocabulary
+    for (int t = 0; t < kBlockTokens && t0 + t < in.tokens; ++t) {
+      if (tid == 0) loss[t0 + t] = lse[t0 + t] = 0.0f;
+      if (with_grad)
+        for (int64_t d = tid; d < D; d += kThreads) dhat[(t0 + t) * D + d] = 0.0f;
+    }
+    return;
+  }
   if (tid < kBlockTokens) {
     m_s[tid] = -INFINITY;
     s_s[tid] = 0.0f;
