@@ -10,9 +10,10 @@ import pytest
 import soundfile
 import torch
 
-from lumo_model.codec import checkpoint, corpus
+from lumo_model import checkpoint
+from lumo_model.codec import corpus
 from lumo_model.codec.kmeans import kmeans, lloyd_step
-from lumo_model.codec.train import AudioTrainConfig, ImageTrainConfig, train_audio_codec, train_image_codec
+from lumo_model.codec.train import AudioTrainConfig, ImageTrainConfig, _Run, train_audio_codec, train_image_codec
 from lumo_uti import codecs
 from lumo_uti.cli import main as lumo
 
@@ -53,13 +54,18 @@ def test_kmeans_resume_equals_uninterrupted():
     assert torch.equal(full, resumed)
 
 
-def test_checkpoint_keeps_the_last_complete_state(tmp_path):
-    checkpoint.save(tmp_path, {"step": 1}, {"w": torch.ones(2)})
-    checkpoint.save(tmp_path, {"step": 2}, {"w": torch.full((2,), 2.0)})
-    state, tensors = checkpoint.load(tmp_path)
-    assert state["step"] == 2 and torch.equal(tensors["w"], torch.full((2,), 2.0))
-    assert len(list(tmp_path.glob("tensors-*.safetensors"))) == 1
-    assert checkpoint.load(tmp_path / "none") is None
+def test_run_checkpoints_count_up_and_resume_at_the_last(tmp_path):
+    run = _Run(tmp_path, TINY_IMAGE, "image")
+    assert run.resume() is None
+    for i in (1, 2, 3):
+        run.save({"stage": "kmeans", "iteration": i}, {"codebook": {"codebook": torch.full((2,), float(i))}})
+    assert sorted(p.name for p in run.ckpt.iterdir()) == ["latest.json", "step-00000002", "step-00000003"]
+    again = _Run(tmp_path, TINY_IMAGE, "image")
+    ckpt = again.resume()
+    assert ckpt.step == 3 and ckpt.state == {"stage": "kmeans", "iteration": 3}
+    assert torch.equal(ckpt.tensors("codebook")["codebook"], torch.full((2,), 3.0))
+    again.save({"stage": "decoder", "step": 0}, {"codebook": {"codebook": torch.zeros(2)}})
+    assert checkpoint.load(run.ckpt).step == 4  # the previous checkpoint's step + 1
 
 
 # -- corpora -------------------------------------------------------------------------------------

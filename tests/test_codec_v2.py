@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from lumo_model.codec import train as codec_train
 from lumo_model.codec.image_quality import block_edge_ratio, ssim_map
-from lumo_model.codec.train import ImageTrainConfig, TimeUp, train_image_codec
+from lumo_model.codec.train import ImageTrainConfig, train_image_codec
+from lumo_model.errors import TimeUp
 from lumo_uti.codecs.hf_common import CodecError
 from lumo_uti.codecs.lumo_vq import ENCODER_GRID, LumoVQCodec, PatchVQ, load_model, save_model
 from lumo_uti.metrics import ssim

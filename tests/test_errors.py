@@ -36,10 +36,6 @@ def test_every_error_derives_from_the_base_and_is_listed():
     assert all(issubclass(c, model_errors.LumoModelError) for c in _classes(model_errors))
 
 
-# Classes still defined where they are raised, until their module imports them from errors.py.
-PENDING = {"python/lumo_model/codec/train.py: TimeUp"}
-
-
 def test_no_exception_class_outside_the_errors_modules():
     found = []
     for package in ("lumo_uti", "lumo_model"):
@@ -49,7 +45,7 @@ def test_no_exception_class_outside_the_errors_modules():
             for m in re.finditer(r"^class (\w+)\((\w*(Error|Exception)\w*)", path.read_text(), re.M):
                 if not m.group(1).startswith("_"):
                     found.append(f"{path.relative_to(ROOT)}: {m.group(1)}")
-    assert sorted(set(found) - PENDING) == []
+    assert sorted(found) == []
 
 
 def test_every_public_error_is_documented():

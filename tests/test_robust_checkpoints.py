@@ -7,28 +7,36 @@ import json
 import pytest
 import torch
 
-from lumo_model.codec import checkpoint as codec_ckpt
 from lumo_model import checkpoint
+from lumo_model.codec.train import AudioTrainConfig, ImageTrainConfig, _Run
+from lumo_model.errors import CheckpointError
 
 
-@pytest.mark.parametrize("name", ["../outside.safetensors", "/etc/passwd", None, 3])
-def test_codec_checkpoint_tensors_name_stays_beside_state(tmp_path, name):
-    codec_ckpt.save(tmp_path / "run", {"step": 1}, {"w": torch.ones(2)})
-    (tmp_path / "outside.safetensors").write_bytes((tmp_path / "run" / "tensors-000000.safetensors").read_bytes())
-    state = json.loads((tmp_path / "run" / "state.json").read_text())
-    state["_tensors"] = name
-    (tmp_path / "run" / "state.json").write_text(json.dumps(state))
-    with pytest.raises(ValueError, match="_tensors must name a tensors-<n>.safetensors file beside it"):
-        codec_ckpt.load(tmp_path / "run")
+def test_bad_state_json_is_a_checkpoint_error(tmp_path):
+    step = checkpoint.save(tmp_path / "run", 1, tensors={"codebook": {"codebook": torch.ones(2)}})
+    (step / "state.json").write_text("{half")
+    with pytest.raises(CheckpointError, match=r"state\.json is not valid JSON"):
+        checkpoint.load(tmp_path / "run")
+    (step / "state.json").write_text("[]")
+    with pytest.raises(CheckpointError, match="expected a JSON object"):
+        checkpoint.load(tmp_path / "run")
 
 
-def test_codec_checkpoint_bad_state_json(tmp_path):
-    (tmp_path / "state.json").write_text("{half")
-    with pytest.raises(ValueError, match=r"state\.json is not valid JSON"):
-        codec_ckpt.load(tmp_path)
-    (tmp_path / "state.json").write_text("[]")
-    with pytest.raises(ValueError, match="expected a JSON object"):
-        codec_ckpt.load(tmp_path)
+def test_codec_run_refuses_checkpoints_it_did_not_write(tmp_path):
+    run = _Run(tmp_path / "image", ImageTrainConfig(), "image")
+    run.save({"stage": "decoder", "step": "2"}, {})
+    with pytest.raises(CheckpointError, match="not a train-codec image checkpoint"):
+        run.resume()
+    audio = _Run(tmp_path / "audio", AudioTrainConfig(), "audio")
+    audio.save({"stage": "decoder", "step": 2}, {})  # an image stage
+    with pytest.raises(CheckpointError, match="not a train-codec audio checkpoint"):
+        audio.resume()
+    # An older layout (state.json beside its tensors, no latest.json) is named, not silently restarted.
+    old = _Run(tmp_path / "old", ImageTrainConfig(), "image")
+    old.ckpt.mkdir()
+    (old.ckpt / "state.json").write_text(json.dumps({"stage": "kmeans", "iteration": 1, "_tensors": "t.safetensors"}))
+    with pytest.raises(CheckpointError, match="is not a lumo-checkpoint version 1 checkpoint"):
+        old.resume()
 
 
 @pytest.mark.parametrize("name", ["../elsewhere", "/tmp", "step-1/../../x", None])

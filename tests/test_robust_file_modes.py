@@ -63,11 +63,12 @@ def test_codec_files_media_and_token_space(tmp_path, umask):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027], indirect=True, ids=["022", "027"])
 def test_training_checkpoints(tmp_path, umask):
-    from lumo_model.codec import checkpoint as codec_ckpt
     from lumo_model import checkpoint
+    from lumo_model.codec.train import ImageTrainConfig, _Run
 
-    codec_ckpt.save(tmp_path / "codec", {"step": 1}, {"w": torch.zeros(2)})
-    codec_ckpt.save(tmp_path / "codec", {"step": 2}, {"w": torch.ones(2)})
+    codec = _Run(tmp_path / "codec", ImageTrainConfig(), "image")
+    codec.save({"stage": "kmeans", "iteration": 1}, {"codebook": {"codebook": torch.zeros(2)}})
+    codec.save({"stage": "kmeans", "iteration": 2}, {"codebook": {"codebook": torch.ones(2)}})
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(net.parameters())
     net(torch.ones(1, 2)).sum().backward()

@@ -84,7 +84,8 @@ def register(subparsers: Any) -> None:
 def _cmd_train(args) -> int:
     from dataclasses import replace
 
-    from .train import AudioTrainConfig, ImageTrainConfig, TimeUp, train_audio_codec, train_image_codec
+    from ..errors import TimeUp
+    from .train import AudioTrainConfig, ImageTrainConfig, train_audio_codec, train_image_codec
 
     common = {"seed": args.seed, "codebook_size": args.codebook_size, "kmeans_iterations": args.kmeans_iterations,
               "batch_size": args.batch_size, "lr": args.lr, "save_every": args.save_every}

@@ -1,7 +1,13 @@
 """``lumo train-codec``: train the ``lumo-vq`` image and ``lumo-rvq`` audio codecs.
 
-Both follow the same two stages, each checkpointed (``OUT/checkpoint``) so a
-killed run resumes where it stopped (same seed, same result):
+Both follow the same two stages, each checkpointed so a killed run resumes
+where it stopped (same seed, same result). ``OUT/checkpoint`` is a run folder
+of ``lumo_model.checkpoint``: its step number counts the run's checkpoints
+(each one is the previous one's step + 1); where training stands goes in the
+state (``stage`` plus the k-means ``iteration`` (and ``codebook``, audio) or
+the refinement ``step``), the codebooks in the tensor group ``codebook`` /
+``codebooks``, the trained module's weights in ``model`` and AdamW's state as
+the checkpoint's optimizer (refinement checkpoints only).
 
 1. **Codebooks by k-means** on ``lumo_uti.ops.vq_search`` with dead-code
    restarts (``kmeans``): image blocks ``patch x patch x 3`` for ``lumo-vq``;
@@ -28,7 +34,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +44,8 @@ import torch.nn.functional as F
 
 from lumo_uti._io import atomic_write_text
 
-from . import checkpoint
+from .. import checkpoint
+from ..errors import CheckpointError, TimeUp
 from .corpus import files
 from .kmeans import kmeans
 
@@ -122,13 +129,9 @@ class AudioTrainConfig:
 
 
 # -- shared ----------------------------------------------------------------------------
-class TimeUp(Exception):
-    """Raised after a checkpoint once a run's time limit has passed (rerun the command to continue)."""
-
-    def __init__(self, stage: str, position: int):
-        super().__init__(f"time limit reached after {stage} {position}; the checkpoint is saved, "
-                         f"run the same command again to continue")
-        self.stage, self.position = stage, position
+# The integer fields the state of each stage's checkpoints holds.
+_STAGE_FIELDS = {"image": {"kmeans": ("iteration",), "decoder": ("step",)},
+                 "audio": {"kmeans": ("codebook", "iteration"), "postfilter": ("step",)}}
 
 
 class _Run:
@@ -141,6 +144,7 @@ class _Run:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.ckpt = self.out / "checkpoint"
+        self.saved = 0  # step number of the run's last checkpoint
         self.kind = kind
         self.config = asdict(config)
         saved = self.out / "train_config.json"
@@ -151,6 +155,25 @@ class _Run:
                 raise ValueError(f"{self.out} holds a run with other settings ({diff}); use a new --out or the same settings")
         else:
             atomic_write_text(saved, json.dumps({"kind": kind, "config": self.config}, indent=2) + "\n")
+
+    def resume(self) -> checkpoint.Checkpoint | None:
+        """The run's last checkpoint (its state checked against this kind of run), or None."""
+        # A state.json without latest.json is no run folder of this format: load says so.
+        if checkpoint.latest(self.ckpt) is None and not (self.ckpt / "state.json").is_file():
+            return None
+        ckpt = checkpoint.load(self.ckpt)
+        fields = _STAGE_FIELDS[self.kind].get(ckpt.state.get("stage"))
+        if fields is None or not all(isinstance(ckpt.state.get(k), int) for k in fields):
+            raise CheckpointError(f"checkpoint {ckpt.path}: not a train-codec {self.kind} checkpoint "
+                                  f"(state {ckpt.state})")
+        self.saved = ckpt.step
+        return ckpt
+
+    def save(self, state: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]],
+             optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Write the run's next checkpoint (step = the last one's + 1)."""
+        self.saved += 1
+        checkpoint.save(self.ckpt, self.saved, tensors=tensors, optimizer=optimizer, state=state)
 
     def log(self, record: dict[str, Any]) -> None:
         with open(self.out / "log.jsonl", "a") as f:
@@ -163,25 +186,24 @@ class _Run:
 
 
 def _adam_stage(run: _Run, module: torch.nn.Module, steps: int, lr: float, save_every: int, progress: bool,
-                loss_fn: Callable[[int], torch.Tensor], extra_tensors: dict[str, torch.Tensor], stage_name: str,
-                start_step: int, opt_state: tuple[dict, Any] | None,
+                loss_fn: Callable[[int], torch.Tensor], extra_tensors: dict[str, dict[str, torch.Tensor]],
+                stage_name: str, start_step: int, resumed: checkpoint.Checkpoint | None,
                 evaluate: tuple[int, Callable[[], dict[str, Any]]] | None = None) -> None:
     """Train ``module`` for ``steps`` Adam steps (cosine decay), checkpointing every ``save_every``.
 
+    ``extra_tensors``: tensor groups saved beside the module's (``model``); ``resumed``: the
+    checkpoint to take AdamW's state from (None or one without it: a fresh optimizer).
     ``evaluate``: (every, fn): every ``every`` steps ``fn()``'s measurements go to the log (they use
     no randomness, so they do not change the training).
     """
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    if opt_state is not None:
-        checkpoint.load_optimizer(opt, *opt_state)
+    if resumed is not None:
+        resumed.load_optimizer(opt)
     bar = Progress(stage_name, steps, progress)
 
     def save(step: int) -> None:
-        tensors, groups = checkpoint.optimizer_tensors(opt)
-        tensors.update(extra_tensors)
-        tensors.update({f"module.{k}": v for k, v in module.state_dict().items()})
-        checkpoint.save(run.ckpt, {"stage": stage_name, "step": step, "opt_groups": groups}, tensors)
+        run.save({"stage": stage_name, "step": step}, {**extra_tensors, "model": module.state_dict()}, opt)
 
     module.train()
     recent: list[float] = []
@@ -212,13 +234,10 @@ def _adam_stage(run: _Run, module: torch.nn.Module, steps: int, lr: float, save_
     module.eval()
 
 
-def _load_trained_module(model: torch.nn.Module, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+def _load_trained_module(model: torch.nn.Module, ckpt: checkpoint.Checkpoint | None) -> None:
     """Load the module weights a refinement-stage checkpoint holds (none before its first save)."""
-    if state["stage"] in ("decoder", "postfilter") and state["step"] > 0:
-        module = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
-        if not module:
-            raise ValueError(f"checkpoint at {state['stage']} step {state['step']} holds no module weights")
-        model.load_state_dict(module)
+    if ckpt is not None and ckpt.state["stage"] in ("decoder", "postfilter") and ckpt.state["step"] > 0:
+        model.load_state_dict(ckpt.tensors("model"))
 
 
 # -- images ----------------------------------------------------------------------------
@@ -372,8 +391,9 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
     pool = _image_pool(images, cfg.scales, max(cfg.crop, cfg.patch * 8))
     torch.manual_seed(cfg.seed)  # decoder init: the same whether or not the run was resumed
     model = _image_model(cfg)
-    resumed = checkpoint.load(run.ckpt)
-    state, tensors = resumed if resumed else ({"stage": "kmeans", "iteration": 0}, {})
+    resumed = run.resume()
+    state = resumed.state if resumed else {"stage": "kmeans", "iteration": 0}
+    codebook = resumed.tensors("codebook")["codebook"] if resumed else None  # in every checkpoint
     _say(progress, f"train-codec image: {len(images)} images ({len(pool)} scaled views) from {data}"
          + (f"; resuming at {state['stage']} {state.get('iteration', state.get('step'))}" if resumed else ""))
 
@@ -381,8 +401,8 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
     if state["stage"] == "kmeans" and cfg.init_codebook:
         codebook = _codebook_from(cfg.init_codebook, cfg)
         run.log({"stage": "kmeans", "init_codebook": cfg.init_codebook})
-        checkpoint.save(run.ckpt, {"stage": "decoder", "step": 0, "opt_groups": None}, {"codebook": codebook})
-        state, tensors = {"stage": "decoder", "step": 0, "opt_groups": None}, {"codebook": codebook}
+        state, resumed = {"stage": "decoder", "step": 0}, None
+        run.save(state, {"codebook": {"codebook": codebook}})
     if state["stage"] == "kmeans":
         rng = np.random.default_rng(cfg.seed)
         samples = _image_block_samples(pool, cfg.kmeans_samples, cfg.patch, rng)
@@ -391,25 +411,24 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
         def on_iteration(i: int, centroids: torch.Tensor, stats: dict) -> None:
             run.log({"stage": "kmeans", "iteration": i + 1, **stats})
             bar.update(i + 1, f"mse {stats['mse']:.5f} dead {stats['dead']}")
-            checkpoint.save(run.ckpt, {"stage": "kmeans", "iteration": i + 1}, {"codebook": centroids})
+            run.save({"stage": "kmeans", "iteration": i + 1}, {"codebook": {"codebook": centroids}})
             if i + 1 < cfg.kmeans_iterations:
                 run.check_time("k-means iteration", i + 1)
 
         codebook = kmeans(samples, cfg.codebook_size, cfg.kmeans_iterations, seed=cfg.seed,
-                          centroids=tensors.get("codebook"), start=state["iteration"], on_iteration=on_iteration)
+                          centroids=codebook, start=state["iteration"], on_iteration=on_iteration)
         # Stored in float16: the codebook the codec will search is the rounded one.
         codebook = codebook.to(torch.float16).float()
-        checkpoint.save(run.ckpt, {"stage": "decoder", "step": 0, "opt_groups": None}, {"codebook": codebook})
-        state, tensors = {"stage": "decoder", "step": 0, "opt_groups": None}, {"codebook": codebook}
+        state, resumed = {"stage": "decoder", "step": 0}, None
+        run.save(state, {"codebook": {"codebook": codebook}})
         del samples
 
-    model.codebook.copy_(tensors["codebook"])
+    model.codebook.copy_(codebook)
     model.to(device)
     # A checkpoint past step 0 holds trained weights: load them whether or not steps remain, so a
     # rerun after the last checkpoint (or a resume after a kill during export) exports them again.
-    _load_trained_module(model, state, tensors)
+    _load_trained_module(model, resumed)
     if state["stage"] == "decoder" and any(True for _ in model.parameters()) and state["step"] < cfg.decoder_steps:
-        opt_state = (tensors, state["opt_groups"]) if state.get("opt_groups") else None
 
         def loss_fn(step: int) -> torch.Tensor:
             rng = np.random.default_rng([cfg.seed, step])
@@ -418,7 +437,7 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
         photos = _load_eval_photos(eval_data, cfg.eval_size) if eval_data else None
         evaluate = (cfg.eval_every, lambda: _quick_image_eval(model, photos)) if photos is not None else None
         _adam_stage(run, model, cfg.decoder_steps, cfg.lr, cfg.save_every, progress, loss_fn,
-                    {"codebook": model.codebook}, "decoder", state["step"], opt_state, evaluate)
+                    {"codebook": {"codebook": model.codebook}}, "decoder", state["step"], resumed, evaluate)
     model.eval().cpu()
     codec_dir = run.out / "codec"
     codec_dir.mkdir(exist_ok=True)
@@ -518,15 +537,16 @@ def train_audio_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
                     codebook_size=cfg.codebook_size, postfilter_channels=cfg.postfilter_channels,
                     postfilter_blocks=cfg.postfilter_blocks)
     frames = torch.cat([model.analyse(w[None])[0] for w in waves])  # [N, hop]
-    resumed = checkpoint.load(run.ckpt)
-    state, tensors = resumed if resumed else ({"stage": "kmeans", "codebook": 0, "iteration": 0}, {})
+    resumed = run.resume()
+    state = resumed.state if resumed else {"stage": "kmeans", "codebook": 0, "iteration": 0}
+    codebooks = (resumed.tensors("codebooks")["codebooks"] if resumed  # in every checkpoint
+                 else torch.zeros(cfg.num_codebooks, cfg.codebook_size, cfg.hop))
     _say(progress, f"train-codec audio: {len(waves)} files, {frames.shape[0]} frames "
          f"({frames.shape[0] * cfg.hop / cfg.sample_rate / 60:.1f} min) from {data}"
          + (f"; resuming at {state['stage']}" if resumed else ""))
 
     # Stage 1: residual k-means, one codebook after another.
     if state["stage"] == "kmeans":
-        codebooks = tensors.get("codebooks", torch.zeros(cfg.num_codebooks, cfg.codebook_size, cfg.hop))
         done = state["codebook"]
         bar = Progress("residual k-means", cfg.num_codebooks * cfg.kmeans_iterations, progress)
         residual = frames - rvq_decode(rvq_encode(frames, codebooks[:done]), codebooks[:done]) if done else frames.clone()
@@ -537,8 +557,7 @@ def train_audio_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
                 run.log({"stage": "kmeans", "codebook": q, "iteration": i + 1, **stats})
                 bar.update(q * cfg.kmeans_iterations + i + 1, f"codebook {q + 1} mse {stats['mse']:.2e}")
                 codebooks[q] = centroids
-                checkpoint.save(run.ckpt, {"stage": "kmeans", "codebook": q, "iteration": i + 1},
-                                {"codebooks": codebooks})
+                run.save({"stage": "kmeans", "codebook": q, "iteration": i + 1}, {"codebooks": {"codebooks": codebooks}})
                 if i + 1 < cfg.kmeans_iterations:
                     run.check_time(f"k-means of codebook {q + 1}, iteration", i + 1)
 
@@ -547,14 +566,13 @@ def train_audio_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
                                on_iteration=on_iteration)
             codebooks[q] = centroids.to(torch.float16).float()  # stored in float16
             residual -= rvq_decode(rvq_encode(residual, codebooks[q:q + 1]), codebooks[q:q + 1])
-            checkpoint.save(run.ckpt, {"stage": "kmeans", "codebook": q + 1, "iteration": 0}, {"codebooks": codebooks})
-        state, tensors = {"stage": "postfilter", "step": 0, "opt_groups": None}, {"codebooks": codebooks}
-        checkpoint.save(run.ckpt, state, tensors)
+            run.save({"stage": "kmeans", "codebook": q + 1, "iteration": 0}, {"codebooks": {"codebooks": codebooks}})
+        state, resumed = {"stage": "postfilter", "step": 0}, None
+        run.save(state, {"codebooks": {"codebooks": codebooks}})
 
-    model.codebooks.copy_(tensors["codebooks"])
-    _load_trained_module(model, state, tensors)  # see train_image_codec
+    model.codebooks.copy_(codebooks)
+    _load_trained_module(model, resumed)  # see train_image_codec
     if model.postfilter is not None and state["stage"] == "postfilter" and state["step"] < cfg.postfilter_steps:
-        opt_state = (tensors, state["opt_groups"]) if state.get("opt_groups") else None
         # Fixed codes: quantise every frame once (on the CPU, where the data is), then train on
         # random segments of whole files on `device`.
         coefs = [model.analyse(w[None])[0] for w in waves]
@@ -576,7 +594,7 @@ def train_audio_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
             return F.mse_loss(model.refine(q), x)
 
         _adam_stage(run, model, cfg.postfilter_steps, cfg.lr, cfg.save_every, progress, loss_fn,
-                    {"codebooks": model.codebooks}, "postfilter", state["step"], opt_state)
+                    {"codebooks": {"codebooks": model.codebooks}}, "postfilter", state["step"], resumed)
     model.eval().cpu()
     codec_dir = run.out / "codec"
     codec_dir.mkdir(exist_ok=True)
