@@ -147,6 +147,49 @@ def test_every_isa_matches_reference(
                 torch.set_num_threads(2)
 
 
+def screened_inputs(n: int, k: int, d: int, style: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_inputs, plus "near": codes one ulp apart and x within 1e-6 of them."""
+    if style != "near":
+        return make_inputs(n, k, d, torch.float32, style, seed)
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(max(1, k // 3), d, generator=g)
+    cb = torch.cat([base, torch.nextafter(base, torch.full_like(base, 1e9)), base * (1 + 2**-23)])[:k]
+    cb = torch.cat([cb, torch.randn(k - cb.shape[0], d, generator=g)])
+    x = cb[torch.randint(0, k, (n,), generator=g)] + torch.randn(n, d, generator=g) * 1e-6
+    return x, cb
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 150),
+    d=st.integers(1, 40),
+    k=st.one_of(st.integers(1, 300), st.integers(4097, 4200)),
+    style=st.sampled_from(["randn", "ints", "dups", "near"]),
+    metric=st.sampled_from(["l2", "l2", "cosine"]),
+    seed=st.integers(0, 2**31),
+)
+def test_screened_and_plain_kernels_agree(n: int, d: int, k: int, style: str, metric: str, seed: int) -> None:
+    # LUMO_VQ_SCREEN (read on every call) switches the screened kernel off: both
+    # kernels must give the same codes and distances, bit for bit, on every ISA
+    # that has one. K > 4096 screens at D > 32 too (at least 128 code tiles).
+    native_cpu()
+    isas = [name for name in cpu_isas() if name != "scalar"]
+    if not isas:
+        pytest.skip("no vector ISA on this CPU")
+    x, cb = screened_inputs(n, k, d, style, seed)
+    results = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in isas:
+            mp.setenv("LUMO_VQ_ISA", name)
+            for screen in ("0", "1"):
+                mp.setenv("LUMO_VQ_SCREEN", screen)
+                results[name, screen] = ops.vq_search(x, cb, metric=metric, return_distance=True)
+    first_codes, first_dist = results[isas[0], "0"]
+    for key, (codes, dist) in results.items():
+        assert torch.equal(codes, first_codes), key
+        assert torch.equal(dist, first_dist), key
+
+
 def test_planted_exact_ties_go_to_lowest_index() -> None:
     # x sits exactly between codes 3 and 1 (integer distances, no rounding),
     # and code 5 duplicates code 1: the lowest index of the minimum wins.
