@@ -268,8 +268,9 @@ void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num
   // the threads meet once per call (not once per tile: on a busy machine a
   // descheduled thread would stall every meeting). Per-token results do not
   // depend on the block size, which only trades the per-block packing of the
-  // rows against load balance.
-  const int64_t block = std::clamp<int64_t>(round_up((tp + 2 * threads - 1) / (2 * threads), kRows), kRows, 256);
+  // rows against load balance (and, past 128 tokens, the block's hidden
+  // gradient no longer fits in L2 beside the tiles).
+  const int64_t block = std::clamp<int64_t>(round_up((tp + 2 * threads - 1) / (2 * threads), kRows), kRows, 128);
   cpu::parallel_for_items((tp + block - 1) / block, threads, [&](int64_t b) {
     const int64_t r0 = b * block, r1 = std::min(tp, r0 + block), nr = r1 - r0;
     std::vector<float> kp(static_cast<size_t>(kSuperTile * D)), wr, sc(static_cast<size_t>(nr * kSuperTile));
