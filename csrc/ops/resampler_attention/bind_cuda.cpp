@@ -12,7 +12,7 @@
 
 #include "abi/buffer.h"
 #include "abi/registry.h"
-#include "ops/resampler_attention/bind_buffers.h"
+#include "ops/resampler_attention/buffers.h"
 #include "ops/resampler_attention/cuda.h"
 
 namespace py = pybind11;
@@ -20,21 +20,16 @@ namespace py = pybind11;
 namespace {
 
 using lumo::bindings::Buffer;
-using lumo::bindings::ResamplerExtents;
-using lumo::bindings::ResamplerGradients;
-using lumo::bindings::ResamplerInputs;
-using lumo::bindings::take;
+using lumo::bindings::ResamplerBackward;
+using lumo::bindings::ResamplerForward;
 
 void forward(Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat, Buffer ctx_mask,
              Buffer out, Buffer lse, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N,
              int64_t D, double scale, int64_t dtype, uintptr_t stream, int device) {
   constexpr const char* op = "resampler_attention (cuda)";
-  const ResamplerExtents e(op, B, Hq, Hkv, L, N, D);
-  const ResamplerInputs in(op, e, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask);
-  auto* outp = take<void>(op, "out", out, e.qs);
-  auto* lsep = take<float>(op, "lse", lse, e.rows);
-  lumo::cuda::resampler_attn_forward(in.q, in.k_ctx, in.v_ctx, in.k_lat, in.v_lat, in.mask, outp,
-                                     lsep, B, Hq, Hkv, L, N, D, scale, dtype, stream, device);
+  const ResamplerForward f(op, B, Hq, Hkv, L, N, D, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask, out, lse);
+  lumo::cuda::resampler_attn_forward(f.in.q, f.in.k_ctx, f.in.v_ctx, f.in.k_lat, f.in.v_lat, f.in.mask, f.out,
+                                     f.lse, B, Hq, Hkv, L, N, D, scale, dtype, stream, device);
 }
 
 void backward(Buffer dout, Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat,
@@ -43,15 +38,11 @@ void backward(Buffer dout, Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, B
               int64_t N, int64_t D, double scale, int64_t dtype, Buffer delta,
               uintptr_t stream, int device) {
   constexpr const char* op = "resampler_attention_backward (cuda)";
-  const ResamplerExtents e(op, B, Hq, Hkv, L, N, D);
-  const auto* doutp = take<const void>(op, "dout", dout, e.qs);
-  const ResamplerInputs in(op, e, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask);
-  const auto* outp = take<const void>(op, "out", out, e.qs);
-  const auto* lsep = take<const float>(op, "lse", lse, e.rows);
-  const ResamplerGradients g(op, e, dq, dk_ctx, dv_ctx, dk_lat, dv_lat);
-  auto* deltap = take<float>(op, "delta", delta, e.rows);
-  lumo::cuda::resampler_attn_backward(doutp, in.q, in.k_ctx, in.v_ctx, in.k_lat, in.v_lat,
-                                      in.mask, outp, lsep, g.dq, g.dk_ctx, g.dv_ctx, g.dk_lat, g.dv_lat,
+  const ResamplerBackward b(op, B, Hq, Hkv, L, N, D, dout, q, k_ctx, v_ctx, k_lat, v_lat, ctx_mask,
+                            out, lse, dq, dk_ctx, dv_ctx, dk_lat, dv_lat);
+  auto* deltap = lumo::bindings::take<float>(op, "delta", delta, b.e.rows);
+  lumo::cuda::resampler_attn_backward(b.dout, b.in.q, b.in.k_ctx, b.in.v_ctx, b.in.k_lat, b.in.v_lat,
+                                      b.in.mask, b.out, b.lse, b.g.dq, b.g.dk_ctx, b.g.dv_ctx, b.g.dk_lat, b.g.dv_lat,
                                       B, Hq, Hkv, L, N, D, scale, dtype, deltap, stream, device);
 }
 

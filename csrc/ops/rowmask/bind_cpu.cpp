@@ -10,6 +10,7 @@
 
 #include "abi/buffer.h"
 #include "abi/registry.h"
+#include "ops/rowmask/buffers.h"
 #include "ops/rowmask/cpu.h"
 
 namespace py = pybind11;
@@ -19,16 +20,17 @@ namespace {
 using lumo::bindings::Buffer;
 using lumo::bindings::product;
 using lumo::bindings::take;
+namespace rm = lumo::bindings::rowmask;
 
 void rowmask_embedding_backward(Buffer ids, int64_t ids_itemsize, int64_t n, Buffer grad,
                                 int64_t dtype, int64_t dim, int64_t grad_row_stride,
                                 int64_t row_start, int64_t num_rows, Buffer out,
                                 int64_t num_threads) {
   constexpr const char* op = "rowmask_embedding_backward";
-  const auto grad_extent = lumo::bindings::strided_rows(op, n, dim, grad_row_stride);
+  const auto grad_extent = rm::grad_extent(op, n, dim, grad_row_stride);
   const auto* idsp = take<const void>(op, "ids", ids, product(op, {{"n", n}}));
-  const auto* gradp = take<const void>(op, "grad", grad, grad_extent);
-  auto* outp = take<float>(op, "out", out, product(op, {{"num_rows", num_rows}, {"dim", dim}}));
+  const auto* gradp = rm::take_grad(op, grad, grad_extent);
+  auto* outp = rm::take_out(op, out, num_rows, dim);
   lumo::cpu::rowmask_embedding_backward(idsp, ids_itemsize, n, gradp, dtype, dim, grad_row_stride,
                                         row_start, num_rows, outp, num_threads);
 }

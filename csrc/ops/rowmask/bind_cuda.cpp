@@ -12,6 +12,7 @@
 
 #include "abi/buffer.h"
 #include "abi/registry.h"
+#include "ops/rowmask/buffers.h"
 #include "ops/rowmask/cuda.h"
 
 namespace py = pybind11;
@@ -21,12 +22,13 @@ namespace {
 using lumo::bindings::Buffer;
 using lumo::bindings::product;
 using lumo::bindings::take;
+namespace rm = lumo::bindings::rowmask;
 
 void rowmask_segment_reduce(Buffer positions, int64_t num_hits, Buffer offsets, Buffer grad,
                             int64_t dtype, int64_t n, int64_t dim, int64_t grad_row_stride,
                             int64_t num_rows, Buffer out, uintptr_t stream, int device) {
   constexpr const char* op = "rowmask_segment_reduce (cuda)";
-  const auto grad_extent = lumo::bindings::strided_rows(op, n, dim, grad_row_stride);
+  const auto grad_extent = rm::grad_extent(op, n, dim, grad_row_stride);
   lumo::bindings::size_arg(op, "num_rows", num_rows);
   LUMO_CHECK_RANGE(num_rows < std::numeric_limits<int64_t>::max(), op, "num_rows < 2^63 - 1",
                    num_rows);
@@ -34,8 +36,8 @@ void rowmask_segment_reduce(Buffer positions, int64_t num_hits, Buffer offsets, 
   const auto* posp =
       take<const int64_t>(op, "positions", positions, product(op, {{"num_hits", num_hits}}));
   const auto* offp = take<const int64_t>(op, "offsets", offsets, offsets_extent);
-  const auto* gradp = take<const void>(op, "grad", grad, grad_extent);
-  auto* outp = take<float>(op, "out", out, product(op, {{"num_rows", num_rows}, {"dim", dim}}));
+  const auto* gradp = rm::take_grad(op, grad, grad_extent);
+  auto* outp = rm::take_out(op, out, num_rows, dim);
   lumo::cuda::rowmask_segment_reduce(posp, num_hits, offp, gradp, dtype, n, dim, grad_row_stride,
                                      num_rows, outp, stream, device);
 }

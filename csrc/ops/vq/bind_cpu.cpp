@@ -13,6 +13,7 @@
 #include "abi/buffer.h"
 #include "abi/registry.h"
 #include "abi/status.h"
+#include "ops/vq/buffers.h"
 #include "ops/vq/cpu.h"
 
 namespace py = pybind11;
@@ -22,16 +23,11 @@ namespace {
 using lumo::bindings::Buffer;
 using lumo::bindings::product;
 using lumo::bindings::take;
-
-// The extent of a buffer of rows [rows, d].
-lumo::bindings::Extent rows_of(const char* op, const char* rows, int64_t r, int64_t d) {
-  return product(op, {{rows, r}, {"d", d}});
-}
-
-// The extent of codebooks [num_q, k, d].
-lumo::bindings::Extent stack_of(const char* op, int64_t num_q, int64_t k, int64_t d) {
-  return product(op, {{"num_q", num_q}, {"k", k}, {"d", d}});
-}
+using lumo::bindings::vq::RvqDecodeBuffers;
+using lumo::bindings::vq::RvqEncodeBuffers;
+using lumo::bindings::vq::SearchResults;
+using lumo::bindings::vq::rows_of;
+using lumo::bindings::vq::stack_of;
 
 // The extent of the given norms: [k] in norms mode 1 (given), none otherwise.
 lumo::bindings::Extent given_norms(const char* op, int norms, int64_t k) {
@@ -54,10 +50,9 @@ void vq_search(Buffer x, int x_dtype, int64_t n, int64_t d, Buffer cb, int cb_dt
   const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
   const auto* cbp = take<const void>(op, "cb", cb, rows_of(op, "k", k, d));
   const auto* cnp = take<const float>(op, "cn", cn, given_norms(op, norms, k));
-  auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}}));
-  auto* bestp = take<float>(op, "best", best, product(op, {{"n", n}}));
-  const int64_t raw = lumo::cpu::vq_search(xp, x_dtype, n, d, cbp, cb_dtype, k, norms, cnp, codesp,
-                                           bestp, num_threads, isa);
+  const SearchResults r(op, n, codes, best);
+  const int64_t raw = lumo::cpu::vq_search(xp, x_dtype, n, d, cbp, cb_dtype, k, norms, cnp, r.codes,
+                                           r.best, num_threads, isa);
   lumo::raise_status(op, search_status(raw, k), {"x", "codebook", "distances"});
 }
 
@@ -83,7 +78,7 @@ void rvq_encode_packed(const lumo::cpu::RvqPacked& p, Buffer x, int x_dtype, int
                           int64_t n_q, Buffer codes, int64_t num_threads) {
   constexpr const char* op = "rvq_encode";
   const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
-  auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}, {"n_q", n_q}}));
+  auto* codesp = take<int64_t>(op, "codes", codes, lumo::bindings::vq::codes_of(op, n, n_q));
   const int64_t raw = lumo::cpu::rvq_encode_packed(p, xp, x_dtype, n, d, n_q, codesp, num_threads);
   lumo::raise_status(op, search_status(raw, INT64_MAX), {"x", "codebooks"});
 }
@@ -92,30 +87,25 @@ void vq_search_packed(const lumo::cpu::VqPacked& p, Buffer x, int x_dtype, int64
                          Buffer codes, Buffer best, int64_t num_threads) {
   constexpr const char* op = "vq_search";
   const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
-  auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}}));
-  auto* bestp = take<float>(op, "best", best, product(op, {{"n", n}}));
+  const SearchResults r(op, n, codes, best);
   // The codebook was checked when it was packed: -2 - r is an overflow in row r.
-  const int64_t raw = lumo::cpu::vq_search_packed(p, xp, x_dtype, n, d, codesp, bestp, num_threads);
+  const int64_t raw = lumo::cpu::vq_search_packed(p, xp, x_dtype, n, d, r.codes, r.best, num_threads);
   lumo::raise_status(op, search_status(raw, 0), {"x", "codebook", "distances"});
 }
 
 void rvq_encode(Buffer x, int dtype, int64_t n, int64_t d, Buffer cbs, int64_t num_q, int64_t k,
                    int64_t n_q, Buffer codes, int64_t num_threads, int isa) {
   constexpr const char* op = "rvq_encode";
-  const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
-  const auto* cbsp = take<const void>(op, "cbs", cbs, stack_of(op, num_q, k, d));
-  auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}, {"n_q", n_q}}));
-  const int64_t raw = lumo::cpu::rvq_encode(xp, dtype, n, d, cbsp, num_q, k, n_q, codesp, num_threads, isa);
+  const RvqEncodeBuffers b(op, x, n, d, cbs, num_q, k, n_q, codes);
+  const int64_t raw = lumo::cpu::rvq_encode(b.x, dtype, n, d, b.cbs, num_q, k, n_q, b.codes, num_threads, isa);
   lumo::raise_status(op, search_status(raw, INT64_MAX), {"x", "codebooks"});
 }
 
 int64_t rvq_decode(Buffer codes, int64_t codes_itemsize, int64_t n, int64_t n_q, Buffer cbs, int dtype,
                    int64_t num_q, int64_t k, int64_t d, Buffer out, int64_t num_threads) {
   constexpr const char* op = "rvq_decode";
-  const auto* codesp = take<const void>(op, "codes", codes, product(op, {{"n", n}, {"n_q", n_q}}));
-  const auto* cbsp = take<const void>(op, "cbs", cbs, stack_of(op, num_q, k, d));
-  auto* outp = take<float>(op, "out", out, rows_of(op, "n", n, d));
-  return lumo::cpu::rvq_decode(codesp, codes_itemsize, n, n_q, cbsp, dtype, num_q, k, d, outp,
+  const RvqDecodeBuffers b(op, codes, n, n_q, cbs, num_q, k, d, out);
+  return lumo::cpu::rvq_decode(b.codes, codes_itemsize, n, n_q, b.cbs, dtype, num_q, k, d, b.out,
                                num_threads);
 }
 

@@ -11,6 +11,7 @@
 
 #include "abi/buffer.h"
 #include "abi/registry.h"
+#include "ops/vq/buffers.h"
 #include "ops/vq/cuda.h"
 
 namespace py = pybind11;
@@ -20,19 +21,22 @@ namespace {
 using lumo::bindings::Buffer;
 using lumo::bindings::product;
 using lumo::bindings::take;
+using lumo::bindings::vq::RvqDecodeBuffers;
+using lumo::bindings::vq::RvqEncodeBuffers;
+using lumo::bindings::vq::SearchResults;
+using lumo::bindings::vq::rows_of;
 
 void vq_search(Buffer x, int x_dtype, int64_t n, int64_t d, Buffer cb, int cb_dtype, int64_t k,
                int norms, Buffer cn, Buffer codes, Buffer best, Buffer part_val, Buffer part_idx,
                int64_t splits, uintptr_t stream, int device) {
   constexpr const char* op = "vq_search (cuda)";
-  const auto* xp = take<const void>(op, "x", x, product(op, {{"n", n}, {"d", d}}));
-  const auto* cbp = take<const void>(op, "cb", cb, product(op, {{"k", k}, {"d", d}}));
+  const auto* xp = take<const void>(op, "x", x, rows_of(op, "n", n, d));
+  const auto* cbp = take<const void>(op, "cb", cb, rows_of(op, "k", k, d));
   auto* cnp = take<float>(op, "cn", cn, product(op, {{"k", k}}));
-  auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}}));
-  auto* bestp = take<float>(op, "best", best, product(op, {{"n", n}}));
+  const SearchResults r(op, n, codes, best);
   auto* valp = take<float>(op, "part_val", part_val, product(op, {{"splits", splits}, {"n", n}}));
   auto* idxp = take<int32_t>(op, "part_idx", part_idx, product(op, {{"splits", splits}, {"n", n}}));
-  lumo::cuda::vq_search(xp, x_dtype, n, d, cbp, cb_dtype, k, norms, cnp, codesp, bestp, valp, idxp,
+  lumo::cuda::vq_search(xp, x_dtype, n, d, cbp, cb_dtype, k, norms, cnp, r.codes, r.best, valp, idxp,
                         splits, stream, device);
 }
 
@@ -40,26 +44,20 @@ void rvq_encode(Buffer x, int dtype, int64_t n, int64_t d, Buffer cbs, int64_t n
                 int64_t n_q, Buffer codes, Buffer residual, Buffer cn, Buffer part_val,
                 Buffer part_idx, int64_t splits, uintptr_t stream, int device) {
   constexpr const char* op = "rvq_encode (cuda)";
-  const auto* xp = take<const void>(op, "x", x, product(op, {{"n", n}, {"d", d}}));
-  const auto* cbsp =
-      take<const void>(op, "cbs", cbs, product(op, {{"num_q", num_q}, {"k", k}, {"d", d}}));
-  auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"n", n}, {"n_q", n_q}}));
-  auto* resp = take<float>(op, "residual", residual, product(op, {{"n", n}, {"d", d}}));
+  const RvqEncodeBuffers b(op, x, n, d, cbs, num_q, k, n_q, codes);
+  auto* resp = take<float>(op, "residual", residual, rows_of(op, "n", n, d));
   auto* cnp = take<float>(op, "cn", cn, product(op, {{"n_q", n_q}, {"k", k}}));
   auto* valp = take<float>(op, "part_val", part_val, product(op, {{"splits", splits}, {"n", n}}));
   auto* idxp = take<int32_t>(op, "part_idx", part_idx, product(op, {{"splits", splits}, {"n", n}}));
-  lumo::cuda::rvq_encode(xp, dtype, n, d, cbsp, num_q, k, n_q, codesp, resp, cnp, valp, idxp, splits,
+  lumo::cuda::rvq_encode(b.x, dtype, n, d, b.cbs, num_q, k, n_q, b.codes, resp, cnp, valp, idxp, splits,
                          stream, device);
 }
 
 void rvq_decode(Buffer codes, int64_t codes_itemsize, int64_t n, int64_t n_q, Buffer cbs, int dtype,
                 int64_t num_q, int64_t k, int64_t d, Buffer out, uintptr_t stream, int device) {
   constexpr const char* op = "rvq_decode (cuda)";
-  const auto* codesp = take<const void>(op, "codes", codes, product(op, {{"n", n}, {"n_q", n_q}}));
-  const auto* cbsp =
-      take<const void>(op, "cbs", cbs, product(op, {{"num_q", num_q}, {"k", k}, {"d", d}}));
-  auto* outp = take<float>(op, "out", out, product(op, {{"n", n}, {"d", d}}));
-  lumo::cuda::rvq_decode(codesp, codes_itemsize, n, n_q, cbsp, dtype, num_q, k, d, outp, stream,
+  const RvqDecodeBuffers b(op, codes, n, n_q, cbs, num_q, k, d, out);
+  lumo::cuda::rvq_decode(b.codes, codes_itemsize, n, n_q, b.cbs, dtype, num_q, k, d, b.out, stream,
                          device);
 }
 

@@ -48,5 +48,40 @@ struct ResamplerGradients {
         dv_lat(take<void>(op, "dv_lat", dv_lat_, e.lat)) {}
 };
 
+// The forward's buffers: the inputs, out like q and lse [B,Hq,L] fp32.
+struct ResamplerForward {
+  ResamplerExtents e;
+  ResamplerInputs in;
+  void* out;
+  float* lse;
+  ResamplerForward(const char* op, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N, int64_t D,
+                   Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat, Buffer mask,
+                   Buffer out_, Buffer lse_)
+      : e(op, B, Hq, Hkv, L, N, D),
+        in(op, e, q, k_ctx, v_ctx, k_lat, v_lat, mask),
+        out(take<void>(op, "out", out_, e.qs)),
+        lse(take<float>(op, "lse", lse_, e.rows)) {}
+};
+
+// The backward's buffers: dout like q, the forward's inputs and results, the gradients.
+struct ResamplerBackward {
+  ResamplerExtents e;
+  const void* dout;
+  ResamplerInputs in;
+  const void* out;
+  const float* lse;
+  ResamplerGradients g;
+  ResamplerBackward(const char* op, int64_t B, int64_t Hq, int64_t Hkv, int64_t L, int64_t N, int64_t D,
+                    Buffer dout_, Buffer q, Buffer k_ctx, Buffer v_ctx, Buffer k_lat, Buffer v_lat,
+                    Buffer mask, Buffer out_, Buffer lse_, Buffer dq, Buffer dk_ctx, Buffer dv_ctx,
+                    Buffer dk_lat, Buffer dv_lat)
+      : e(op, B, Hq, Hkv, L, N, D),
+        dout(take<const void>(op, "dout", dout_, e.qs)),
+        in(op, e, q, k_ctx, v_ctx, k_lat, v_lat, mask),
+        out(take<const void>(op, "out", out_, e.qs)),
+        lse(take<const float>(op, "lse", lse_, e.rows)),
+        g(op, e, dq, dk_ctx, dv_ctx, dk_lat, dv_lat) {}
+};
+
 }  // namespace bindings
 }  // namespace lumo
