@@ -579,6 +579,26 @@ def _check_search_op(
     _check_rows(op, x, codebook)
 
 
+def _search_buffers(
+    x: torch.Tensor, cb: torch.Tensor, mode: int, cn: torch.Tensor, codes: torch.Tensor, best: torch.Tensor
+) -> dict:
+    """The buffer and size arguments that the CPU and CUDA ``vq_search`` share (contiguous tensors)."""
+    n, d = x.shape
+    return dict(
+        x=_native.buffer(x),
+        x_dtype=_abi.dtype_code(x.dtype),
+        n=n,
+        d=d,
+        cb=_native.buffer(cb),
+        cb_dtype=_abi.dtype_code(cb.dtype),
+        k=cb.shape[0],
+        norms=mode,
+        cn=_native.buffer(cn),
+        codes=_native.buffer(codes),
+        best=_native.buffer(best),
+    )
+
+
 def _vq_search_impl(
     x: torch.Tensor,
     codebook: torch.Tensor,
@@ -587,8 +607,7 @@ def _vq_search_impl(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     op = "vq_search"
     _check_search_op(op, x, codebook, codebook_norms)
-    n, d = x.shape
-    k = codebook.shape[0]
+    n = x.shape[0]
     if n == 0:
         return x.new_empty(0, dtype=torch.int64), x.new_empty(0, dtype=torch.float32)
     norms = None
@@ -608,17 +627,7 @@ def _vq_search_impl(
         # writes that bypass its version counter (``.data``, numpy views);
         # PackedCodebook is the explicit cache.
         module.vq_search(
-            x=_native.buffer(xc),
-            x_dtype=_abi.dtype_code(xc.dtype),
-            n=n,
-            d=d,
-            cb=_native.buffer(cbc),
-            cb_dtype=_abi.dtype_code(cbc.dtype),
-            k=k,
-            norms=mode,
-            cn=_native.buffer(norms),
-            codes=_native.buffer(codes),
-            best=_native.buffer(best),
+            **_search_buffers(xc, cbc, mode, norms, codes, best),
             num_threads=_abi.threads(),
             isa=_abi.isa(_ISA_ENV),
         )
@@ -806,24 +815,10 @@ def _vq_search_cuda(
     best: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` [N, D], ``cb`` [K, D] on one GPU -> (codes [N] int64, best [N] fp32)."""
-    n, d = x.shape
-    k = cb.shape[0]
+    n, k = x.shape[0], cb.shape[0]
     cn = norms.clone() if norms is not None else torch.empty(k, dtype=torch.float32, device=x.device)
     keep, workspace = _cuda_workspace(module, n, k, x.device)
-    module.vq_search(
-        x=_native.buffer(x),
-        x_dtype=_abi.dtype_code(x.dtype),
-        n=n,
-        d=d,
-        cb=_native.buffer(cb),
-        cb_dtype=_abi.dtype_code(cb.dtype),
-        k=k,
-        norms=mode,
-        cn=_native.buffer(cn),
-        codes=_native.buffer(codes),
-        best=_native.buffer(best),
-        **workspace,
-    )
+    module.vq_search(**_search_buffers(x, cb, mode, cn, codes, best), **workspace)
     del keep  # after the call has enqueued its work on the stream
     return codes, best
 
