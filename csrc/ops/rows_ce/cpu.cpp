@@ -5,14 +5,16 @@
 #include <limits>
 #include <vector>
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include "abi/checks.h"
 #include "ops/rows_ce/math.h"
 #include "runtime/isa.h"
+#include "runtime/isa_target.h"
 #include "runtime/thread_pool.h"
+
+// Only explicit fused multiply-adds: element-wise loops then give the same
+// bits in every clone and on every ISA (the simd primitives included).
+LUMO_FP_CONTRACT_OFF
+#include "runtime/simd.h"
 
 namespace lumo {
 namespace rows_ce {
@@ -22,14 +24,6 @@ using cpu::kIsaAvx2;
 using cpu::kIsaAvx512;
 using cpu::kIsaScalar;
 
-// Only explicit fused multiply-adds: element-wise loops then give the same
-// bits in every clone and on every ISA.
-#if defined(__clang__)
-#pragma STDC FP_CONTRACT OFF
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
-
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 #define LUMO_RC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -37,60 +31,29 @@ using cpu::kIsaScalar;
 #endif
 
 namespace scalar {
-constexpr int W = 1, SV = 4, CV = 4;
-using V = float;
-inline V vzero() { return 0.0f; }
-inline V vload(const float* p) { return *p; }
-inline void vstore(float* p, V v) { *p = v; }
-inline V vbcast(float f) { return f; }
-inline V vfma(V a, V b, V c) { return std::fma(a, b, c); }
+using namespace simd::scalar;
+constexpr int SV = 4, CV = 4;
 #include "ops/rows_ce/cpu_body.h"
 }  // namespace scalar
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define LUMO_RC_X86 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+#ifdef LUMO_X86
+LUMO_TARGET_PUSH("avx2,fma")
 namespace avx2 {
+using namespace simd::avx2;
 // 4 rows x 3 vectors: 12 of the 16 ymm registers accumulate (the AVX-512
 // tiles' 4 x 4 would spill here).
-constexpr int W = 8, SV = 3, CV = 3;
-using V = __m256;
-inline V vzero() { return _mm256_setzero_ps(); }
-inline V vload(const float* p) { return _mm256_loadu_ps(p); }
-inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
-inline V vbcast(float f) { return _mm256_set1_ps(f); }
-inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+constexpr int SV = 3, CV = 3;
 #include "ops/rows_ce/cpu_body.h"
 }  // namespace avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
-#else
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f")
-#endif
+LUMO_TARGET_POP
+LUMO_TARGET_PUSH("avx512f")
 namespace avx512 {
-constexpr int W = 16, SV = 4, CV = 4;
-using V = __m512;
-inline V vzero() { return _mm512_setzero_ps(); }
-inline V vload(const float* p) { return _mm512_loadu_ps(p); }
-inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
-inline V vbcast(float f) { return _mm512_set1_ps(f); }
-inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+using namespace simd::avx512;
+constexpr int SV = 4, CV = 4;
 #include "ops/rows_ce/cpu_body.h"
 }  // namespace avx512
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif  // x86
+LUMO_TARGET_POP
+#endif  // LUMO_X86
 
 using ScoreFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
 using GemmFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t, int64_t);
@@ -105,7 +68,7 @@ Kernels pick_kernels(int64_t isa, const char* op) {
   isa = cpu::resolve_isa(isa, mask);
   LUMO_CHECK(isa >= kIsaScalar && isa <= kIsaAvx512 && (mask >> isa & 1), op,
              "an instruction set this CPU runs (isa bit in rows_ce_isa_mask())", isa);
-#ifdef LUMO_RC_X86
+#ifdef LUMO_X86
   if (isa == kIsaAvx512) return {&avx512::score_tile, &avx512::gemm_acc};
   if (isa == kIsaAvx2) return {&avx2::score_tile, &avx2::gemm_acc};
 #endif
@@ -240,7 +203,7 @@ void column_terms(const void* bias, DType dt, int64_t lo, int64_t count, int64_t
 }  // namespace
 
 int isa_mask() {
-#ifdef LUMO_RC_X86
+#ifdef LUMO_X86
   return cpu::isa_support_mask(/*avx2_needs_fma=*/true);
 #else
   return 1 << kIsaScalar;
