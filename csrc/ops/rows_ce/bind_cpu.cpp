@@ -11,6 +11,7 @@
 #include "abi/buffer.h"
 #include "abi/checks.h"
 #include "abi/registry.h"
+#include "ops/rows_ce/buffers.h"
 #include "ops/rows_ce/cpu.h"
 
 namespace py = pybind11;
@@ -18,36 +19,19 @@ namespace py = pybind11;
 namespace {
 
 using lumo::bindings::Buffer;
-using lumo::bindings::none;
-using lumo::bindings::product;
-using lumo::bindings::take;
-using lumo::bindings::take_optional;
+using lumo::bindings::rows_ce::take_backward_buffers;
+using lumo::bindings::rows_ce::take_forward_outputs;
+using lumo::bindings::rows_ce::take_inputs;
 
+// Host memory: the targets and masked ranges are checked here (the CUDA binding leaves that to the front).
 lumo::rows_ce::Inputs inputs(const char* op, Buffer hidden, int64_t hidden_dtype, Buffer base, int64_t base_dtype,
                              Buffer new_rows, int64_t new_dtype, Buffer base_bias, int64_t base_bias_dtype,
                              Buffer new_bias, int64_t new_bias_dtype, Buffer targets, Buffer masked, int64_t tokens,
                              int64_t dim, int64_t base_rows, int64_t new_count, int64_t ignore_index,
                              bool need_base) {
-  lumo::rows_ce::Inputs in;
-  in.tokens = lumo::bindings::size_arg(op, "tokens", tokens);
-  in.dim = lumo::bindings::size_arg(op, "dim", dim);
-  in.base_rows = lumo::bindings::size_arg(op, "base_rows", base_rows);
-  in.new_count = lumo::bindings::size_arg(op, "new_rows", new_count);
-  in.hidden_dtype = lumo::check_dtype(op, "hidden_dtype", hidden_dtype);
-  in.base_dtype = lumo::check_dtype(op, "base_dtype", base_dtype);
-  in.new_dtype = lumo::check_dtype(op, "new_dtype", new_dtype);
-  in.base_bias_dtype = lumo::check_dtype(op, "base_bias_dtype", base_bias_dtype);
-  in.new_bias_dtype = lumo::check_dtype(op, "new_bias_dtype", new_bias_dtype);
-  in.hidden = take<const void>(op, "hidden", hidden, product(op, {{"tokens", tokens}, {"dim", dim}}));
-  if (need_base) {
-    in.base = take<const void>(op, "base", base, product(op, {{"base_rows", base_rows}, {"dim", dim}}));
-    }
-  in.new_rows = take<const void>(op, "new_rows", new_rows, product(op, {{"new_rows", new_count}, {"dim", dim}}));
-  in.base_bias = take_optional<const void>(op, "base_bias", base_bias, product(op, {{"base_rows", base_rows}}));
-  in.new_bias = take_optional<const void>(op, "new_bias", new_bias, product(op, {{"new_rows", new_count}}));
-  in.targets = take<const int64_t>(op, "targets", targets, product(op, {{"tokens", tokens}}));
-  in.num_masked = masked.second / 2;
-  in.masked = take<const int64_t>(op, "masked", masked, product(op, {{"2", 2}, {"num_masked", in.num_masked}}));
+  const auto in = take_inputs(op, hidden, hidden_dtype, base, base_dtype, new_rows, new_dtype, base_bias,
+                              base_bias_dtype, new_bias, new_bias_dtype, targets, masked, tokens, dim, base_rows,
+                              new_count, ignore_index, need_base);
   for (int64_t i = 0; i < 2 * in.num_masked; ++i) {
     LUMO_CHECK(in.masked[i] >= (i ? in.masked[i - 1] : 0) && in.masked[i] <= base_rows + new_count, op,
                "sorted masked column ranges within [0, base_rows + new_rows]", in.masked[i]);
@@ -57,7 +41,6 @@ lumo::rows_ce::Inputs inputs(const char* op, Buffer hidden, int64_t hidden_dtype
     LUMO_CHECK(y == ignore_index || (y >= 0 && y < base_rows + new_count), op,
                "targets in [0, base_rows + new_rows) or ignore_index", y);
   }
-  in.ignore_index = ignore_index;
   return in;
 }
 
@@ -71,10 +54,8 @@ void rows_ce_forward(Buffer hidden, int64_t hidden_dtype, Buffer base, int64_t b
                          base_bias_dtype, new_bias, new_bias_dtype, targets, masked, tokens, dim, base_rows,
                          new_count, ignore_index, /*need_base=*/true);
   LUMO_CHECK(num_threads >= 0, op, "num_threads >= 0", num_threads);
-  auto* lossp = take<float>(op, "loss", loss, product(op, {{"tokens", tokens}}));
-  auto* lsep = take<float>(op, "lse", lse, product(op, {{"tokens", tokens}}));
-  auto* dhatp = take_optional<float>(op, "dhat", dhat, product(op, {{"tokens", tokens}, {"dim", dim}}));
-  lumo::rows_ce::forward(in, lossp, lsep, dhatp, num_threads, isa);
+  const auto o = take_forward_outputs(op, loss, lse, dhat, tokens, dim);
+  lumo::rows_ce::forward(in, o.loss, o.lse, o.dhat, num_threads, isa);
 }
 
 void rows_ce_new_rows_backward(Buffer grad_loss, Buffer hidden, int64_t hidden_dtype, Buffer new_rows,
@@ -88,11 +69,8 @@ void rows_ce_new_rows_backward(Buffer grad_loss, Buffer hidden, int64_t hidden_d
                          new_bias_dtype, targets, masked, tokens, dim, base_rows, new_count, ignore_index,
                          /*need_base=*/false);
   LUMO_CHECK(num_threads >= 0, op, "num_threads >= 0", num_threads);
-  auto* g = take<const float>(op, "grad_loss", grad_loss, product(op, {{"tokens", tokens}}));
-  auto* l = take<const float>(op, "lse", lse, product(op, {{"tokens", tokens}}));
-  auto* gw = take<float>(op, "grad_new", grad_new, product(op, {{"new_rows", new_count}, {"dim", dim}}));
-  auto* gb = take_optional<float>(op, "grad_new_bias", grad_new_bias, product(op, {{"new_rows", new_count}}));
-  lumo::rows_ce::new_rows_backward(in, g, l, gw, gb, num_threads, isa);
+  const auto b = take_backward_buffers(op, grad_loss, lse, grad_new, grad_new_bias, tokens, dim, new_count);
+  lumo::rows_ce::new_rows_backward(in, b.grad_loss, b.lse, b.grad_new, b.grad_new_bias, num_threads, isa);
 }
 
 }  // namespace

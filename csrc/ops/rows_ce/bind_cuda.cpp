@@ -15,6 +15,7 @@
 #include "abi/buffer.h"
 #include "abi/checks.h"
 #include "abi/registry.h"
+#include "ops/rows_ce/buffers.h"
 #include "ops/rows_ce/cuda.h"
 
 namespace py = pybind11;
@@ -22,38 +23,9 @@ namespace py = pybind11;
 namespace {
 
 using lumo::bindings::Buffer;
-using lumo::bindings::product;
-using lumo::bindings::take;
-using lumo::bindings::take_optional;
-
-lumo::rows_ce::Inputs inputs(const char* op, Buffer hidden, int64_t hidden_dtype, Buffer base, int64_t base_dtype,
-                             Buffer new_rows, int64_t new_dtype, Buffer base_bias, int64_t base_bias_dtype,
-                             Buffer new_bias, int64_t new_bias_dtype, Buffer targets, Buffer masked, int64_t tokens,
-                             int64_t dim, int64_t base_rows, int64_t new_count, int64_t ignore_index,
-                             bool need_base) {
-  lumo::rows_ce::Inputs in;
-  in.tokens = lumo::bindings::size_arg(op, "tokens", tokens);
-  in.dim = lumo::bindings::size_arg(op, "dim", dim);
-  in.base_rows = lumo::bindings::size_arg(op, "base_rows", base_rows);
-  in.new_count = lumo::bindings::size_arg(op, "new_rows", new_count);
-  in.hidden_dtype = lumo::check_dtype(op, "hidden_dtype", hidden_dtype);
-  in.base_dtype = lumo::check_dtype(op, "base_dtype", base_dtype);
-  in.new_dtype = lumo::check_dtype(op, "new_dtype", new_dtype);
-  in.base_bias_dtype = lumo::check_dtype(op, "base_bias_dtype", base_bias_dtype);
-  in.new_bias_dtype = lumo::check_dtype(op, "new_bias_dtype", new_bias_dtype);
-  in.hidden = take<const void>(op, "hidden", hidden, product(op, {{"tokens", tokens}, {"dim", dim}}));
-  if (need_base) {
-    in.base = take<const void>(op, "base", base, product(op, {{"base_rows", base_rows}, {"dim", dim}}));
-    in.base_bias = take_optional<const void>(op, "base_bias", base_bias, product(op, {{"base_rows", base_rows}}));
-  }
-  in.new_rows = take<const void>(op, "new_rows", new_rows, product(op, {{"new_rows", new_count}, {"dim", dim}}));
-  in.new_bias = take_optional<const void>(op, "new_bias", new_bias, product(op, {{"new_rows", new_count}}));
-  in.targets = take<const int64_t>(op, "targets", targets, product(op, {{"tokens", tokens}}));
-  in.num_masked = masked.second / 2;
-  in.masked = take<const int64_t>(op, "masked", masked, product(op, {{"2", 2}, {"num_masked", in.num_masked}}));
-  in.ignore_index = ignore_index;
-  return in;
-}
+using lumo::bindings::rows_ce::take_backward_buffers;
+using lumo::bindings::rows_ce::take_forward_outputs;
+using lumo::bindings::rows_ce::take_inputs;
 
 void rows_ce_forward(Buffer hidden, int64_t hidden_dtype, Buffer base, int64_t base_dtype, Buffer new_rows,
                      int64_t new_dtype, Buffer base_bias, int64_t base_bias_dtype, Buffer new_bias,
@@ -61,14 +33,12 @@ void rows_ce_forward(Buffer hidden, int64_t hidden_dtype, Buffer base, int64_t b
                      int64_t base_rows, int64_t new_count, int64_t ignore_index, Buffer loss, Buffer lse,
                      Buffer dhat, uintptr_t stream, int device) {
   constexpr const char* op = "rows_ce_forward (cuda)";
-  const auto in = inputs(op, hidden, hidden_dtype, base, base_dtype, new_rows, new_dtype, base_bias,
+  const auto in = take_inputs(op, hidden, hidden_dtype, base, base_dtype, new_rows, new_dtype, base_bias,
                          base_bias_dtype, new_bias, new_bias_dtype, targets, masked, tokens, dim, base_rows,
                          new_count, ignore_index, /*need_base=*/true);
   LUMO_CHECK(device >= 0, op, "a device index >= 0", device);
-  auto* lossp = take<float>(op, "loss", loss, product(op, {{"tokens", tokens}}));
-  auto* lsep = take<float>(op, "lse", lse, product(op, {{"tokens", tokens}}));
-  auto* dhatp = take_optional<float>(op, "dhat", dhat, product(op, {{"tokens", tokens}, {"dim", dim}}));
-  lumo::rows_ce::cuda_forward(in, lossp, lsep, dhatp, stream, device);
+  const auto o = take_forward_outputs(op, loss, lse, dhat, tokens, dim);
+  lumo::rows_ce::cuda_forward(in, o.loss, o.lse, o.dhat, stream, device);
 }
 
 void rows_ce_new_rows_backward(Buffer grad_loss, Buffer hidden, int64_t hidden_dtype, Buffer new_rows,
@@ -77,15 +47,12 @@ void rows_ce_new_rows_backward(Buffer grad_loss, Buffer hidden, int64_t hidden_d
                                int64_t new_count, int64_t ignore_index, Buffer grad_new, Buffer grad_new_bias,
                                uintptr_t stream, int device) {
   constexpr const char* op = "rows_ce_new_rows_backward (cuda)";
-  const auto in = inputs(op, hidden, hidden_dtype, Buffer{0, 0}, 0, new_rows, new_dtype, Buffer{0, 0}, 0, new_bias,
+  const auto in = take_inputs(op, hidden, hidden_dtype, Buffer{0, 0}, 0, new_rows, new_dtype, Buffer{0, 0}, 0, new_bias,
                          new_bias_dtype, targets, masked, tokens, dim, base_rows, new_count, ignore_index,
                          /*need_base=*/false);
   LUMO_CHECK(device >= 0, op, "a device index >= 0", device);
-  auto* g = take<const float>(op, "grad_loss", grad_loss, product(op, {{"tokens", tokens}}));
-  auto* l = take<const float>(op, "lse", lse, product(op, {{"tokens", tokens}}));
-  auto* gw = take<float>(op, "grad_new", grad_new, product(op, {{"new_rows", new_count}, {"dim", dim}}));
-  auto* gb = take_optional<float>(op, "grad_new_bias", grad_new_bias, product(op, {{"new_rows", new_count}}));
-  lumo::rows_ce::cuda_new_rows_backward(in, g, l, gw, gb, stream, device);
+  const auto b = take_backward_buffers(op, grad_loss, lse, grad_new, grad_new_bias, tokens, dim, new_count);
+  lumo::rows_ce::cuda_new_rows_backward(in, b.grad_loss, b.lse, b.grad_new, b.grad_new_bias, stream, device);
 }
 
 }  // namespace
