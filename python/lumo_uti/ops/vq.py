@@ -673,11 +673,27 @@ def _check_rvq_encode_op(op: str, x: object, codebooks: object, n_q: object) -> 
     _check_rvq_rows(op, x, codebooks, n_q)
 
 
+def _rvq_encode_buffers(x: torch.Tensor, cbs: torch.Tensor, n_q: int, codes: torch.Tensor) -> dict:
+    """The buffer and size arguments that the CPU and CUDA ``rvq_encode`` share (contiguous tensors)."""
+    n, d = x.shape
+    q_total, k, _ = cbs.shape
+    return dict(
+        x=_native.buffer(x),
+        dtype=_abi.dtype_code(x.dtype),
+        n=n,
+        d=d,
+        cbs=_native.buffer(cbs),
+        num_q=q_total,
+        k=k,
+        n_q=n_q,
+        codes=_native.buffer(codes),
+    )
+
+
 def _rvq_encode_impl(x: torch.Tensor, codebooks: torch.Tensor, n_q: int) -> torch.Tensor:
     op = "rvq_encode"
     _check_rvq_encode_op(op, x, codebooks, n_q)
     n, d = x.shape
-    q_total, k, _ = codebooks.shape
     if n == 0:
         return x.new_empty(0, n_q, dtype=torch.int64)
     module = _abi.module(x.device)
@@ -686,15 +702,7 @@ def _rvq_encode_impl(x: torch.Tensor, codebooks: torch.Tensor, n_q: int) -> torc
         codes = torch.empty(n, n_q, dtype=torch.int64)
         # SAFETY: contiguous CPU tensors referenced until the call returns.
         module.rvq_encode(
-            x=_native.buffer(xc),
-            dtype=_abi.dtype_code(xc.dtype),
-            n=n,
-            d=d,
-            cbs=_native.buffer(cbc),
-            num_q=q_total,
-            k=k,
-            n_q=n_q,
-            codes=_native.buffer(codes),
+            **_rvq_encode_buffers(xc, cbc, n_q, codes),
             num_threads=_abi.threads(),
             isa=_abi.isa(_ISA_ENV),
         )
@@ -826,22 +834,14 @@ def _vq_search_cuda(
 def _rvq_encode_cuda(module: ModuleType, x: torch.Tensor, cbs: torch.Tensor, n_q: int) -> torch.Tensor:
     """``x`` [N, D], ``cbs`` [Q, K, D] on one GPU -> codes [N, n_q] int64."""
     n, d = x.shape
-    q_total, k, _ = cbs.shape
+    k = cbs.shape[1]
     dev = x.device
     codes = torch.empty(n, n_q, dtype=torch.int64, device=dev)
     residual = torch.empty(n, d, dtype=torch.float32, device=dev)
     cn = torch.empty(n_q, k, dtype=torch.float32, device=dev)
     keep, workspace = _cuda_workspace(module, n, k, dev)
     module.rvq_encode(
-        x=_native.buffer(x),
-        dtype=_abi.dtype_code(x.dtype),
-        n=n,
-        d=d,
-        cbs=_native.buffer(cbs),
-        num_q=q_total,
-        k=k,
-        n_q=n_q,
-        codes=_native.buffer(codes),
+        **_rvq_encode_buffers(x, cbs, n_q, codes),
         residual=_native.buffer(residual),
         cn=_native.buffer(cn),
         **workspace,
