@@ -314,8 +314,11 @@ def _run(hidden, base, new, targets, new_bias, ramp=True):
 def test_same_bits_for_any_thread_count() -> None:
     _native_or_skip()
     g = torch.Generator().manual_seed(4)
-    args = (torch.randn(203, 40, generator=g), torch.randn(1000, 40, generator=g), torch.randn(333, 40, generator=g),
-            torch.randint(9, 1333, (203,), generator=g), torch.randn(333, generator=g))
+    # 603 tokens: one thread walks them in items of 512 (steps of 128), two in
+    # items of 304; dim 200: several column strips of the gradient product, the last partial.
+    args = (torch.randn(603, 200, generator=g), torch.randn(1000, 200, generator=g),
+            torch.randn(333, 200, generator=g), torch.randint(9, 1333, (603,), generator=g),
+            torch.randn(333, generator=g))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -343,13 +346,17 @@ def test_same_bits_for_any_token_split() -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_same_bits_on_every_instruction_set(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("tokens,dim", [(23, 37), (150, 230)], ids=["small", "strips"])
+def test_same_bits_on_every_instruction_set(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, tokens: int,
+                                            dim: int) -> None:
+    """Same bits on every ISA; "strips": more tokens than one step of an item, and a dim that the ISAs
+    cut into different column strips (with partial ones) in the gradient product."""
     _native_or_skip()
     mask = _native.cpu().rows_ce_isa_mask()
     isas = [name for name, code in (("scalar", 1), ("avx2", 2), ("avx512", 3)) if mask >> code & 1]
     g = torch.Generator().manual_seed(6)
-    args = (torch.randn(23, 37, generator=g).to(dtype), torch.randn(300, 37, generator=g).to(dtype),
-            torch.randn(70, 37, generator=g).to(dtype), torch.randint(9, 370, (23,), generator=g),
+    args = (torch.randn(tokens, dim, generator=g).to(dtype), torch.randn(300, dim, generator=g).to(dtype),
+            torch.randn(70, dim, generator=g).to(dtype), torch.randint(9, 370, (tokens,), generator=g),
             torch.randn(70, generator=g).to(dtype))
     results = {}
     for isa in isas:

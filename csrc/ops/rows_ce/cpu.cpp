@@ -61,6 +61,9 @@ using GemmFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, i
 struct Kernels {
   ScoreFn score;
   GemmFn gemm;
+  // Columns of a strip of the gradient product's packed rows: a whole number
+  // of gemm tiles (CV * W) such that a [kDepth x strip] block (24 KiB) fits L1.
+  int64_t strip;
 };
 
 Kernels pick_kernels(int64_t isa, const char* op) {
@@ -69,14 +72,16 @@ Kernels pick_kernels(int64_t isa, const char* op) {
   LUMO_CHECK(isa >= kIsaScalar && isa <= kIsaAvx512 && (mask >> isa & 1), op,
              "an instruction set this CPU runs (isa bit in rows_ce_isa_mask())", isa);
 #ifdef LUMO_X86
-  if (isa == kIsaAvx512) return {&avx512::score_tile, &avx512::gemm_acc};
-  if (isa == kIsaAvx2) return {&avx2::score_tile, &avx2::gemm_acc};
+  if (isa == kIsaAvx512) return {&avx512::score_tile, &avx512::gemm_acc, 4 * 16};
+  if (isa == kIsaAvx2) return {&avx2::score_tile, &avx2::gemm_acc, 4 * 3 * 8};
 #endif
-  return {&scalar::score_tile, &scalar::gemm_acc};
+  return {&scalar::score_tile, &scalar::gemm_acc, 96};
 }
 
 constexpr int64_t kRows = 4;         // token rows of a register tile (R of cpu_body.h)
-constexpr int64_t kTokenBlock = 32;  // tokens per work item of the forward pass
+constexpr int64_t kItemTokens = 512;  // most tokens per work item of the forward pass
+constexpr int64_t kSubTokens = 128;   // tokens per step of an item over a super-tile
+constexpr int64_t kDepth = 64;        // vocabulary rows per block of the gradient product
 constexpr int64_t kLanes = 16;       // fixed lanes of every sum over columns
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -116,11 +121,10 @@ HiddenRows gather_hidden(const Inputs& in, const std::vector<int64_t>& idx, int6
 }
 
 // Rows [lo, lo + count) of a table packed as kPanel-wide panels [D, kPanel]
-// (rows transposed) into kp, and as rows [count, D] into wr (when non-null);
-// columns past count are 0. The transpose runs in strips of kPackStrip
-// dimensions so the panel rows it writes stay in L1.
+// (rows transposed) into kp; columns past count are 0. The transpose runs in
+// strips of kPackStrip dimensions so the panel rows it writes stay in L1.
 template <DType DT>
-void pack_rows_as(const void* table, int64_t lo, int64_t count, int64_t D, float* kp, float* wr, int64_t threads) {
+void pack_panels_as(const void* table, int64_t lo, int64_t count, int64_t D, float* kp, int64_t threads) {
   constexpr int64_t kPackStrip = 16;
   const int64_t panels = (count + kPanel - 1) / kPanel;
   cpu::parallel_for_items(panels, threads, [&](int64_t p) {
@@ -129,14 +133,9 @@ void pack_rows_as(const void* table, int64_t lo, int64_t count, int64_t D, float
     for (int64_t d0 = 0; d0 < D; d0 += kPackStrip) {
       const int64_t d1 = std::min(D, d0 + kPackStrip);
       for (int64_t c = 0; c < kPanel; ++c) {
-        const int64_t j = p * kPanel + c;
         if (c < real) {
-          const int64_t src = (lo + j) * D;
-          for (int64_t d = d0; d < d1; ++d) {
-            const float v = load<DT>(table, src + d);
-            panel[d * kPanel + c] = v;
-            if (wr != nullptr) wr[j * D + d] = v;
-          }
+          const int64_t src = (lo + p * kPanel + c) * D;
+          for (int64_t d = d0; d < d1; ++d) panel[d * kPanel + c] = load<DT>(table, src + d);
         } else {
           for (int64_t d = d0; d < d1; ++d) panel[d * kPanel + c] = 0.0f;
         }
@@ -145,11 +144,33 @@ void pack_rows_as(const void* table, int64_t lo, int64_t count, int64_t D, float
   });
 }
 
-void pack_rows(const void* table, DType dt, int64_t lo, int64_t count, int64_t D, float* kp, float* wr,
-               int64_t threads) {
-  if (dt == DType::F16) return pack_rows_as<DType::F16>(table, lo, count, D, kp, wr, threads);
-  if (dt == DType::BF16) return pack_rows_as<DType::BF16>(table, lo, count, D, kp, wr, threads);
-  pack_rows_as<DType::F32>(table, lo, count, D, kp, wr, threads);
+void pack_panels(const void* table, DType dt, int64_t lo, int64_t count, int64_t D, float* kp, int64_t threads) {
+  if (dt == DType::F16) return pack_panels_as<DType::F16>(table, lo, count, D, kp, threads);
+  if (dt == DType::BF16) return pack_panels_as<DType::BF16>(table, lo, count, D, kp, threads);
+  pack_panels_as<DType::F32>(table, lo, count, D, kp, threads);
+}
+
+// Rows [lo, lo + count) of a table as fp32 column strips: strip q (columns
+// [q * strip, q * strip + cols), cols = min(strip, D - q * strip)) is a
+// contiguous [count, cols] block at wr + q * strip * count. A [depth x strip]
+// block of it is then contiguous, so the gradient product keeps it in L1:
+// read in place, rows 4 KiB apart (D = 1024 fp32) alias in a few L1 sets.
+template <DType DT>
+void pack_strips_as(const void* table, int64_t lo, int64_t count, int64_t D, int64_t strip, float* wr) {
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t src = (lo + j) * D;
+    for (int64_t x0 = 0; x0 < D; x0 += strip) {
+      const int64_t cols = std::min(strip, D - x0);
+      float* dst = wr + x0 * count + j * cols;
+      for (int64_t x = 0; x < cols; ++x) dst[x] = load<DT>(table, src + x0 + x);
+    }
+  }
+}
+
+void pack_strips(const void* table, DType dt, int64_t lo, int64_t count, int64_t D, int64_t strip, float* wr) {
+  if (dt == DType::F16) return pack_strips_as<DType::F16>(table, lo, count, D, strip, wr);
+  if (dt == DType::BF16) return pack_strips_as<DType::BF16>(table, lo, count, D, strip, wr);
+  pack_strips_as<DType::F32>(table, lo, count, D, strip, wr);
 }
 
 // z[j] += term[j]; returns max_j z[j] (-inf for none).
@@ -230,64 +251,70 @@ void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num
   // Each work item is a block of tokens that walks the whole vocabulary, so
   // the threads meet once per call (not once per tile: on a busy machine a
   // descheduled thread would stall every meeting). Per-token results do not
-  // depend on the block size, which only trades the per-block packing of the
-  // rows against load balance (and, past 128 tokens, the block's hidden
-  // gradient no longer fits in L2 beside the tiles).
-  const int64_t block = std::clamp<int64_t>(round_up((tp + 2 * threads - 1) / (2 * threads), kRows), kRows, 128);
+  // depend on the block size. Each super-tile is packed once per item (the
+  // packing reads the rows from memory: fewer, larger items read them fewer
+  // times) and the item's tokens then use it kSubTokens at a time, so a
+  // step's scores and hidden gradient stay in L2 beside the packed rows.
+  const int64_t block = std::clamp<int64_t>(round_up((tp + threads - 1) / threads, kRows), kRows, kItemTokens);
   cpu::parallel_for_items((tp + block - 1) / block, threads, [&](int64_t b) {
     const int64_t r0 = b * block, r1 = std::min(tp, r0 + block), nr = r1 - r0;
-    std::vector<float> kp(static_cast<size_t>(kSuperTile * D)), wr, sc(static_cast<size_t>(nr * kSuperTile));
+    const int64_t sub = std::min(nr, kSubTokens);
+    std::vector<float> kp(static_cast<size_t>(kSuperTile * D)), wr, sc(static_cast<size_t>(sub * kSuperTile));
     std::vector<float> acc(with_grad ? static_cast<size_t>(nr * D) : 0, 0.0f), term(kSuperTile);
     std::vector<float> m(nr, -INFINITY), s(nr, 0.0f), zt(nr, 0.0f);
+    if (with_grad) wr.resize(static_cast<size_t>(kSuperTile * D));
     for (int table = 0; table < 2; ++table) {
       const void* w = table == 0 ? in.base : in.new_rows;
       const DType wdt = table == 0 ? in.base_dtype : in.new_dtype;
       const int64_t rows = table == 0 ? in.base_rows : in.new_count;
       const int64_t offset = table == 0 ? 0 : in.base_rows;
-      // fp32 rows are read in place by the gradient product; others are converted per super-tile.
-      const bool convert = with_grad && wdt != DType::F32;
-      if (convert && wr.empty()) wr.resize(static_cast<size_t>(kSuperTile * D));
       for (int64_t lo = 0; lo < rows; lo += kSuperTile) {
         const int64_t count = std::min(kSuperTile, rows - lo), col0 = offset + lo;
         const int64_t width = round_up(count, kPanel);
-        pack_rows(w, wdt, lo, count, D, kp.data(), convert ? wr.data() : nullptr, 1);
-        const float* wrows = convert ? wr.data() : static_cast<const float*>(w) + lo * D;
+        pack_panels(w, wdt, lo, count, D, kp.data(), 1);
+        if (with_grad) pack_strips(w, wdt, lo, count, D, k.strip, wr.data());
         for (int64_t j = 0; j < width; ++j) term[j] = j < count ? terms[col0 + j] : -INFINITY;
-        for (int64_t p = 0; p < width / kPanel; ++p)
-          for (int64_t g = r0; g < r1; g += kRows)
-            k.score(h + g * D, D, kp.data() + p * D * kPanel, D, sc.data() + (g - r0) * width + p * kPanel,
-                    width);
-        for (int64_t i = 0; i < nr; ++i) {
-          float* z = sc.data() + i * width;
-          if (r0 + i >= tv) {
-            std::fill(z, z + width, 0.0f);
-            continue;
+        for (int64_t s0 = r0; s0 < r1; s0 += sub) {
+          const int64_t s1 = std::min(r1, s0 + sub), ns = s1 - s0;
+          for (int64_t p = 0; p < width / kPanel; ++p)
+            for (int64_t g = s0; g < s1; g += kRows)
+              k.score(h + g * D, D, kp.data() + p * D * kPanel, D, sc.data() + (g - s0) * width + p * kPanel,
+                      width);
+          for (int64_t i = 0; i < ns; ++i) {
+            const int64_t it = s0 - r0 + i;  // the token's index in the item
+            float* z = sc.data() + i * width;
+            if (s0 + i >= tv) {
+              std::fill(z, z + width, 0.0f);
+              continue;
+            }
+            const float mx = add_terms_max(z, term.data(), width);
+            const int64_t tgt = in.targets[idx[s0 + i]] - col0;
+            if (tgt >= 0 && tgt < count) zt[it] = z[tgt];
+            const float mn = std::max(m[it], mx);
+            if (mn == -INFINITY) {
+              std::fill(z, z + width, 0.0f);
+              continue;
+            }
+            const float f = rescale_factor(m[it], mn);
+            const float sum = exp_shift_sum(z, mn, width);
+            s[it] = s[it] * f + sum;
+            if (with_grad && f != 1.0f) scale_row(acc.data() + it * D, f, D);
+            m[it] = mn;
           }
-          const float mx = add_terms_max(z, term.data(), width);
-          const int64_t tgt = in.targets[idx[r0 + i]] - col0;
-          if (tgt >= 0 && tgt < count) zt[i] = z[tgt];
-          const float mn = std::max(m[i], mx);
-          if (mn == -INFINITY) {
-            std::fill(z, z + width, 0.0f);
-            continue;
+          if (!with_grad) continue;
+          // [kDepth x strip] blocks of the packed rows stay in L1 while every
+          // token group of the step uses them; each element's fma chain still
+          // runs over the vocabulary in order (the accumulators round-trip
+          // through memory exactly).
+          float* as = acc.data() + (s0 - r0) * D;
+          for (int64_t x = 0; x < D; x += k.strip) {
+            const int64_t cols = std::min(k.strip, D - x);
+            const float* ws = wr.data() + x * count;
+            for (int64_t k0 = 0; k0 < count; k0 += kDepth)
+              for (int64_t g = 0; g < ns; g += kRows)
+                k.gemm(sc.data() + g * width + k0, width, 1, ws + k0 * cols, cols, std::min(kDepth, count - k0),
+                       as + g * D + x, D, cols);
           }
-          const float f = rescale_factor(m[i], mn);
-          const float sum = exp_shift_sum(z, mn, width);
-          s[i] = s[i] * f + sum;
-          if (with_grad && f != 1.0f) scale_row(acc.data() + i * D, f, D);
-          m[i] = mn;
-        }
-        if (!with_grad) continue;
-        // [kDepth x kStrip] blocks of the rows stay in cache while every
-        // token group uses them; each element's fma chain still runs over the
-        // vocabulary in order (the accumulators round-trip through memory exactly).
-        constexpr int64_t kStrip = 256, kDepth = 64;
-        for (int64_t x = 0; x < D; x += kStrip) {
-          const int64_t cols = std::min(kStrip, D - x);
-          for (int64_t k0 = 0; k0 < count; k0 += kDepth)
-            for (int64_t g = 0; g < nr; g += kRows)
-              k.gemm(sc.data() + g * width + k0, width, 1, wrows + k0 * D + x, D, std::min(kDepth, count - k0),
-                     acc.data() + g * D + x, D, cols);
         }
       }
     }
@@ -323,7 +350,7 @@ void new_rows_backward(const Inputs& in, const float* grad_loss, const float* ls
     const int64_t lo = tile * kPanel, count = std::min(kPanel, N - lo), col0 = in.base_rows + lo;
     std::vector<float> kp(static_cast<size_t>(kPanel * D)), term(kPanel);
     std::vector<float> gw(static_cast<size_t>(kPanel * D), 0.0f), gb(kPanel, 0.0f), z(kTb * kPanel);
-    pack_rows(in.new_rows, in.new_dtype, lo, count, D, kp.data(), nullptr, 1);
+    pack_panels(in.new_rows, in.new_dtype, lo, count, D, kp.data(), 1);
     column_terms(in.new_bias, in.new_bias_dtype, lo, count, col0, in, kPanel, term.data());
     for (int64_t t0 = 0; t0 < tp; t0 += kTb) {
       const int64_t nb = std::min(kTb, tp - t0), real = std::min(kTb, tv - t0);
