@@ -346,16 +346,18 @@ def test_same_bits_for_any_token_split() -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("tokens,dim", [(23, 37), (150, 230)], ids=["small", "strips"])
+@pytest.mark.parametrize("tokens,dim,scale", [(23, 37, 1.0), (150, 230, 1.0), (40, 37, 30.0)],
+                         ids=["small", "strips", "wide_logits"])
 def test_same_bits_on_every_instruction_set(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, tokens: int,
-                                            dim: int) -> None:
+                                            dim: int, scale: float) -> None:
     """Same bits on every ISA; "strips": more tokens than one step of an item, and a dim that the ISAs
-    cut into different column strips (with partial ones) in the gradient product."""
+    cut into different column strips (with partial ones) in the gradient product; "wide_logits":
+    logits hundreds apart, so many exponentials underflow (the vector exp's range handling)."""
     _native_or_skip()
     mask = _native.cpu().rows_ce_isa_mask()
     isas = [name for name, code in (("scalar", 1), ("avx2", 2), ("avx512", 3)) if mask >> code & 1]
     g = torch.Generator().manual_seed(6)
-    args = (torch.randn(tokens, dim, generator=g).to(dtype), torch.randn(300, dim, generator=g).to(dtype),
+    args = ((scale * torch.randn(tokens, dim, generator=g)).to(dtype), torch.randn(300, dim, generator=g).to(dtype),
             torch.randn(70, dim, generator=g).to(dtype), torch.randint(9, 370, (tokens,), generator=g),
             torch.randn(70, generator=g).to(dtype))
     results = {}
@@ -377,3 +379,35 @@ def test_native_kernel_refuses_inconsistent_buffers() -> None:
             new_dtype=0, base_bias=(0, 0), base_bias_dtype=0, new_bias=(0, 0), new_bias_dtype=0,
             targets=_native.buffer(torch.zeros(5, dtype=torch.long)), masked=(0, 0), tokens=5, dim=3, base_rows=5,
             new_rows_count=2, ignore_index=-100, loss=(0, 0), lse=(0, 0), dhat=(0, 0), num_threads=1, isa=0)
+
+
+# ---------------------------------------------------------------------------
+# The results page's table (benchmarks/report.py, suite rows_ce)
+# ---------------------------------------------------------------------------
+
+
+def test_results_table_and_plot_render_from_json(tmp_path) -> None:
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("lumo_bench_report_rows_ce", root / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    assert "rows_ce" in report.SUITES and "--isas" in report.SUITES["rows_ce"]
+    row = {"bench": "rows_ce", "device": "cpu", "dtype": "float32", "tokens": 2048, "dim": 1024, "base_rows": 151936,
+           "new_rows": 24960, "seconds": {"fused": 12.5, "materialized": 14.0},
+           "time_ratio_vs_materialized": {"fused": 12.5 / 14.0, "materialized": 1.0},
+           "peak_extra_bytes": {"fused": 125 * 2**20, "materialized": 4000 * 2**20},
+           "memory_ratio_vs_materialized": 125 / 4000, "loss_rel_diff": 0.0, "isa": "avx2",
+           "isa_forced": {"LUMO_ROWS_CE_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2"}}
+    (tmp_path / "rows_ce.json").write_text(json.dumps({
+        "format": "lumo-results", "version": 1, "suite": "rows_ce", "command": "python benchmarks/rows_ce.py",
+        "date": "2026-01-02T03:04:05Z", "libraries": {"torch": "9.9"},
+        "machine": {"cpu": "Test CPU", "isa": "avx512", "isa_forced": None, "cores": 2, "torch_threads": 2},
+        "rows": [row]}))
+    table = report.tables(tmp_path)["rows_ce.time"]
+    assert ("| avx2 (PyTorch forced too) | 2048 | 1024 x 151936 + 24960 | float32 | 12.50 | 14.00 | 0.89 | 125.0 | "
+            "4,000.0 | 0.031 | 0.0e+00 |") in table
+    assert report.plots(tmp_path)["rows_ce.svg"].startswith(b"<?xml")

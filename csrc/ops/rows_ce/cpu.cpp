@@ -24,15 +24,10 @@ using cpu::kIsaAvx2;
 using cpu::kIsaAvx512;
 using cpu::kIsaScalar;
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define LUMO_RC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LUMO_RC_CLONES
-#endif
-
 namespace scalar {
 using namespace simd::scalar;
 constexpr int SV = 4, CV = 4;
+inline V vexp(V x) { return exp_fma(x); }
 #include "ops/rows_ce/cpu_body.h"
 }  // namespace scalar
 
@@ -43,6 +38,29 @@ using namespace simd::avx2;
 // 4 rows x 3 vectors: 12 of the 16 ymm registers accumulate (the AVX-512
 // tiles' 4 x 4 would spill here).
 constexpr int SV = 3, CV = 3;
+// exp_fma (math.h) on 8 lanes: the same operations in the same order, so the same bits.
+inline V vexp(V x) {
+  const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654f), _CMP_LT_OQ);
+  const __m256 over = _mm256_cmp_ps(x, _mm256_set1_ps(88.72283f), _CMP_GT_OQ);
+  x = _mm256_andnot_ps(_mm256_or_ps(_mm256_or_ps(under, over), nan), x);
+  const V magic = _mm256_set1_ps(12582912.0f);
+  const V n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), magic), magic);
+  V r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  V p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  const V y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+  V out = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+  out = _mm256_blendv_ps(out, _mm256_set1_ps(INFINITY), over);
+  out = _mm256_blendv_ps(out, _mm256_setzero_ps(), under);
+  return _mm256_blendv_ps(out, _mm256_set1_ps(NAN), nan);
+}
 #include "ops/rows_ce/cpu_body.h"
 }  // namespace avx2
 LUMO_TARGET_POP
@@ -50,6 +68,29 @@ LUMO_TARGET_PUSH("avx512f")
 namespace avx512 {
 using namespace simd::avx512;
 constexpr int SV = 4, CV = 4;
+// exp_fma (math.h) on 16 lanes: the same operations in the same order, so the same bits.
+inline V vexp(V x) {
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654f), _CMP_LT_OQ);
+  const __mmask16 over = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.72283f), _CMP_GT_OQ);
+  x = _mm512_mask_mov_ps(x, static_cast<__mmask16>(under | over | nan), _mm512_setzero_ps());
+  const V magic = _mm512_set1_ps(12582912.0f);
+  const V n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), magic), magic);
+  V r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  V p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const V y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+  V out = _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
+  out = _mm512_mask_mov_ps(out, over, _mm512_set1_ps(INFINITY));
+  out = _mm512_mask_mov_ps(out, under, _mm512_setzero_ps());
+  return _mm512_mask_mov_ps(out, nan, _mm512_set1_ps(NAN));
+}
 #include "ops/rows_ce/cpu_body.h"
 }  // namespace avx512
 LUMO_TARGET_POP
@@ -57,10 +98,18 @@ LUMO_TARGET_POP
 
 using ScoreFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
 using GemmFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t, int64_t);
+using MaxFn = float (*)(float*, const float*, int64_t);
+using ExpSumFn = float (*)(float*, float, int64_t);
+using ScaleFn = void (*)(float*, float, int64_t);
+using GradRowFn = void (*)(float*, const float*, float, float, int64_t, int64_t);
 
 struct Kernels {
   ScoreFn score;
   GemmFn gemm;
+  MaxFn add_terms_max;
+  ExpSumFn exp_shift_sum;
+  ScaleFn scale_row;
+  GradRowFn softmax_grad_row;
   // Columns of a strip of the gradient product's packed rows: a whole number
   // of gemm tiles (CV * W) such that a [kDepth x strip] block (24 KiB) fits L1.
   int64_t strip;
@@ -71,18 +120,21 @@ Kernels pick_kernels(int64_t isa, const char* op) {
   isa = cpu::resolve_isa(isa, mask);
   LUMO_CHECK(isa >= kIsaScalar && isa <= kIsaAvx512 && (mask >> isa & 1), op,
              "an instruction set this CPU runs (isa bit in rows_ce_isa_mask())", isa);
+#define LUMO_RC_KERNELS(ns, strip)                                                                  \
+  Kernels { &ns::score_tile, &ns::gemm_acc, &ns::add_terms_max, &ns::exp_shift_sum, &ns::scale_row,        \
+            &ns::softmax_grad_row, strip }
 #ifdef LUMO_X86
-  if (isa == kIsaAvx512) return {&avx512::score_tile, &avx512::gemm_acc, 4 * 16};
-  if (isa == kIsaAvx2) return {&avx2::score_tile, &avx2::gemm_acc, 4 * 3 * 8};
+  if (isa == kIsaAvx512) return LUMO_RC_KERNELS(avx512, 4 * 16);
+  if (isa == kIsaAvx2) return LUMO_RC_KERNELS(avx2, 4 * 3 * 8);
 #endif
-  return {&scalar::score_tile, &scalar::gemm_acc, 96};
+  return LUMO_RC_KERNELS(scalar, 96);
+#undef LUMO_RC_KERNELS
 }
 
 constexpr int64_t kRows = 4;         // token rows of a register tile (R of cpu_body.h)
 constexpr int64_t kItemTokens = 512;  // most tokens per work item of the forward pass
 constexpr int64_t kSubTokens = 128;   // tokens per step of an item over a super-tile
 constexpr int64_t kDepth = 64;        // vocabulary rows per block of the gradient product
-constexpr int64_t kLanes = 16;       // fixed lanes of every sum over columns
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -173,45 +225,6 @@ void pack_strips(const void* table, DType dt, int64_t lo, int64_t count, int64_t
   pack_strips_as<DType::F32>(table, lo, count, D, strip, wr);
 }
 
-// z[j] += term[j]; returns max_j z[j] (-inf for none).
-LUMO_RC_CLONES float add_terms_max(float* z, const float* term, int64_t n) {
-  float lanes[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) {
-    const float v = z[j] + term[j];
-    z[j] = v;
-    lanes[j % kLanes] = lanes[j % kLanes] > v ? lanes[j % kLanes] : v;
-  }
-  float mx = -INFINITY;
-  for (int64_t l = 0; l < kLanes; ++l) mx = mx > lanes[l] ? mx : lanes[l];
-  return mx;
-}
-
-// z[j] = exp(z[j] - m); returns the sum of the new z in fixed lanes.
-LUMO_RC_CLONES float exp_shift_sum(float* z, float m, int64_t n) {
-  float lanes[kLanes] = {0.0f};
-  for (int64_t j = 0; j < n; ++j) {
-    const float p = exp_fma(z[j] - m);
-    z[j] = p;
-    lanes[j % kLanes] += p;
-  }
-  float s = 0.0f;
-  for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
-  return s;
-}
-
-LUMO_RC_CLONES void scale_row(float* x, float f, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) x[j] *= f;
-}
-
-// z[j] = g * (exp(z[j] + term[j] - lse) - [j == target]) (target -1: none).
-LUMO_RC_CLONES void softmax_grad_row(float* z, const float* term, float lse, float g, int64_t target, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    const float p = exp_fma((z[j] + term[j]) - lse);
-    z[j] = g * (p - (j == target ? 1.0f : 0.0f));
-  }
-}
-
 // The additive column terms of table rows [lo, lo + count) (global columns from col0), kSuperTile wide.
 void column_terms(const void* bias, DType dt, int64_t lo, int64_t count, int64_t col0, const Inputs& in,
                   int64_t width, float* term) {
@@ -287,7 +300,7 @@ void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num
               std::fill(z, z + width, 0.0f);
               continue;
             }
-            const float mx = add_terms_max(z, term.data(), width);
+            const float mx = k.add_terms_max(z, term.data(), width);
             const int64_t tgt = in.targets[idx[s0 + i]] - col0;
             if (tgt >= 0 && tgt < count) zt[it] = z[tgt];
             const float mn = std::max(m[it], mx);
@@ -296,9 +309,9 @@ void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num
               continue;
             }
             const float f = rescale_factor(m[it], mn);
-            const float sum = exp_shift_sum(z, mn, width);
+            const float sum = k.exp_shift_sum(z, mn, width);
             s[it] = s[it] * f + sum;
-            if (with_grad && f != 1.0f) scale_row(acc.data() + it * D, f, D);
+            if (with_grad && f != 1.0f) k.scale_row(acc.data() + it * D, f, D);
             m[it] = mn;
           }
           if (!with_grad) continue;
@@ -345,6 +358,11 @@ void new_rows_backward(const Inputs& in, const float* grad_loss, const float* ls
   if (tv == 0 || N == 0) return;
   const HiddenRows hidden = gather_hidden(in, idx, threads);
   const float* h = hidden.rows;
+  // The hidden rows once more in column strips (as the forward's packed
+  // rows): the gradient product's [tokens x strip] blocks are then contiguous
+  // and stay in L1, where rows 4 KiB apart would alias.
+  std::vector<float> hs(static_cast<size_t>(tp * D));
+  pack_strips_as<DType::F32>(h, 0, tp, D, k.strip, hs.data());
   constexpr int64_t kTb = 64;  // tokens per step of a tile's sweep
   cpu::parallel_for_items((N + kPanel - 1) / kPanel, threads, [&](int64_t tile) {
     const int64_t lo = tile * kPanel, count = std::min(kPanel, N - lo), col0 = in.base_rows + lo;
@@ -363,10 +381,14 @@ void new_rows_backward(const Inputs& in, const float* grad_loss, const float* ls
           continue;
         }
         const int64_t t = idx[t0 + r];
-        softmax_grad_row(zr, term.data(), lse[t], grad_loss[t], in.targets[t] - col0, kPanel);
+        k.softmax_grad_row(zr, term.data(), lse[t], grad_loss[t], in.targets[t] - col0, kPanel);
       }
-      for (int64_t i = 0; i < count; i += kRows)
-        k.gemm(z.data() + i, 1, kPanel, h + t0 * D, D, real, gw.data() + i * D, D, D);
+      for (int64_t x = 0; x < D; x += k.strip) {
+        const int64_t cols = std::min(k.strip, D - x);
+        for (int64_t i = 0; i < count; i += kRows)
+          k.gemm(z.data() + i, 1, kPanel, hs.data() + x * tp + t0 * cols, cols, real, gw.data() + i * D + x, D,
+                 cols);
+      }
       if (grad_new_bias != nullptr)
         for (int64_t j = 0; j < count; ++j)
           for (int64_t r = 0; r < real; ++r) gb[j] += z[r * kPanel + j];

@@ -87,3 +87,73 @@ inline void gemm_acc(const float* a, int64_t as_i, int64_t as_k, const float* b,
     }
   }
 }
+
+// The element-wise steps of a row, here so each ISA compiles (and vectorises)
+// them in its own target region: a forced ISA then runs its own code. Sums and
+// maxima over columns run in kLanes fixed lanes (lane l: the columns j = l mod
+// kLanes, in order), then over the lanes in order: the same bits on every ISA.
+constexpr int64_t kLanes = 16;
+
+// z[j] += term[j]; returns max_j z[j] (-inf for none).
+inline float add_terms_max(float* z, const float* term, int64_t n) {
+  float lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = -INFINITY;
+  int64_t j0 = 0;
+  for (; j0 + kLanes <= n; j0 += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const float v = z[j0 + l] + term[j0 + l];
+      z[j0 + l] = v;
+      lanes[l] = lanes[l] > v ? lanes[l] : v;
+    }
+  for (int64_t j = j0; j < n; ++j) {
+    const float v = z[j] + term[j];
+    z[j] = v;
+    lanes[j - j0] = lanes[j - j0] > v ? lanes[j - j0] : v;
+  }
+  float mx = -INFINITY;
+  for (int64_t l = 0; l < kLanes; ++l) mx = mx > lanes[l] ? mx : lanes[l];
+  return mx;
+}
+
+// z[j] = exp(z[j] - m); returns the sum of the new z in fixed lanes.
+inline float exp_shift_sum(float* z, float m, int64_t n) {
+  static_assert(kLanes % W == 0, "a lane group is a whole number of vectors");
+  constexpr int kVecs = static_cast<int>(kLanes / W);
+  V acc[kVecs];
+  for (int v = 0; v < kVecs; ++v) acc[v] = vzero();
+  const V vm = vbcast(m);
+  int64_t j0 = 0;
+  for (; j0 + kLanes <= n; j0 += kLanes)
+    for (int v = 0; v < kVecs; ++v) {
+      const V p = vexp(vsub(vload(z + j0 + v * W), vm));
+      vstore(z + j0 + v * W, p);
+      acc[v] = vadd(acc[v], p);
+    }
+  float lanes[kLanes];
+  for (int v = 0; v < kVecs; ++v) vstore(lanes + v * W, acc[v]);
+  for (int64_t j = j0; j < n; ++j) {
+    const float p = ::lumo::rows_ce::exp_fma(z[j] - m);
+    z[j] = p;
+    lanes[j - j0] += p;
+  }
+  float s = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) s += lanes[l];
+  return s;
+}
+
+inline void scale_row(float* x, float f, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) x[j] *= f;
+}
+
+// z[j] = g * (exp(z[j] + term[j] - lse) - [j == target]) (target -1: none).
+inline void softmax_grad_row(float* z, const float* term, float lse, float g, int64_t target, int64_t n) {
+  const bool hit = target >= 0 && target < n;
+  const float zt = hit ? z[target] : 0.0f;
+  const V vl = vbcast(lse), vg = vbcast(g);
+  int64_t j = 0;
+  // p - 0 is p exactly, so only the target's column needs the indicator (below).
+  for (; j + W <= n; j += W)
+    vstore(z + j, vmul(vg, vexp(vsub(vadd(vload(z + j), vload(term + j)), vl))));
+  for (; j < n; ++j) z[j] = g * ::lumo::rows_ce::exp_fma((z[j] + term[j]) - lse);
+  if (hit) z[target] = g * (::lumo::rows_ce::exp_fma((zt + term[target]) - lse) - 1.0f);
+}
