@@ -48,6 +48,8 @@ SUITES: dict[str, list[str]] = {
                          "--text-mb", "2", "--images", "48"],
     "codecs": ["benchmarks/codecs.py", "--backends", "hf-janus,hf-encodec,hf-dac", "--repeats", "3", "--budget-s", "5",
                "--quantizer-repeats", "5"],
+    # 2048 tokens once per ISA (the best one, then AVX2 with PyTorch forced to AVX2 too): about 3 minutes.
+    "rows_ce": ["benchmarks/rows_ce.py", "--tokens", "2048", "--repeats", "2", "--isas", "best", "avx2"],
     "audit": ["-m", "lumo_uti.cli", "audit"],  # plus --out; its audit.json becomes the rows
 }
 
@@ -244,6 +246,29 @@ def _token_lm_kernel_table(d: dict[str, Any]) -> str:
     return _table(["shape", "rowmask ms", "dense ms", "speed-up", "rowmask grad MiB", "dense grad MiB"], rows)
 
 
+def _rows_ce_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in d["rows"] if r.get("bench") == "rows_ce" and "seconds" in r]
+
+
+def _rows_ce_isa(r: dict[str, Any]) -> str:
+    forced = r.get("isa_forced") or {}
+    return f"{r.get('isa', '?')}" + (" (PyTorch forced too)" if "ATEN_CPU_CAPABILITY" in forced else "")
+
+
+def _rows_ce_table(d: dict[str, Any]) -> str:
+    rows = []
+    for r in _rows_ce_rows(d):
+        sec, peak = r["seconds"], r.get("peak_extra_bytes", {})
+        rows.append([_rows_ce_isa(r), r["tokens"], f"{r['dim']} x {r['base_rows']} + {r['new_rows']}", r["dtype"],
+                     _num(sec.get("fused")), _num(sec.get("materialized")),
+                     _num(r["time_ratio_vs_materialized"].get("fused")), _mib(peak.get("fused")),
+                     _mib(peak.get("materialized")), _num(r.get("memory_ratio_vs_materialized"), 3),
+                     f"{r['loss_rel_diff']:.1e}"])
+    return _table(["ISA", "tokens", "D x rows (base + new)", "dtype", "fused s", "materialised s",
+                   "fused / materialised", "fused peak MiB", "materialised peak MiB", "memory ratio",
+                   "loss rel. diff"], rows)
+
+
 def _tokenize_table(d: dict[str, Any]) -> str:
     out = []
     text = [r for r in d["rows"] if r.get("case") == "text"]
@@ -325,6 +350,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "token_lm.kernel": ("token_lm", _token_lm_kernel_table),
     "tokenize_dataset.throughput": ("tokenize_dataset", _tokenize_table),
     "codecs.encode": ("codecs", _codecs_table),
+    "rows_ce.time": ("rows_ce", _rows_ce_table),
 }
 
 
@@ -448,10 +474,19 @@ def _token_lm_plot(d: dict[str, Any]) -> bytes:
     return _bars("Embedding + LM head training step: memory of each variant", labels, series, "MiB")
 
 
+def _rows_ce_plot(d: dict[str, Any]) -> bytes:
+    rows = _rows_ce_rows(d)
+    labels = [f"{r.get('isa', '?')}\nT={r['tokens']}" for r in rows]
+    series = {"fused (rows_linear_cross_entropy)": [r["seconds"].get("fused") for r in rows],
+              "materialised (F.linear + F.cross_entropy)": [r["seconds"].get("materialized") for r in rows]}
+    return _bars("Rows-only LM head loss + backward: time", labels, series, "median s")
+
+
 PLOTS: dict[str, tuple[str, Callable[[dict[str, Any]], bytes]]] = {
     "vq_speedup.svg": ("vq", _vq_plot),
     "resampler.svg": ("resampler", _resampler_plot),
     "token_lm_memory.svg": ("token_lm", _token_lm_plot),
+    "rows_ce.svg": ("rows_ce", _rows_ce_plot),
 }
 
 

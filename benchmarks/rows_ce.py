@@ -19,7 +19,12 @@ backward), fused vs materialised: peak RSS rise and loss.
         python benchmarks/rows_ce.py --tokens 2048
 
 (the AVX2 run forces PyTorch's ATen, MKL and oneDNN kernels to AVX2 too, so
-the materialised baseline runs on the same ISA; ``machine.isa_forced`` records it)
+the materialised baseline runs on the same ISA; ``machine.isa_forced`` records it).
+``--isas best avx2`` does both in one command: one child process per ISA
+("best": nothing forced; "avx2": the four variables above), each row with its
+``isa`` and ``isa_forced`` (``benchmarks/report.py``'s ``rows_ce`` suite):
+
+    python benchmarks/rows_ce.py --tokens 2048 --repeats 2 --isas best avx2
     python benchmarks/rows_ce.py --device cuda --dim 4096 --tokens 8192 --dtype bfloat16
     python benchmarks/rows_ce.py --step --tokens 2048
 """
@@ -30,6 +35,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -140,6 +146,7 @@ def bench_op(args: argparse.Namespace, tokens: int) -> dict[str, object]:
         "rows_ce_isa": os.environ.get("LUMO_ROWS_CE_ISA") or "auto",
         "machine": machine(),
     }
+    rec["isa_forced"] = rec["machine"]["isa_forced"]
     if peaks.get("fused") is not None and peaks.get("materialized"):
         rec["memory_ratio_vs_materialized"] = peaks["fused"] / peaks["materialized"]
     return rec
@@ -190,6 +197,47 @@ def bench_step(args: argparse.Namespace, tokens: int) -> dict[str, object]:
     return out
 
 
+# The environment of each --isas child: "best" forces nothing; "avx2" forces
+# the fused kernel and PyTorch's ATen, MKL and oneDNN kernels (the baseline) to AVX2.
+_ISA_ENV = {
+    "best": {},
+    "avx2": {"LUMO_ROWS_CE_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+_FORCING = ("LUMO_ROWS_CE_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def run_isas(isas: list[str], argv: list[str]) -> None:
+    """This script once per ISA in a child process (the forcing variables act at start-up), each row tagged."""
+    for isa in isas:
+        env = {k: v for k, v in os.environ.items() if k not in _FORCING}
+        env.update(_ISA_ENV[isa])
+        proc = subprocess.run([sys.executable, __file__, *argv], env=env, text=True, stdout=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise SystemExit(f"rows_ce.py: the {isa} run exited with status {proc.returncode}")
+        for line in proc.stdout.splitlines():
+            if line.startswith("{"):
+                rec = json.loads(line)
+                rec["isa"] = isa if isa != "best" else rec.get("machine", {}).get("isa", isa)
+                print(json.dumps(rec), flush=True)
+
+
+def _without_isas(argv: list[str]) -> list[str]:
+    """argv less ``--isas`` and its values (the children's command line)."""
+    out, skip = [], False
+    for a in argv:
+        if a.startswith("--isas="):
+            continue
+        if a == "--isas":
+            skip = True
+            continue
+        if skip and not a.startswith("--"):
+            continue
+        skip = False
+        out.append(a)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -202,7 +250,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")
     p.add_argument("--step", action="store_true", help="measure a whole trainer step instead of the op")
+    p.add_argument("--isas", nargs="+", choices=sorted(_ISA_ENV), default=None,
+                   help="run once per ISA in a child process (best: nothing forced; avx2: the fused kernel "
+                        "and PyTorch forced to AVX2)")
     args = p.parse_args()
+    if args.isas:
+        run_isas(args.isas, _without_isas(sys.argv[1:]))
+        return
     cuda = args.device.startswith("cuda")
     args.dim = args.dim or (4096 if cuda else 1024)
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
