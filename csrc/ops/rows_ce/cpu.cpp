@@ -62,6 +62,45 @@ inline V vexp(V x) {
   return _mm256_blendv_ps(out, _mm256_set1_ps(NAN), nan);
 }
 #include "ops/rows_ce/cpu_body.h"
+
+// One fp32 panel: rows src[c * D + d] for c < real (<= kPanel) into
+// panel[d * kPanel + c], columns past real 0; 8 x 8 blocks transposed in
+// registers (8 rows read in order; the scalar transpose stored one float at a
+// time, 256 bytes apart). Data movement only: the same panel as pack_panels_as.
+void pack_panel_f32(const float* src, int64_t real, int64_t D, float* panel) {
+  constexpr int64_t P = ::lumo::rows_ce::kPanel;
+  const int64_t full = real / 8 * 8, dfull = D / 8 * 8;
+  for (int64_t c0 = 0; c0 < full; c0 += 8) {
+    const float* r = src + c0 * D;
+    for (int64_t d0 = 0; d0 < dfull; d0 += 8) {
+      const __m256 r0 = _mm256_loadu_ps(r + d0), r1 = _mm256_loadu_ps(r + D + d0);
+      const __m256 r2 = _mm256_loadu_ps(r + 2 * D + d0), r3 = _mm256_loadu_ps(r + 3 * D + d0);
+      const __m256 r4 = _mm256_loadu_ps(r + 4 * D + d0), r5 = _mm256_loadu_ps(r + 5 * D + d0);
+      const __m256 r6 = _mm256_loadu_ps(r + 6 * D + d0), r7 = _mm256_loadu_ps(r + 7 * D + d0);
+      const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+      const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+      const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+      const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      float* o = panel + d0 * P + c0;
+      _mm256_storeu_ps(o, _mm256_permute2f128_ps(u0, u4, 0x20));
+      _mm256_storeu_ps(o + P, _mm256_permute2f128_ps(u1, u5, 0x20));
+      _mm256_storeu_ps(o + 2 * P, _mm256_permute2f128_ps(u2, u6, 0x20));
+      _mm256_storeu_ps(o + 3 * P, _mm256_permute2f128_ps(u3, u7, 0x20));
+      _mm256_storeu_ps(o + 4 * P, _mm256_permute2f128_ps(u0, u4, 0x31));
+      _mm256_storeu_ps(o + 5 * P, _mm256_permute2f128_ps(u1, u5, 0x31));
+      _mm256_storeu_ps(o + 6 * P, _mm256_permute2f128_ps(u2, u6, 0x31));
+      _mm256_storeu_ps(o + 7 * P, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+    for (int64_t c = c0; c < c0 + 8; ++c)
+      for (int64_t d = dfull; d < D; ++d) panel[d * P + c] = src[c * D + d];
+  }
+  for (int64_t c = full; c < P; ++c)
+    for (int64_t d = 0; d < D; ++d) panel[d * P + c] = c < real ? src[c * D + d] : 0.0f;
+}
 }  // namespace avx2
 LUMO_TARGET_POP
 LUMO_TARGET_PUSH("avx512f")
@@ -102,6 +141,7 @@ using MaxFn = float (*)(float*, const float*, int64_t);
 using ExpSumFn = float (*)(float*, float, int64_t);
 using ScaleFn = void (*)(float*, float, int64_t);
 using GradRowFn = void (*)(float*, const float*, float, float, int64_t, int64_t);
+using PanelFn = void (*)(const float*, int64_t, int64_t, float*);
 
 struct Kernels {
   ScoreFn score;
@@ -110,6 +150,7 @@ struct Kernels {
   ExpSumFn exp_shift_sum;
   ScaleFn scale_row;
   GradRowFn softmax_grad_row;
+  PanelFn pack_panel_f32;  // null: the generic transpose
   // Columns of a strip of the gradient product's packed rows: a whole number
   // of gemm tiles (CV * W) such that a [kDepth x strip] block (24 KiB) fits L1.
   int64_t strip;
@@ -120,14 +161,15 @@ Kernels pick_kernels(int64_t isa, const char* op) {
   isa = cpu::resolve_isa(isa, mask);
   LUMO_CHECK(isa >= kIsaScalar && isa <= kIsaAvx512 && (mask >> isa & 1), op,
              "an instruction set this CPU runs (isa bit in rows_ce_isa_mask())", isa);
-#define LUMO_RC_KERNELS(ns, strip)                                                                  \
+#define LUMO_RC_KERNELS(ns, panel, strip)                                                           \
   Kernels { &ns::score_tile, &ns::gemm_acc, &ns::add_terms_max, &ns::exp_shift_sum, &ns::scale_row,        \
-            &ns::softmax_grad_row, strip }
+            &ns::softmax_grad_row, panel, strip }
 #ifdef LUMO_X86
-  if (isa == kIsaAvx512) return LUMO_RC_KERNELS(avx512, 4 * 16);
-  if (isa == kIsaAvx2) return LUMO_RC_KERNELS(avx2, 4 * 3 * 8);
+  // (AVX-512 packs with the AVX2 transpose: data movement, no arithmetic.)
+  if (isa == kIsaAvx512) return LUMO_RC_KERNELS(avx512, &avx2::pack_panel_f32, 4 * 16);
+  if (isa == kIsaAvx2) return LUMO_RC_KERNELS(avx2, &avx2::pack_panel_f32, 4 * 3 * 8);
 #endif
-  return LUMO_RC_KERNELS(scalar, 96);
+  return LUMO_RC_KERNELS(scalar, nullptr, 96);
 #undef LUMO_RC_KERNELS
 }
 
@@ -196,7 +238,16 @@ void pack_panels_as(const void* table, int64_t lo, int64_t count, int64_t D, flo
   });
 }
 
-void pack_panels(const void* table, DType dt, int64_t lo, int64_t count, int64_t D, float* kp, int64_t threads) {
+// pack_panels_as; fp32 tables through `f32` when given (the same panels, vectorised).
+void pack_panels(const void* table, DType dt, int64_t lo, int64_t count, int64_t D, float* kp, int64_t threads,
+                 PanelFn f32 = nullptr) {
+  if (dt == DType::F32 && f32 != nullptr) {
+    const float* w = static_cast<const float*>(table) + lo * D;
+    cpu::parallel_for_items((count + kPanel - 1) / kPanel, threads, [&](int64_t p) {
+      f32(w + p * kPanel * D, std::min(kPanel, count - p * kPanel), D, kp + p * D * kPanel);
+    });
+    return;
+  }
   if (dt == DType::F16) return pack_panels_as<DType::F16>(table, lo, count, D, kp, threads);
   if (dt == DType::BF16) return pack_panels_as<DType::BF16>(table, lo, count, D, kp, threads);
   pack_panels_as<DType::F32>(table, lo, count, D, kp, threads);
@@ -284,7 +335,7 @@ void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num
       for (int64_t lo = 0; lo < rows; lo += kSuperTile) {
         const int64_t count = std::min(kSuperTile, rows - lo), col0 = offset + lo;
         const int64_t width = round_up(count, kPanel);
-        pack_panels(w, wdt, lo, count, D, kp.data(), 1);
+        pack_panels(w, wdt, lo, count, D, kp.data(), 1, k.pack_panel_f32);
         if (with_grad) pack_strips(w, wdt, lo, count, D, k.strip, wr.data());
         for (int64_t j = 0; j < width; ++j) term[j] = j < count ? terms[col0 + j] : -INFINITY;
         for (int64_t s0 = r0; s0 < r1; s0 += sub) {
@@ -368,7 +419,7 @@ void new_rows_backward(const Inputs& in, const float* grad_loss, const float* ls
     const int64_t lo = tile * kPanel, count = std::min(kPanel, N - lo), col0 = in.base_rows + lo;
     std::vector<float> kp(static_cast<size_t>(kPanel * D)), term(kPanel);
     std::vector<float> gw(static_cast<size_t>(kPanel * D), 0.0f), gb(kPanel, 0.0f), z(kTb * kPanel);
-    pack_panels(in.new_rows, in.new_dtype, lo, count, D, kp.data(), 1);
+    pack_panels(in.new_rows, in.new_dtype, lo, count, D, kp.data(), 1, k.pack_panel_f32);
     column_terms(in.new_bias, in.new_bias_dtype, lo, count, col0, in, kPanel, term.data());
     for (int64_t t0 = 0; t0 < tp; t0 += kTb) {
       const int64_t nb = std::min(kTb, tp - t0), real = std::min(kTb, tv - t0);
