@@ -135,7 +135,7 @@ inline V vexp(V x) {
 LUMO_TARGET_POP
 #endif  // LUMO_X86
 
-using ScoreFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
+using ScoreFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, bool);
 using GemmFn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t, int64_t);
 using MaxFn = float (*)(float*, const float*, int64_t);
 using ExpSumFn = float (*)(float*, float, int64_t);
@@ -154,6 +154,11 @@ struct Kernels {
   // Columns of a strip of the gradient product's packed rows: a whole number
   // of gemm tiles (CV * W) such that a [kDepth x strip] block (24 KiB) fits L1.
   int64_t strip;
+  // Dimensions per block of the score product, 0: all of them. AVX2: 64 (a
+  // 16 KiB slice of the panel stays in L1 while every token group of a step
+  // uses it; measured ~5-10% faster forward); AVX-512's 4 x 4 tiles read the
+  // whole panel row per step and gain nothing from it (measured ~5% slower).
+  int64_t score_depth;
 };
 
 Kernels pick_kernels(int64_t isa, const char* op) {
@@ -161,15 +166,15 @@ Kernels pick_kernels(int64_t isa, const char* op) {
   isa = cpu::resolve_isa(isa, mask);
   LUMO_CHECK(isa >= kIsaScalar && isa <= kIsaAvx512 && (mask >> isa & 1), op,
              "an instruction set this CPU runs (isa bit in rows_ce_isa_mask())", isa);
-#define LUMO_RC_KERNELS(ns, panel, strip)                                                           \
+#define LUMO_RC_KERNELS(ns, panel, strip, depth)                                                    \
   Kernels { &ns::score_tile, &ns::gemm_acc, &ns::add_terms_max, &ns::exp_shift_sum, &ns::scale_row,        \
-            &ns::softmax_grad_row, panel, strip }
+            &ns::softmax_grad_row, panel, strip, depth }
 #ifdef LUMO_X86
   // (AVX-512 packs with the AVX2 transpose: data movement, no arithmetic.)
-  if (isa == kIsaAvx512) return LUMO_RC_KERNELS(avx512, &avx2::pack_panel_f32, 4 * 16);
-  if (isa == kIsaAvx2) return LUMO_RC_KERNELS(avx2, &avx2::pack_panel_f32, 4 * 3 * 8);
+  if (isa == kIsaAvx512) return LUMO_RC_KERNELS(avx512, &avx2::pack_panel_f32, 4 * 16, 0);
+  if (isa == kIsaAvx2) return LUMO_RC_KERNELS(avx2, &avx2::pack_panel_f32, 4 * 3 * 8, 64);
 #endif
-  return LUMO_RC_KERNELS(scalar, nullptr, 96);
+  return LUMO_RC_KERNELS(scalar, nullptr, 96, 64);
 #undef LUMO_RC_KERNELS
 }
 
@@ -298,6 +303,7 @@ int isa_mask() {
 void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num_threads, int64_t isa) {
   const Kernels k = pick_kernels(isa, "rows_ce_forward");
   const int64_t threads = cpu::resolve_threads(num_threads);
+  const int64_t depth = k.score_depth > 0 ? k.score_depth : std::max<int64_t>(in.dim, 1);
   const int64_t T = in.tokens, D = in.dim, V = in.base_rows + in.new_count;
   const bool with_grad = dhat != nullptr;
   for (int64_t t = 0; t < T; ++t) loss[t] = lse[t] = 0.0f;
@@ -341,9 +347,10 @@ void forward(const Inputs& in, float* loss, float* lse, float* dhat, int64_t num
         for (int64_t s0 = r0; s0 < r1; s0 += sub) {
           const int64_t s1 = std::min(r1, s0 + sub), ns = s1 - s0;
           for (int64_t p = 0; p < width / kPanel; ++p)
-            for (int64_t g = s0; g < s1; g += kRows)
-              k.score(h + g * D, D, kp.data() + p * D * kPanel, D, sc.data() + (g - s0) * width + p * kPanel,
-                      width);
+            for (int64_t d0 = 0; d0 == 0 || d0 < D; d0 += depth)  // (D = 0: one call, zeros)
+              for (int64_t g = s0; g < s1; g += kRows)
+                k.score(h + g * D + d0, D, kp.data() + (p * D + d0) * kPanel, std::min(depth, D - d0),
+                        sc.data() + (g - s0) * width + p * kPanel, width, d0 > 0);
           for (int64_t i = 0; i < ns; ++i) {
             const int64_t it = s0 - r0 + i;  // the token's index in the item
             float* z = sc.data() + i * width;
@@ -401,6 +408,7 @@ void new_rows_backward(const Inputs& in, const float* grad_loss, const float* ls
                        float* grad_new_bias, int64_t num_threads, int64_t isa) {
   const Kernels k = pick_kernels(isa, "rows_ce_new_rows_backward");
   const int64_t threads = cpu::resolve_threads(num_threads);
+  const int64_t depth = k.score_depth > 0 ? k.score_depth : std::max<int64_t>(in.dim, 1);
   const int64_t N = in.new_count, D = in.dim;
   std::fill(grad_new, grad_new + N * D, 0.0f);
   if (grad_new_bias != nullptr) std::fill(grad_new_bias, grad_new_bias + N, 0.0f);
@@ -423,8 +431,10 @@ void new_rows_backward(const Inputs& in, const float* grad_loss, const float* ls
     column_terms(in.new_bias, in.new_bias_dtype, lo, count, col0, in, kPanel, term.data());
     for (int64_t t0 = 0; t0 < tp; t0 += kTb) {
       const int64_t nb = std::min(kTb, tp - t0), real = std::min(kTb, tv - t0);
-      for (int64_t g = 0; g < nb; g += kRows)
-        k.score(h + (t0 + g) * D, D, kp.data(), D, z.data() + g * kPanel, kPanel);
+      for (int64_t d0 = 0; d0 == 0 || d0 < D; d0 += depth)  // (D = 0: one call, zeros)
+        for (int64_t g = 0; g < nb; g += kRows)
+          k.score(h + (t0 + g) * D + d0, D, kp.data() + d0 * kPanel, std::min(depth, D - d0),
+                  z.data() + g * kPanel, kPanel, d0 > 0);
       for (int64_t r = 0; r < nb; ++r) {
         float* zr = z.data() + r * kPanel;
         if (r >= real) {

@@ -13,12 +13,14 @@ constexpr int R = 4;  // rows of a register tile
 
 // s[r * lds + c] += ... for c < NV * W: an [R x NV * W] block of dot products
 // against the panel columns at kc (row stride P).
+// With `more`, s holds the sums over the dimensions before these (the fma
+// chain continues from them, exactly) and the block adds to it.
 template <int NV>
-inline void score_block(const float* q, int64_t ldq, const float* kc, int64_t D, float* s, int64_t lds) {
+inline void score_block(const float* q, int64_t ldq, const float* kc, int64_t D, float* s, int64_t lds, bool more) {
   constexpr int64_t P = ::lumo::rows_ce::kPanel;
   V acc[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = vzero();
+    for (int v = 0; v < NV; ++v) acc[r][v] = more ? vload(s + r * lds + v * W) : vzero();
   for (int64_t d = 0; d < D; ++d) {
     V kv[NV];
     for (int v = 0; v < NV; ++v) kv[v] = vload(kc + d * P + v * W);
@@ -36,13 +38,14 @@ inline void score_block(const float* q, int64_t ldq, const float* kc, int64_t D,
 // panel kp: [D, P] (the panel's rows transposed), SV vectors per block (R * SV
 // accumulators fill the register file) and the rest of the panel in one
 // narrower block.
-inline void score_tile(const float* q, int64_t ldq, const float* kp, int64_t D, float* s, int64_t lds) {
+// (D: the dimensions of this call; kp and q start at the first of them; `more` as score_block.)
+inline void score_tile(const float* q, int64_t ldq, const float* kp, int64_t D, float* s, int64_t lds, bool more) {
   constexpr int64_t P = ::lumo::rows_ce::kPanel;
   constexpr int64_t TW = SV * W, kRest = (P % TW) / W;
   static_assert(P % W == 0, "a panel is a whole number of vectors");
   int64_t c0 = 0;
-  for (; c0 + TW <= P; c0 += TW) score_block<SV>(q, ldq, kp + c0, D, s + c0, lds);
-  if constexpr (kRest > 0) score_block<kRest>(q, ldq, kp + c0, D, s + c0, lds);
+  for (; c0 + TW <= P; c0 += TW) score_block<SV>(q, ldq, kp + c0, D, s + c0, lds, more);
+  if constexpr (kRest > 0) score_block<kRest>(q, ldq, kp + c0, D, s + c0, lds, more);
 }
 
 // c[i * ldc + x] += sum_{k < K, in order} a[i * as_i + k * as_k] * b[k * ldb + x]
