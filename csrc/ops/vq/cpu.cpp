@@ -109,10 +109,20 @@ inline uint32_t pack_tile_f32(const float* src, const float* next, int64_t d, fl
 LUMO_TARGET_POP
 
 LUMO_TARGET_PUSH("avx2,fma")
-// The screened kernel needs FMA (checked at run time apart from AVX2). Only
+// The screened kernels need FMA (checked at run time apart from AVX2). Only
 // the explicit vfma fuses: contraction stays off in this file.
 namespace avx2 {
 #include "ops/vq/cpu_screen_body.h"
+using IV = __m256i;
+using IM = __m256i;
+inline IV ivload(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline IV ivbcast(int32_t i) { return _mm256_set1_epi32(i); }
+inline IV ivdot2(IV acc, IV x, IV c) { return _mm256_add_epi32(acc, _mm256_madd_epi16(x, c)); }
+inline IV ivmin(IV a, IV b) { return _mm256_min_epi32(a, b); }
+inline IM ivgt(IV a, IV b) { return _mm256_cmpgt_epi32(a, b); }
+inline IM imand(IM f, IM g) { return _mm256_and_si256(f, g); }
+inline bool iall(IM f) { return _mm256_movemask_epi8(f) == -1; }
+#include "ops/vq/cpu_iscreen_body.h"
 }  // namespace avx2
 LUMO_TARGET_POP
 
@@ -174,6 +184,38 @@ inline uint32_t pack_tile_f32(const float* src, const float* next, int64_t d, fl
 }
 }  // namespace avx512
 LUMO_TARGET_POP
+
+// The integer screen at 512 bits needs AVX512BW (vpmaddwd on zmm); with
+// AVX512-VNNI the multiply and the add are one instruction (vpdpwssd).
+// Checked at run time.
+#define LUMO_VQ_AVX512_INT_ADAPTERS                                                   \
+  using IV = __m512i;                                                                 \
+  using IM = __mmask16;                                                               \
+  inline IV ivload(const int32_t* p) { return _mm512_loadu_si512(p); }                \
+  inline IV ivbcast(int32_t i) { return _mm512_set1_epi32(i); }                       \
+  inline IV ivmin(IV a, IV b) { return _mm512_min_epi32(a, b); }                      \
+  inline IM ivgt(IV a, IV b) { return _mm512_cmpgt_epi32_mask(a, b); }                \
+  inline IM imand(IM f, IM g) { return static_cast<IM>(f & g); }                      \
+  inline bool iall(IM f) { return f == 0xFFFF; }
+LUMO_TARGET_PUSH("avx512f,avx512bw")
+namespace avx512 {
+namespace bw {
+LUMO_VQ_AVX512_INT_ADAPTERS
+inline IV ivdot2(IV acc, IV x, IV c) { return _mm512_add_epi32(acc, _mm512_madd_epi16(x, c)); }
+#include "ops/vq/cpu_iscreen_body.h"
+}  // namespace bw
+}  // namespace avx512
+LUMO_TARGET_POP
+LUMO_TARGET_PUSH("avx512f,avx512bw,avx512vnni")
+namespace avx512 {
+namespace vnni {
+LUMO_VQ_AVX512_INT_ADAPTERS
+inline IV ivdot2(IV acc, IV x, IV c) { return _mm512_dpwssd_epi32(acc, x, c); }
+#include "ops/vq/cpu_iscreen_body.h"
+}  // namespace vnni
+}  // namespace avx512
+LUMO_TARGET_POP
+#undef LUMO_VQ_AVX512_INT_ADAPTERS
 #endif  // LUMO_X86
 
 }  // namespace
@@ -188,11 +230,23 @@ int isa_mask() {
 #endif
 }
 
-// LUMO_VQ_SCREEN=0 runs the plain exact kernel (same results; for
-// measurements and tests of both paths).
-static bool screening_enabled() {
+// LUMO_VQ_SCREEN picks the screen (the results are the same on every path;
+// the switch is for measurements and tests): 0 none (the plain exact
+// kernel), fp the fp32 FMA screen, int the integer screen wherever a kernel
+// has one (int-bw: AVX-512 without VNNI instructions). Unset: the integer
+// screen where it measured faster (AVX-512 with BW), else the fp32 one. On
+// AVX2 the integer screen (vpmaddwd + vpaddd) was no faster than FMAs on the
+// Zen 4 we measured (D = 8: 12.6 vs 12.0 ms; D = 16: 40 vs 30 ms), so it is
+// opt-in there.
+enum class ScreenMode { kNone, kFp, kBest, kInt, kIntBw };
+static ScreenMode screen_mode() {
   const char* v = std::getenv("LUMO_VQ_SCREEN");
-  return v == nullptr || std::strcmp(v, "0") != 0;
+  if (v == nullptr) return ScreenMode::kBest;
+  if (std::strcmp(v, "0") == 0) return ScreenMode::kNone;
+  if (std::strcmp(v, "fp") == 0) return ScreenMode::kFp;
+  if (std::strcmp(v, "int") == 0) return ScreenMode::kInt;
+  if (std::strcmp(v, "int-bw") == 0) return ScreenMode::kIntBw;
+  return ScreenMode::kBest;
 }
 
 Kernel pick_kernel(int isa, const char* op) {
@@ -201,16 +255,25 @@ Kernel pick_kernel(int isa, const char* op) {
   LUMO_CHECK(isa >= kIsaScalar && isa <= kIsaAvx512 && (mask >> isa & 1), op,
              "an instruction set this CPU runs (isa bit in vq_isa_mask())", isa);
 #ifdef LUMO_VQ_X86
-  const bool screen = screening_enabled();
+  const ScreenMode mode = screen_mode();
+  const bool screen = mode != ScreenMode::kNone;
+  const bool int512 = mode == ScreenMode::kBest || mode == ScreenMode::kInt || mode == ScreenMode::kIntBw;
   if (isa == kIsaAvx512) {
-    return {avx512::W, &avx512::search_rows, isa, &avx512::pack_tile_f32, screen ? &avx512::screen_rows : nullptr};
+    IntScreenFn is = nullptr;
+    if (int512 && __builtin_cpu_supports("avx512bw")) {
+      is = mode != ScreenMode::kIntBw && __builtin_cpu_supports("avx512vnni") ? &avx512::vnni::iscreen_rows
+                                                                             : &avx512::bw::iscreen_rows;
+    }
+    return {avx512::W, &avx512::search_rows, isa, &avx512::pack_tile_f32, screen ? &avx512::screen_rows : nullptr,
+            is};
   }
   if (isa == kIsaAvx2) {
-    return {avx2::W, &avx2::search_rows, isa, &avx2::pack_tile_f32,
-            screen && __builtin_cpu_supports("fma") ? &avx2::screen_rows : nullptr};
+    const bool fma = __builtin_cpu_supports("fma");
+    return {avx2::W, &avx2::search_rows, isa, &avx2::pack_tile_f32, screen && fma ? &avx2::screen_rows : nullptr,
+            mode == ScreenMode::kInt && fma ? &avx2::iscreen_rows : nullptr};
   }
 #endif
-  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr};
+  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr, nullptr};
 }
 
 void check_common(const char* op, int64_t n, int64_t d, int64_t k, int dtype, int64_t num_threads) {
@@ -235,6 +298,9 @@ void pack_layout(int64_t k, int64_t d, int W, VqPacked& p) {
   p.tiles.resize(static_cast<size_t>(p.ntiles * d * p.tile));
   p.cn.resize(static_cast<size_t>(p.ntiles * p.tile));
   p.bound.resize(static_cast<size_t>(p.ntiles * 2));
+  p.itiles.clear();  // written by pack_int_tiles, where it applies
+  p.c_scale = 0.0;
+  p.c_l1max = 0;
 }
 
 // max(m, v) that keeps NaN once seen (a bound that cannot be trusted).
@@ -349,20 +415,53 @@ static bool screen_bounds(const VqPacked& p, Scratch& s, int64_t padded, int64_t
   return any;
 }
 
+// Fills s.xq and s.b_int for the integer screen (cpu_iscreen_body.h): the
+// rows' pairs p_j = round(-2 x_j / s_x) and bounds B = 1/2 + (|p|_1 + max
+// |q|_1) / 2 + d / 4 in units of u, with margins for the double rounding
+// (|-2x| <= 2 max|x| makes |p_j| <= kIntQ).
+static void int_row_bounds(const VqPacked& p, const IntCall& ic, Scratch& s, int64_t padded) {
+  const int64_t d = p.d, pairs = (d + 1) / 2;
+  const double inv = 1.0 / ic.x_scale;
+  for (int64_t r = 0; r < padded; ++r) {
+    const float* x = s.x.data() + r * d;
+    int64_t l1 = 0;
+    for (int64_t j = 0; j < pairs; ++j) {
+      int32_t q[2] = {0, 0};
+      for (int h = 0; h < 2 && 2 * j + h < d; ++h) {
+        const double v = std::nearbyint(-2.0 * static_cast<double>(x[2 * j + h]) * inv);
+        q[h] = static_cast<int32_t>(std::clamp(v, -static_cast<double>(kIntQ), static_cast<double>(kIntQ)));
+        l1 += std::abs(q[h]);
+      }
+      s.xq[r * pairs + j] = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint16_t>(q[0])) |
+                                                 (static_cast<uint32_t>(static_cast<uint16_t>(q[1])) << 16));
+    }
+    // |e_j| <= 1/2 (+ double rounding), |f_j| <= 1/2 + 2.5e-4 (pack_int_tiles).
+    s.b_int[r] = 2.0 + 0.5003 * static_cast<double>(l1 + p.c_l1max) + 0.2503 * static_cast<double>(d);
+  }
+}
+
 void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows, int64_t t0, int64_t t1,
-                  float* val, int32_t* idx) {
+                  float* val, int32_t* idx, const IntCall* ic) {
   const int W = ker.W;
   const int64_t padded = padded_rows(rows);
   std::fill(s.bv.begin(), s.bv.begin() + padded * W, std::numeric_limits<float>::infinity());
   std::fill(s.bi.begin(), s.bi.begin() + padded * W, std::numeric_limits<int32_t>::max());
   const bool screen = ker.screen != nullptr && (p.d <= kScreenMaxD || t1 - t0 >= kScreenMinTiles) &&
                       screen_bounds(p, s, padded, t0, t1);
+  const bool int_screen = screen && ic != nullptr && ker.iscreen != nullptr && !p.itiles.empty();
+  if (int_screen) int_row_bounds(p, *ic, s, padded);
   const int64_t tb = tiles_per_block(p);
   for (int64_t kb = t0; kb < t1; kb += tb) {
     const int64_t ke = std::min(t1, kb + tb);
     for (int64_t rb = 0; rb < padded; rb += kRows) {
       const float* beta = s.beta.data() + rb;
       if (screen && std::all_of(beta, beta + kRows, [](float b) { return b < 1e30f; })) {
+        if (int_screen) {
+          ker.iscreen(s.x.data() + rb * p.d, s.xq.data() + rb * ((p.d + 1) / 2), p.d, p.tiles.data(), p.cn.data(),
+                      p.itiles.data(), ic->cnq.data(), kb, ke, s.bv.data() + rb * W, s.bi.data() + rb * W, beta,
+                      s.b_int.data() + rb, ic->u);
+          continue;
+        }
         ker.screen(s.x.data() + rb * p.d, s.xn2.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke,
                    s.bv.data() + rb * W, s.bi.data() + rb * W, beta);
       } else {
@@ -420,6 +519,81 @@ int64_t load_rows(const void* x, int dtype, int64_t d, int64_t r0, int64_t rows,
   }
   std::fill(s.x.begin() + rows * d, s.x.begin() + padded_rows(rows) * d, 0.0f);
   return bad;
+}
+
+// q = round(v) for |v| < 2^22 in the default rounding mode (ties to even):
+// adding and removing 1.5 * 2^23 leaves no fraction bits. Unlike nearbyintf it
+// vectorises without SSE4.1.
+static inline float round_small(float v) {
+  constexpr float m = 12582912.0f;  // IEEE semantics (no -ffast-math) keep (v + m) - m
+  return (v + m) - m;
+}
+
+void pack_int_tiles(const Kernel& ker, VqPacked& p, int64_t threads) {
+  p.itiles.clear();
+  p.c_scale = 0.0;
+  p.c_l1max = 0;
+  if (ker.iscreen == nullptr || p.d > kIntScreenMaxD || p.bad_row >= 0) return;
+  float cmax = 0.0f;  // padding lanes are 0; a finite codebook packs finite values
+  for (float v : p.tiles) cmax = std::max(cmax, std::fabs(v));
+  if (!(cmax > 0.0f) || !std::isfinite(cmax)) return;
+  const int64_t d = p.d, T = p.tile, pairs = (d + 1) / 2;
+  // q = round(fl(c * inv)) with c_scale = 1 / inv exactly (in double): then
+  // |c / c_scale - q| <= 1/2 + 4095 * 2^-24 (the float product's rounding), which
+  // the row bounds allow for; |c * inv| <= 4095 (1 + 2^-23) rounds to at most kIntQ.
+  const float inv = static_cast<float>(kIntQ) / cmax;
+  if (!(inv > 0.0f) || !std::isfinite(inv)) return;
+  p.c_scale = 1.0 / static_cast<double>(inv);
+  p.itiles.resize(static_cast<size_t>(p.ntiles * pairs * T));
+  const int64_t chunks = std::min(p.ntiles, threads == 1 ? 1 : 4 * threads);
+  std::vector<int64_t> l1max(static_cast<size_t>(chunks), 0);
+  WorkCounter work(chunks);
+  run_parallel(threads - 1, [&](int64_t) {
+    std::vector<int32_t> l1(static_cast<size_t>(T));
+    for (int64_t u; (u = work.next()) >= 0;) {
+      for (int64_t t = split_begin(p.ntiles, chunks, u); t < split_begin(p.ntiles, chunks, u + 1); ++t) {
+        const float* tile = p.tiles.data() + t * d * T;
+        int32_t* itile = p.itiles.data() + t * pairs * T;
+        std::fill(l1.begin(), l1.end(), 0);
+        for (int64_t j = 0; j < pairs; ++j) {
+          const float* lo = tile + 2 * j * T;
+          const float* hi = 2 * j + 1 < d ? lo + T : nullptr;
+          for (int64_t l = 0; l < T; ++l) {
+            const int32_t q0 = static_cast<int32_t>(round_small(lo[l] * inv));
+            const int32_t q1 = hi != nullptr ? static_cast<int32_t>(round_small(hi[l] * inv)) : 0;
+            l1[l] += std::abs(q0) + std::abs(q1);
+            itile[j * T + l] = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint16_t>(q0)) |
+                                                    (static_cast<uint32_t>(static_cast<uint16_t>(q1)) << 16));
+          }
+        }
+        for (int64_t l = 0; l < T; ++l) l1max[u] = std::max<int64_t>(l1max[u], l1[l]);
+      }
+    }
+  });
+  p.c_l1max = *std::max_element(l1max.begin(), l1max.end());
+}
+
+bool prepare_int_call(const VqPacked& p, const void* x, int x_dtype, int64_t n, IntCall& ic) {
+  if (p.itiles.empty() || n == 0) return false;
+  float xmax = 0.0f;
+  for (int64_t i = 0; i < n * p.d; ++i) xmax = std::max(xmax, std::fabs(load_float(x, static_cast<DType>(x_dtype), i)));
+  if (!(xmax > 0.0f) || !std::isfinite(xmax)) return false;  // zero rows, or a bad row the search reports
+  ic.x_scale = 2.0 * static_cast<double>(xmax) / static_cast<double>(kIntQ);
+  ic.u = ic.x_scale * p.c_scale;
+  if (!(ic.u > 0.0) || !std::isfinite(ic.u)) return false;
+  const double inv_u = 1.0 / ic.u, cap = static_cast<double>(1 << 29);
+  ic.cnq.resize(p.cn.size());
+  for (size_t i = 0; i < p.cn.size(); ++i) {
+    const float c = p.cn[i];
+    if (c != c) {  // padding lane past k
+      ic.cnq[i] = 1 << 30;
+      continue;
+    }
+    const double v = static_cast<double>(c) * inv_u;
+    if (v < -cap) return false;  // clamping up could skip a winner: no integer screen
+    ic.cnq[i] = static_cast<int32_t>(std::nearbyint(std::min(v, cap)));  // clamping down only re-scores more
+  }
+  return true;
 }
 
 }  // namespace vqi
@@ -497,9 +671,13 @@ int64_t search_driver(const Kernel& ker, const VqPacked& p, VqPacked* to_pack, c
 
   int64_t bad_pack = -1;
   if (to_pack != nullptr) {
-    bad_pack = pack_parallel(ker, *src, *to_pack,
-                             useful_threads(threads, kPackCost * static_cast<double>(p.k) * p.d));
+    const int64_t pack_threads = useful_threads(threads, kPackCost * static_cast<double>(p.k) * p.d);
+    bad_pack = pack_parallel(ker, *src, *to_pack, pack_threads);
+    to_pack->bad_row = bad_pack;
+    pack_int_tiles(ker, *to_pack, pack_threads);
   }
+  IntCall ic;
+  const IntCall* icp = prepare_int_call(p, x, x_dtype, n, ic) ? &ic : nullptr;
   WorkCounter work(row_blocks);
   run_parallel(std::min(threads, row_blocks) - 1, [&](int64_t c) {
     Scratch& s = scratch[c];
@@ -507,7 +685,7 @@ int64_t search_driver(const Kernel& ker, const VqPacked& p, VqPacked* to_pack, c
     for (int64_t b; (b = work.next()) >= 0;) {
       const int64_t r0 = b * kRowBlock, rows = std::min(kRowBlock, n - r0);
       note_bad(bad_x, c, load_rows(x, x_dtype, d, r0, rows, s));
-      search_block(ker, p, s, rows, 0, p.ntiles, best + r0, idx);
+      search_block(ker, p, s, rows, 0, p.ntiles, best + r0, idx, icp);
       for (int64_t r = 0; r < rows; ++r) {
         const bool none = idx[r] == std::numeric_limits<int32_t>::max();
         codes[r0 + r] = none ? 0 : idx[r];
@@ -539,8 +717,9 @@ std::shared_ptr<const VqPacked> vq_pack(const void* cb, int cb_dtype, int64_t k,
   p->isa = ker.isa;
   pack_layout(k, d, ker.W, *p);
   const PackSource src{cb, cb_dtype, norms, cn_given};
-  p->bad_row = pack_parallel(
-      ker, src, *p, useful_threads(resolve_threads(num_threads), kPackCost * static_cast<double>(k) * d));
+  const int64_t threads = useful_threads(resolve_threads(num_threads), kPackCost * static_cast<double>(k) * d);
+  p->bad_row = pack_parallel(ker, src, *p, threads);
+  pack_int_tiles(ker, *p, threads);
   return p;
 }
 

@@ -31,10 +31,20 @@ struct VqPacked {
   // Per tile: the largest sqnorm of its codes and the largest |cn| (inf/NaN
   // when a code holds one): the screening bound of the search.
   std::vector<float> bound;
+  // The integer screen's copy (d <= 16, instruction sets that have it; else
+  // empty): code element j is c_scale * q_j + f, |f| <= c_scale / 2, |q_j| <=
+  // 4095, two dimensions per int32 lane (low half even j), laid out
+  // [ntiles][(d + 1) / 2][tile]; c_l1max is the largest sum_j |q_j|.
+  std::vector<int32_t> itiles;
+  double c_scale = 0.0;
+  int64_t c_l1max = 0;
 
   // Element j of code c, as fp32 (the exact converted value).
   float at(int64_t c, int64_t j) const { return tiles[((c / tile) * d + j) * tile + c % tile]; }
-  int64_t nbytes() const { return static_cast<int64_t>((tiles.size() + cn.size() + bound.size()) * sizeof(float)); }
+  int64_t nbytes() const {
+    return static_cast<int64_t>((tiles.size() + cn.size() + bound.size()) * sizeof(float) +
+                                itiles.size() * sizeof(int32_t));
+  }
 };
 
 // Packs cb ([k, d] of cb_dtype; norms and cn_given as in vq_search) for `isa`,

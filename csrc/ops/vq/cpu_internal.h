@@ -30,6 +30,11 @@ constexpr int64_t kCodeBlockBytes = 128 * 1024;   // packed code data swept per 
 // 1.1-1.4x faster screened.
 constexpr int64_t kScreenMaxD = 32;
 constexpr int64_t kScreenMinTiles = 128;
+// The integer screen (cpu_iscreen_body.h) for D <= kIntScreenMaxD: |q| <=
+// kIntQ keeps sum_j p_j q_j within 2^28 and the norm terms are clamped to
+// 2^29, so no int32 lane overflows. At larger D the fp32 screen is used.
+constexpr int64_t kIntScreenMaxD = 16;
+constexpr int32_t kIntQ = 4095;
 // Packing one codebook element costs about this many multiply-adds of search
 // (thread decisions only).
 constexpr double kPackCost = 4.0;
@@ -52,12 +57,28 @@ using PackTileFn = uint32_t (*)(const float* src, const float* next, int64_t d, 
 using ScreenFn = void (*)(const float* xs, const float* xn2, int64_t d, const float* tiles, const float* cn,
                           int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta);
 
+// The integer-screened micro-kernel (cpu_iscreen_body.h): SearchFn's results,
+// bit for bit, with xq [kRows][(d + 1) / 2] the rows' quantised pairs, itiles
+// and cnq the codes' (VqPacked::itiles, IntCall::cnq), b_int [kRows] the rows'
+// bounds in units of u (int_row_bounds).
+using IntScreenFn = void (*)(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
+                             const int32_t* itiles, const int32_t* cnq, int64_t t0, int64_t t1, float* bv,
+                             int32_t* bi, const float* beta, const double* b_int, double u);
+
 struct Kernel {
   int W;
   SearchFn fn;
   int isa;
   PackTileFn pack_f32;
-  ScreenFn screen;  // null where the instruction set has no FMA (or LUMO_VQ_SCREEN=0)
+  ScreenFn screen;      // null where the instruction set has no FMA (or LUMO_VQ_SCREEN=0)
+  IntScreenFn iscreen;  // null where it has no integer screen (or LUMO_VQ_SCREEN=0 or fp)
+};
+
+// The per-call part of the integer screen: the rows' scale s_x (one for the
+// call) and the codes' norm terms in units of u = s_x * c_scale.
+struct IntCall {
+  double x_scale = 0.0, u = 0.0;
+  std::vector<int32_t> cnq;  // [ntiles * tile]
 };
 
 Kernel pick_kernel(int isa, const char* op);
@@ -86,16 +107,21 @@ struct Scratch {
   std::vector<int32_t> bi;
   std::vector<float> xn2;   // [kRowBlock][d] -2 * x, for the screened kernel
   std::vector<float> beta;  // [kRowBlock] screening bounds (+inf: no screening)
+  std::vector<int32_t> xq;  // [kRowBlock][(d + 1) / 2] quantised pairs, for the integer screen
+  std::vector<double> b_int;  // [kRowBlock] integer-screen bounds
   Scratch(int64_t d, int W)
       : x(static_cast<size_t>(kRowBlock * d)), bv(static_cast<size_t>(kRowBlock * W)),
         bi(static_cast<size_t>(kRowBlock * W)), xn2(static_cast<size_t>(kRowBlock * d)),
-        beta(static_cast<size_t>(kRowBlock)) {}
+        beta(static_cast<size_t>(kRowBlock)), xq(static_cast<size_t>(kRowBlock * ((d + 1) / 2))),
+        b_int(static_cast<size_t>(kRowBlock)) {}
 };
 
 // Searches the `rows` fp32 rows in s.x against tiles [t0, t1) of p and writes
 // each row's (value, index) minimum; index INT32_MAX when no lane ever won.
+// With ic (prepared by prepare_int_call for this p) the integer screen runs
+// where it applies.
 void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows, int64_t t0, int64_t t1,
-                  float* val, int32_t* idx);
+                  float* val, int32_t* idx, const IntCall* ic = nullptr);
 
 // Few rows: searches n rows against the code tiles of p split into `chunks`
 // ranges, on up to `threads` threads, writing each chunk's per-row minima to
@@ -108,6 +134,15 @@ void search_tile_chunks(const Kernel& ker, const VqPacked& p, std::vector<Scratc
                         const std::function<void(int64_t, int64_t, int64_t, int64_t)>& pack,
                         const std::function<void(int64_t, int64_t, int64_t, Scratch&)>& load, float* pv,
                         int32_t* pi);
+
+// The integer screen's copy of a packed p (p.itiles, c_scale, c_l1max) on up
+// to `threads` threads, where ker has that screen, d <= kIntScreenMaxD and the
+// codebook is finite (p.bad_row < 0); else it leaves p.itiles empty.
+void pack_int_tiles(const Kernel& ker, VqPacked& p, int64_t threads);
+// The per-call part of the integer screen for rows x ([n, p.d] of x_dtype):
+// false (no integer screen) when p has no integer copy, every row is zero or
+// not finite, or a norm term would not fit.
+bool prepare_int_call(const VqPacked& p, const void* x, int x_dtype, int64_t n, IntCall& ic);
 
 // Converts rows [r0, r0 + rows) of x into s.x (zero-padded to a multiple of
 // kRows); returns the first one holding inf/NaN, or -1.
