@@ -12,7 +12,7 @@
 #include "runtime/thread_pool.h"
 
 // Only explicit fused multiply-adds: element-wise loops then give the same
-// bits in every clone and on every ISA (the simd primitives included).
+// bits on every ISA, vectorised or not (the simd primitives included).
 LUMO_FP_CONTRACT_OFF
 #include "runtime/simd.h"
 

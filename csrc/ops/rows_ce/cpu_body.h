@@ -3,7 +3,8 @@
 // time inside its own namespace and target region. No include guard on
 // purpose. The including file defines W (lanes, W divides kPanel), SV (most
 // vectors per score-tile row), CV (most vectors per gemm-tile row), V and
-// vzero, vload, vstore, vbcast, vfma (a * b + c, one rounding).
+// vzero, vload, vstore, vbcast, vadd, vsub, vmul, vfma (a * b + c, one
+// rounding) and vexp (math.h's exp_fma per lane, the same bits).
 //
 // Every output element accumulates its products in its own lane, in order of
 // the reduced index, with a fused multiply-add: the SIMD width and the
