@@ -102,11 +102,13 @@ def test_baseline_report_has_every_check_and_pictures(env):
     assert set(report["metrics"]) == set(gates_mod.GATE_METRICS)
     assert report["metrics"]["audio.si_snr_db"] > 40  # fixed-point clips
     assert report["samples"]["image"][0]["model_size"] == [8, 8]
+    # Janus here downsamples by 2 (8 x 8 pixels -> 4 x 4 codes): the block-edge grid is the code grid.
+    assert all(r["block_edge_px"] == 2 and r["block_edge_ratio"] > 0 for r in report["samples"]["image"])
     for picture in report["pictures"]:
         assert Image.open(env["out"] / picture).size[0] > 100
     assert {"image_reconstructions.png", "audio_00.png", "audio_codebook_usage.png"} <= set(report["pictures"])
     md = (env["out"] / "audit.md").read_text()
-    assert md.startswith("# lumo audit: PASS") and "image.psnr_db" in md
+    assert md.startswith("# lumo audit: PASS") and "image.psnr_db" in md and "image.block_edge_ratio" in md
 
 
 def test_update_gates_round_trip(env, capsys, tmp_path):

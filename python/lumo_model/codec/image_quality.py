@@ -1,12 +1,18 @@
-"""Image losses and measures for ``lumo train-codec image``: a differentiable SSIM and the block-edge ratio."""
+"""Image losses and measures for ``lumo train-codec image``: a differentiable SSIM and the block-edge ratio.
+
+``block_edge_ratio`` (and ``LUMA``) live in ``lumo_uti.metrics`` so that ``lumo audit``
+reports the same measure (``lumo_uti`` must not import ``lumo_model``); they are
+re-exported here under their old names.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-# ITU-R BT.601 luma weights: the grey level the block-edge ratio is measured on.
-LUMA = (0.299, 0.587, 0.114)
+from lumo_uti.metrics import LUMA, block_edge_ratio
+
+__all__ = ["LUMA", "block_edge_ratio", "ssim_map"]
 
 
 def _window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
@@ -34,27 +40,3 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = 11, sigma: float
     mx, my = filt(x), filt(y)
     vx, vy, cov = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
     return (2 * mx * my + c1) * (2 * cov + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-
-
-def block_edge_ratio(images: torch.Tensor, patch: int = 8) -> float:
-    """Mean absolute grey-level gradient across ``patch``-pixel block boundaries over that inside blocks.
-
-    ``images``: ``[B, 3, H, W]`` (any range). Horizontal and vertical neighbour
-    differences are pooled; a difference is "across" when its two pixels lie in
-    different blocks of the ``patch`` grid anchored at the top-left corner. About
-    1.0 for natural images; a visible block grid gives clearly more.
-    """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"block_edge_ratio: expected images [B, 3, H, W], got {tuple(images.shape)}")
-    if images.shape[-1] < 2 * patch or images.shape[-2] < 2 * patch:
-        raise ValueError(f"block_edge_ratio: images must be at least {2 * patch} pixels on each side, "
-                         f"got {tuple(images.shape[-2:])}")
-    w = torch.tensor(LUMA, dtype=torch.float64, device=images.device)
-    grey = (images.double() * w[None, :, None, None]).sum(1)
-    dx = (grey[..., :, 1:] - grey[..., :, :-1]).abs()
-    dy = (grey[..., 1:, :] - grey[..., :-1, :]).abs()
-    across_x = (torch.arange(dx.shape[-1], device=images.device) % patch) == patch - 1
-    across_y = (torch.arange(dy.shape[-2], device=images.device) % patch) == patch - 1
-    across = torch.cat([dx[..., across_x].flatten(), dy[..., across_y, :].flatten()])
-    inside = torch.cat([dx[..., ~across_x].flatten(), dy[..., ~across_y, :].flatten()])
-    return float(across.mean() / inside.mean().clamp_min(1e-12))

@@ -8,7 +8,7 @@ User documentation in docs/audit.md. Modules, one concept each:
 - ``determinism``: repeat / batch / threads / CPU-vs-CUDA code agreement;
 - ``roundtrip``: encode + decode of every sample in the codec's own space;
 - ``sanity``: token-range and decode-sanity checks on the round trips;
-- ``quality``: metrics_v2 (PSNR, SSIM, SI-SNR, STFT/mel distance, codebook usage);
+- ``quality``: metrics_v2 (PSNR, SSIM, block-edge ratio, SI-SNR, STFT/mel distance, codebook usage);
 - ``gates``: the gates file (load, validate, compare, write with margins);
 - ``pictures``: reconstruction grids, waveform/spectrogram comparisons, histograms (PIL);
 - ``report``: ``audit.json`` and ``audit.md``;

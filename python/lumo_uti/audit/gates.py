@@ -40,6 +40,7 @@ class Metric:
 GATE_METRICS: dict[str, Metric] = {
     "image.psnr_db": Metric("min", "db", "PSNR (dB) of the pooled MSE over all images, capped at 100"),
     "image.ssim": Metric("min", "frac", "mean SSIM over images (per channel, 11x11 Gaussian)"),
+    "image.block_edge_ratio": Metric("max", "dist", "mean block-edge ratio of reconstructions (~1.0: no block grid)"),
     "image.codebook_usage": Metric("min", "frac", "fraction of codebook entries used (worst layer)"),
     "image.codebook_perplexity": Metric("min", "frac", "exp(entropy) of code frequencies (worst layer)"),
     "audio.si_snr_db": Metric("min", "db", "mean SI-SNR (dB) over clips"),

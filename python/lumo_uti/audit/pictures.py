@@ -1,6 +1,7 @@
 """Audit pictures, drawn with PIL only (no matplotlib).
 
-- ``image_grid``: one row per image, original | reconstruction, with PSNR/SSIM;
+- ``image_grid``: one row per image, original | reconstruction, with PSNR/SSIM
+  and the reconstruction's block-edge ratio (original's in brackets);
 - ``audio_comparison``: per clip, the two waveforms overlaid and the two
   log-magnitude spectrograms (dB, 80 dB range, a dark-to-yellow colormap);
 - ``codebook_histogram``: per codebook, code counts (entries grouped into at
@@ -80,6 +81,9 @@ def image_grid(roundtrips: list[Roundtrip], rows: list[dict[str, Any]], path: Pa
         for col, pixels in enumerate((rt.reference, rt.reconstruction)):
             canvas.paste(_fit(_pil(pixels), side), (pad + col * (side + pad), y))
         caption = f"{row['name']}  PSNR {row['psnr_db']:.2f} dB  SSIM {row['ssim']:.3f}"
+        if row.get("block_edge_ratio") is not None:
+            ref = row.get("block_edge_ratio_reference")
+            caption += f"  block-edge {row['block_edge_ratio']:.2f}" + (f" (orig {ref:.2f})" if ref is not None else "")
         draw.text((pad, y + side + 2), caption, fill=_INK)
         y += side + label + pad
     return _save(canvas, path)

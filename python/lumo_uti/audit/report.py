@@ -56,6 +56,11 @@ def _value(check: Check) -> str:
     return f"{check.value:.6g}" if isinstance(check.value, float) else _cell(check.value)[:24]
 
 
+def _sample_value(value: Any) -> str:
+    # None: not measurable for that sample (e.g. an image too small for two blocks of the grid).
+    return "–" if value is None else f"{value:.4g}"
+
+
 def _threshold(check: Check) -> str:
     return ", ".join(f"{k} {v:.6g}" for k, v in (check.threshold or {}).items())
 
@@ -93,10 +98,11 @@ def to_markdown(result: AuditResult) -> str:
     for modality, rows in result.samples.items():
         if not rows:
             continue
-        keys = ["psnr_db", "ssim"] if modality == "image" else ["si_snr_db", "stft_distance", "mel_distance"]
+        keys = (["psnr_db", "ssim", "block_edge_ratio", "block_edge_ratio_reference"] if modality == "image"
+                else ["si_snr_db", "stft_distance", "mel_distance"])
         lines += [f"## {modality} samples", "", "| sample | " + " | ".join(keys) + " |",
                   "| --- |" + " --- |" * len(keys)]
-        lines += [f"| {_cell(r['name'])} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + " |" for r in rows]
+        lines += [f"| {_cell(r['name'])} | " + " | ".join(_sample_value(r.get(k)) for k in keys) + " |" for r in rows]
         lines.append("")
     for modality, books in result.codebooks.items():
         lines += [f"## {modality} codebooks", "", "| codebook | used | fraction | perplexity |",
