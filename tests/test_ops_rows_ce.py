@@ -411,3 +411,21 @@ def test_results_table_and_plot_render_from_json(tmp_path) -> None:
     assert ("| avx2 (PyTorch forced too) | 2048 | 1024 x 151936 + 24960 | float32 | 12.50 | 14.00 | 0.89 | 125.0 | "
             "4,000.0 | 0.031 | 0.0e+00 |") in table
     assert report.plots(tmp_path)["rows_ce.svg"].startswith(b"<?xml")
+
+
+def test_zero_width_hidden_gives_the_bias_only_loss() -> None:
+    # D = 0: every logit is its bias. The front used to fail in reshape(-1, 0).
+    torch.manual_seed(0)
+    hidden = torch.zeros(2, 3, 0, requires_grad=True)
+    new = torch.zeros(2, 0, requires_grad=True)
+    base_bias, new_bias = torch.randn(3), torch.randn(2, requires_grad=True)
+    targets = torch.tensor([[0, 4, 1], [3, -100, 2]])
+    loss = rows_linear_cross_entropy(hidden, torch.zeros(3, 0), new, targets, base_bias=base_bias,
+                                     new_bias=new_bias)
+    loss.backward()
+    bias = torch.cat([base_bias, new_bias.detach()]).requires_grad_(True)
+    want = F.cross_entropy(bias.expand(6, 5), targets.reshape(-1))
+    want.backward()
+    assert torch.allclose(loss, want)
+    assert hidden.grad.shape == (2, 3, 0) and new.grad.shape == (2, 0)
+    assert torch.allclose(new_bias.grad, bias.grad[3:])

@@ -83,7 +83,7 @@ def rows_linear_cross_entropy(
     vocab = base_head_weight.shape[0] + new_head_rows.shape[0]
     masked = _masked_ranges(masked_columns, vocab)
     shape = targets.shape
-    h = hidden.reshape(-1, hidden.shape[-1])
+    h = hidden.reshape(targets.numel(), hidden.shape[-1])  # not -1: D may be 0
     tgt = targets.reshape(-1).to(torch.int64)
     with_grad = torch.is_grad_enabled() and hidden.requires_grad
     loss, _, _ = _fwd_op(h, base_head_weight, new_head_rows, tgt, base_bias, new_bias, int(ignore_index), masked, with_grad)
