@@ -413,9 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gap-ms",
         type=float,
-        default=0.0,
+        default=None,
         help="pause before each timed call, so no method runs while the previous one's OpenMP "
-        "threads still spin (e.g. 20)",
+        "threads still spin (default: 10 on CPU, 0 on CUDA; 0 times them back to back)",
     )
     parser.add_argument(
         "--baselines",
@@ -437,6 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             pass
     global CLOCK, GAP_S
+    # libgomp's workers spin for about 300k pause instructions after a parallel
+    # region (GOMP_SPINCOUNT), about 5 ms on the Zen 4 we measured: a method
+    # timed right after FAISS (its own libgomp) or a PyTorch op shared the
+    # cores with them (vq_search 7.0 ms after a 10 ms pause, 10.4 ms after 2 ms,
+    # about 12 ms back to back). A 10 ms pause starts every method from the
+    # same quiet machine.
+    if args.gap_ms is None:
+        args.gap_ms = 10.0 if args.device == "cpu" else 0.0
     GAP_S = args.gap_ms / 1e3
     if args.clock == "cpu":
         if args.device != "cpu":

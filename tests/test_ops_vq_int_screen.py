@@ -4,7 +4,9 @@ plain exact kernel, bit for bit, whatever the scales, ties and norms.
 The integer screen runs on the row-block path (one thread, or many rows), so
 these tests pin the thread count. ``LUMO_VQ_SCREEN`` picks the path: 0 (exact
 kernel alone), fp (FMA screen), int (integer screen wherever a kernel has one,
-AVX2 included), int-bw (AVX-512 without VNNI), unset (the default).
+AVX2 included), int-bw (AVX-512 without VNNI), unset (the default). On AVX2
+the fp and default paths at D >= 8 also run the 6-row groups of the FMA
+screen, so these tests cover them too.
 """
 
 from __future__ import annotations

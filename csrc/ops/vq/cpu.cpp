@@ -236,8 +236,8 @@ int isa_mask() {
 // has one (int-bw: AVX-512 without VNNI instructions). Unset: the integer
 // screen where it measured faster (AVX-512 with BW), else the fp32 one. On
 // AVX2 the integer screen (vpmaddwd + vpaddd) was no faster than FMAs on the
-// Zen 4 we measured (D = 8: 12.6 vs 12.0 ms; D = 16: 40 vs 30 ms), so it is
-// opt-in there.
+// Zen 4 we measured (one thread, N = 4096: D = 4 14.1 vs 12.6 ms, D = 8 12.6
+// vs 12.0 ms, D = 16 40 vs 30 ms), so it is opt-in there.
 enum class ScreenMode { kNone, kFp, kBest, kInt, kIntBw };
 static ScreenMode screen_mode() {
   const char* v = std::getenv("LUMO_VQ_SCREEN");
@@ -257,23 +257,30 @@ Kernel pick_kernel(int isa, const char* op) {
 #ifdef LUMO_VQ_X86
   const ScreenMode mode = screen_mode();
   const bool screen = mode != ScreenMode::kNone;
-  const bool int512 = mode == ScreenMode::kBest || mode == ScreenMode::kInt || mode == ScreenMode::kIntBw;
+  const bool int_any = mode == ScreenMode::kBest || mode == ScreenMode::kInt || mode == ScreenMode::kIntBw;
   if (isa == kIsaAvx512) {
     IntScreenFn is = nullptr;
-    if (int512 && __builtin_cpu_supports("avx512bw")) {
+    if (int_any && __builtin_cpu_supports("avx512bw")) {
       is = mode != ScreenMode::kIntBw && __builtin_cpu_supports("avx512vnni") ? &avx512::vnni::iscreen_rows
                                                                              : &avx512::bw::iscreen_rows;
     }
     return {avx512::W, &avx512::search_rows, isa, &avx512::pack_tile_f32, screen ? &avx512::screen_rows : nullptr,
-            is};
+            is, kIntScreenMaxD, nullptr};
   }
   if (isa == kIsaAvx2) {
     const bool fma = __builtin_cpu_supports("fma");
-    return {avx2::W, &avx2::search_rows, isa, &avx2::pack_tile_f32, screen && fma ? &avx2::screen_rows : nullptr,
-            mode == ScreenMode::kInt && fma ? &avx2::iscreen_rows : nullptr};
+    // The integer screen only with LUMO_VQ_SCREEN=int (see screen_mode).
+    return {avx2::W,
+            &avx2::search_rows,
+            isa,
+            &avx2::pack_tile_f32,
+            screen && fma ? &avx2::screen_rows : nullptr,
+            int_any && fma ? &avx2::iscreen_rows : nullptr,
+            mode == ScreenMode::kInt ? kIntScreenMaxD : 0,
+            screen && fma ? &avx2::screen_rows6 : nullptr};
   }
 #endif
-  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr, nullptr};
+  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr, nullptr, 0, nullptr};
 }
 
 void check_common(const char* op, int64_t n, int64_t d, int64_t k, int dtype, int64_t num_threads) {
@@ -448,12 +455,24 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
   std::fill(s.bi.begin(), s.bi.begin() + padded * W, std::numeric_limits<int32_t>::max());
   const bool screen = ker.screen != nullptr && (p.d <= kScreenMaxD || t1 - t0 >= kScreenMinTiles) &&
                       screen_bounds(p, s, padded, t0, t1);
-  const bool int_screen = screen && ic != nullptr && ker.iscreen != nullptr && !p.itiles.empty();
+  const bool int_screen = screen && ic != nullptr && ker.iscreen != nullptr && !p.itiles.empty() &&
+                          p.d <= ker.int_max_d;
   if (int_screen) int_row_bounds(p, *ic, s, padded);
   const int64_t tb = tiles_per_block(p);
+  // Groups of 6 rows first where the kernel has them (an even count of them,
+  // so the rest stays a multiple of kRows), then groups of kRows: each row's
+  // result is its own, so the grouping never changes a bit.
+  // (Only when every row of the block can be screened, the usual case.)
+  const bool six = screen && !int_screen && ker.screen6 != nullptr && p.d >= kScreen6MinD &&
+                   std::all_of(s.beta.begin(), s.beta.begin() + padded, [](float b) { return b < 1e30f; });
+  const int64_t rows6 = six ? padded / 12 * 12 : 0;
   for (int64_t kb = t0; kb < t1; kb += tb) {
     const int64_t ke = std::min(t1, kb + tb);
-    for (int64_t rb = 0; rb < padded; rb += kRows) {
+    for (int64_t rb = 0; rb < rows6; rb += 6) {
+      ker.screen6(s.x.data() + rb * p.d, s.xn2.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke,
+                  s.bv.data() + rb * W, s.bi.data() + rb * W, s.beta.data() + rb);
+    }
+    for (int64_t rb = rows6; rb < padded; rb += kRows) {
       const float* beta = s.beta.data() + rb;
       if (screen && std::all_of(beta, beta + kRows, [](float b) { return b < 1e30f; })) {
         if (int_screen) {
@@ -533,7 +552,7 @@ void pack_int_tiles(const Kernel& ker, VqPacked& p, int64_t threads) {
   p.itiles.clear();
   p.c_scale = 0.0;
   p.c_l1max = 0;
-  if (ker.iscreen == nullptr || p.d > kIntScreenMaxD || p.bad_row >= 0) return;
+  if (ker.iscreen == nullptr || p.d > std::min(kIntScreenMaxD, ker.int_max_d) || p.bad_row >= 0) return;
   float cmax = 0.0f;  // padding lanes are 0; a finite codebook packs finite values
   for (float v : p.tiles) cmax = std::max(cmax, std::fabs(v));
   if (!(cmax > 0.0f) || !std::isfinite(cmax)) return;
