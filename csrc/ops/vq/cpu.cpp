@@ -265,7 +265,7 @@ Kernel pick_kernel(int isa, const char* op) {
                                                                              : &avx512::bw::iscreen_rows;
     }
     return {avx512::W, &avx512::search_rows, isa, &avx512::pack_tile_f32, screen ? &avx512::screen_rows : nullptr,
-            is, kIntScreenMaxD, nullptr};
+            is, kIntScreenMaxD, screen ? &avx512::screen_rows6 : nullptr};
   }
   if (isa == kIsaAvx2) {
     const bool fma = __builtin_cpu_supports("fma");

@@ -25,20 +25,21 @@ constexpr int64_t kCodeBlockBytes = 128 * 1024;   // packed code data swept per 
 // When the screened kernel runs: D <= kScreenMaxD (the exact kernel's
 // compare-and-blend per code is a large share of the work), or a sweep of at
 // least kScreenMinTiles tiles (the exact re-scoring of new minima, about
-// ln(tiles) per row, is then a few percent). Few tiles at large D (K = 1024,
-// D = 128) measured faster with the exact kernel alone; K = 8192, D = 256 was
+// ln(tiles) per row, is then a small share). One thread on Zen 4, N = 16384,
+// K = 1024, D = 128 (32 AVX-512 tiles): exact 58.7 ms, screened 53.8 ms (51.3
+// with 6-row groups); AVX2 (64 tiles) 49.8 vs 50.9 ms. K = 8192, D = 256 was
 // 1.1-1.4x faster screened.
 constexpr int64_t kScreenMaxD = 32;
-constexpr int64_t kScreenMinTiles = 128;
+constexpr int64_t kScreenMinTiles = 16;
 // The integer screen (cpu_iscreen_body.h) for D <= kIntScreenMaxD: |q| <=
 // kIntQ keeps sum_j p_j q_j within 2^28 and the norm terms are clamped to
 // 2^29, so no int32 lane overflows. At larger D the fp32 screen is used.
 constexpr int64_t kIntScreenMaxD = 16;
 constexpr int32_t kIntQ = 4095;
-// Row groups of 6 for the fp32 screen where the kernel has them (AVX2), from
-// this D up (one thread, N = 4096 on Zen 4 with AVX2 forced: D = 8 9.9 vs
-// 12.7 ms, D = 16 20.3 vs 23.2 ms; at D = 4 6 rows were slower, 13.8 vs
-// 11.8 ms).
+// Row groups of 6 for the fp32 screen, from this D up (one thread on Zen 4,
+// AVX2 forced, N = 4096: D = 8 11.5 vs 12.0 ms, D = 16 21 vs 30 ms; at D = 4
+// 6 rows were slower in a micro-benchmark, 13.8 vs 11.8 ms. AVX-512: N =
+// 16384, K = 1024, D = 128 51.3 vs 53.8 ms; D = 256 and 32 within 2%).
 constexpr int64_t kScreen6MinD = 8;
 // Packing one codebook element costs about this many multiply-adds of search
 // (thread decisions only).

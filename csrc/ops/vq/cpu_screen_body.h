@@ -111,8 +111,8 @@ inline void screen_rows(const float* xs, const float* xn2, int64_t d, const floa
 }
 
 // screen_rows for 6 rows at a time (the arrays hold 6 rows): 12 accumulators
-// share each code vector, which measured faster with AVX2's 16 registers at
-// D >= 8 (see kScreen6MinD in cpu_internal.h).
+// share each code vector, which measured faster at D >= 8 (kScreen6MinD in
+// cpu_internal.h has the figures).
 inline void screen_rows6(const float* xs, const float* xn2, int64_t d, const float* tiles, const float* cn,
                          int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta) {
   switch (d) {
