@@ -401,16 +401,19 @@ def _backward(ctx, grad_loss, grad_lse, grad_dhat):
     grad_hidden = grad_new = grad_new_bias = None
     if grad_loss is None:
         grad_loss = torch.zeros_like(lse)
-    if need[0]:
-        if dhat.numel() != hidden.numel():  # forward ran without grad mode: recompute
-            dhat = _fwd_op(hidden, base_weight, new_weight, targets, base_bias, new_bias,
-                           ctx.ignore_index, ctx.masked, True)[2]
-        grad_hidden = (grad_loss.to(dhat.dtype)[:, None] * dhat).to(hidden.dtype)
+    # The new rows first: the kernel's scratch (a strip copy of the hidden rows)
+    # is freed before grad_hidden is allocated, so the two never coexist
+    # (8 MiB less peak at 2048 tokens x 1024).
     if need[2] or need[5]:
         gw, gb = _new_bwd_op(grad_loss, hidden, new_weight, new_bias, targets, lse, base_weight.shape[0],
                              ctx.ignore_index, ctx.masked)
         grad_new = gw.to(new_weight.dtype) if need[2] else None
         grad_new_bias = gb.to(new_bias.dtype) if need[5] else None
+    if need[0]:
+        if dhat.numel() != hidden.numel():  # forward ran without grad mode: recompute
+            dhat = _fwd_op(hidden, base_weight, new_weight, targets, base_bias, new_bias,
+                           ctx.ignore_index, ctx.masked, True)[2]
+        grad_hidden = (grad_loss.to(dhat.dtype)[:, None] * dhat).to(hidden.dtype)
     return grad_hidden, None, grad_new, None, None, grad_new_bias, None, None, None
 
 
