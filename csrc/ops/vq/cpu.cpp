@@ -265,7 +265,7 @@ Kernel pick_kernel(int isa, const char* op) {
                                                                              : &avx512::bw::iscreen_rows;
     }
     return {avx512::W, &avx512::search_rows, isa, &avx512::pack_tile_f32, screen ? &avx512::screen_rows : nullptr,
-            is, kIntScreenMaxD, screen ? &avx512::screen_rows6 : nullptr};
+            is, kIntScreenMaxD, screen ? &avx512::screen_rows6 : nullptr, kScreenMinTilesAvx512};
   }
   if (isa == kIsaAvx2) {
     const bool fma = __builtin_cpu_supports("fma");
@@ -277,10 +277,11 @@ Kernel pick_kernel(int isa, const char* op) {
             screen && fma ? &avx2::screen_rows : nullptr,
             int_any && fma ? &avx2::iscreen_rows : nullptr,
             mode == ScreenMode::kInt ? kIntScreenMaxD : 0,
-            screen && fma ? &avx2::screen_rows6 : nullptr};
+            screen && fma ? &avx2::screen_rows6 : nullptr,
+            kScreenMinTilesAvx2};
   }
 #endif
-  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr, nullptr, 0, nullptr};
+  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr, nullptr, 0, nullptr, kScreenMinTilesAvx2};
 }
 
 void check_common(const char* op, int64_t n, int64_t d, int64_t k, int dtype, int64_t num_threads) {
@@ -453,7 +454,7 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
   const int64_t padded = padded_rows(rows);
   std::fill(s.bv.begin(), s.bv.begin() + padded * W, std::numeric_limits<float>::infinity());
   std::fill(s.bi.begin(), s.bi.begin() + padded * W, std::numeric_limits<int32_t>::max());
-  const bool screen = ker.screen != nullptr && (p.d <= kScreenMaxD || t1 - t0 >= kScreenMinTiles) &&
+  const bool screen = ker.screen != nullptr && (p.d <= kScreenMaxD || t1 - t0 >= ker.screen_min_tiles) &&
                       screen_bounds(p, s, padded, t0, t1);
   const bool int_screen = screen && ic != nullptr && ker.iscreen != nullptr && !p.itiles.empty() &&
                           p.d <= ker.int_max_d;

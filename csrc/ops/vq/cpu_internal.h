@@ -24,13 +24,15 @@ constexpr int64_t kRowBlock = 64;                 // rows converted and searched
 constexpr int64_t kCodeBlockBytes = 128 * 1024;   // packed code data swept per row block
 // When the screened kernel runs: D <= kScreenMaxD (the exact kernel's
 // compare-and-blend per code is a large share of the work), or a sweep of at
-// least kScreenMinTiles tiles (the exact re-scoring of new minima, about
-// ln(tiles) per row, is then a small share). One thread on Zen 4, N = 16384,
-// K = 1024, D = 128 (32 AVX-512 tiles): exact 58.7 ms, screened 53.8 ms (51.3
-// with 6-row groups); AVX2 (64 tiles) 49.8 vs 50.9 ms. K = 8192, D = 256 was
-// 1.1-1.4x faster screened.
+// least Kernel::screen_min_tiles tiles (the exact re-scoring of new minima,
+// about ln(tiles) per row, is then a small share). One thread on Zen 4, N =
+// 16384, K = 1024, D = 128: AVX-512 (32 tiles) exact 58.7 ms, screened 53.8 ms
+// (51.3 with 6-row groups), so 16 there; AVX2 (64 tiles) exact 49.8 ms,
+// screened 50.9 ms, and RVQ at that shape 4-7% slower screened, so 128 there.
+// K = 8192, D = 256 was 1.1-1.4x faster screened on both.
 constexpr int64_t kScreenMaxD = 32;
-constexpr int64_t kScreenMinTiles = 16;
+constexpr int64_t kScreenMinTilesAvx512 = 16;
+constexpr int64_t kScreenMinTilesAvx2 = 128;
 // The integer screen (cpu_iscreen_body.h) for D <= kIntScreenMaxD: |q| <=
 // kIntQ keeps sum_j p_j q_j within 2^28 and the norm terms are clamped to
 // 2^29, so no int32 lane overflows. At larger D the fp32 screen is used.
@@ -78,8 +80,9 @@ struct Kernel {
   PackTileFn pack_f32;
   ScreenFn screen;      // null where the instruction set has no FMA (or LUMO_VQ_SCREEN=0)
   IntScreenFn iscreen;  // null where it has no integer screen (or LUMO_VQ_SCREEN=0 or fp)
-  int64_t int_max_d = 0;      // the integer screen runs for D <= int_max_d
+  int64_t int_max_d = 0;       // the integer screen runs for D <= int_max_d
   ScreenFn screen6 = nullptr;  // screen for 6 rows a call (D >= kScreen6MinD), where faster
+  int64_t screen_min_tiles = kScreenMinTilesAvx2;  // screen D > kScreenMaxD from this many tiles
 };
 
 // The per-call part of the integer screen: the rows' scale s_x (one for the
