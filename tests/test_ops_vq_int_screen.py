@@ -154,3 +154,19 @@ def test_half_inputs(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(11)
     x, cb = torch.randn(400, 12, generator=g).to(dtype), torch.randn(2000, 12, generator=g).to(dtype)
     assert_all_equal(every_path(lambda: ops.vq_search(x, cb, return_distance=True)))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_row_is_reported_on_every_path(bad: float) -> None:
+    # A NaN is no larger than any scale: the integer screen must not quantise
+    # it (undefined float-to-int conversion) but leave the row to the check.
+    g = torch.Generator().manual_seed(5)
+    x, cb = torch.randn(300, 8, generator=g), torch.randn(900, 8, generator=g)
+    x[137, 3] = bad
+
+    def call():
+        with pytest.raises(ValueError, match="137"):
+            ops.vq_search(x, cb)
+        return torch.zeros(1), torch.zeros(1)
+
+    every_path(call)

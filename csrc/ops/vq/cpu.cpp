@@ -596,8 +596,12 @@ void pack_int_tiles(const Kernel& ker, VqPacked& p, int64_t threads) {
 bool prepare_int_call(const VqPacked& p, const void* x, int x_dtype, int64_t n, IntCall& ic) {
   if (p.itiles.empty() || n == 0) return false;
   float xmax = 0.0f;
-  for (int64_t i = 0; i < n * p.d; ++i) xmax = std::max(xmax, std::fabs(load_float(x, static_cast<DType>(x_dtype), i)));
-  if (!(xmax > 0.0f) || !std::isfinite(xmax)) return false;  // zero rows, or a bad row the search reports
+  for (int64_t i = 0; i < n * p.d; ++i) {
+    const float v = std::fabs(load_float(x, static_cast<DType>(x_dtype), i));
+    if (!(v <= std::numeric_limits<float>::max())) return false;  // inf/NaN: a bad row the search reports
+    xmax = std::max(xmax, v);
+  }
+  if (!(xmax > 0.0f)) return false;  // every row zero: no scale
   ic.x_scale = 2.0 * static_cast<double>(xmax) / static_cast<double>(kIntQ);
   ic.u = ic.x_scale * p.c_scale;
   if (!(ic.u > 0.0) || !std::isfinite(ic.u)) return false;
