@@ -1,5 +1,5 @@
-"""vq_search's integer screen (D <= 16): the same codes and distances as the
-plain exact kernel, bit for bit, whatever the scales, ties and norms.
+"""vq_search's integer screen: the same codes and distances as the plain exact
+kernel, bit for bit, whatever the scales, ties, norms and sizes.
 
 The integer screen runs on the row-block path (one thread, or many rows), so
 these tests pin the thread count. ``LUMO_VQ_SCREEN`` picks the path: 0 (exact
@@ -83,6 +83,13 @@ def make(n: int, k: int, d: int, style: str, seed: int) -> tuple[torch.Tensor, t
         cb = torch.randn(k, d, generator=g)
         cb[torch.randint(0, k, (max(1, k // 50),), generator=g)] *= 1e12
         return torch.randn(n, d, generator=g) * 1e-3, cb
+    if style == "outlier_row":  # one row 1e4 times the rest: the other row blocks get their own scale
+        x = torch.randn(n, d, generator=g)
+        x[torch.randint(0, n, (1,), generator=g)] *= 1e4
+        return x, torch.randn(k, d, generator=g)
+    if style == "block_scales":  # each 64-row block at its own scale, some far below the call's
+        x = torch.randn(n, d, generator=g) * (10.0 ** -torch.arange(n).div(64, rounding_mode="floor")).float()[:, None]
+        return x, torch.randn(k, d, generator=g) * 1e-2
     if style == "one_dim_spread":  # large values in one dimension only
         cb = torch.randn(k, d, generator=g)
         cb[:, 0] *= 1e4
@@ -92,12 +99,15 @@ def make(n: int, k: int, d: int, style: str, seed: int) -> tuple[torch.Tensor, t
     return torch.randn(n, d, generator=g) * 3, torch.randn(k, d, generator=g) * 3
 
 
+STYLES = ["randn", "ints", "near", "row_scales", "far_codes", "one_dim_spread", "outlier_row", "block_scales"]
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     n=st.integers(1, 200),
     d=st.integers(1, 16),
     k=st.one_of(st.integers(1, 80), st.integers(500, 3000)),
-    style=st.sampled_from(["randn", "ints", "near", "row_scales", "far_codes", "one_dim_spread"]),
+    style=st.sampled_from(STYLES),
     metric=st.sampled_from(["l2", "l2", "cosine"]),
     seed=st.integers(0, 2**31),
 )
@@ -111,12 +121,48 @@ def test_every_screen_gives_the_exact_kernels_bits(n: int, d: int, k: int, style
         assert torch.equal(next(iter(results.values()))[0], want)
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    d=st.one_of(st.integers(17, 70), st.sampled_from([127, 128, 200, 256, 301])),
+    # Past D = 32 the screens run from 16 tiles (AVX-512) or 128 (AVX2): 512
+    # or 2048 codes; fewer codes test the unscreened kernels beside them.
+    k=st.one_of(st.integers(1, 100), st.integers(600, 2600)),
+    style=st.sampled_from(STYLES),
+    metric=st.sampled_from(["l2", "l2", "cosine"]),
+    seed=st.integers(0, 2**31),
+)
+def test_every_screen_gives_the_exact_kernels_bits_at_large_d(n: int, d: int, k: int, style: str, metric: str,
+                                                             seed: int) -> None:
+    x, cb = make(n, k, d, style, seed)
+    results = every_path(lambda: ops.vq_search(x, cb, metric=metric, return_distance=True))
+    assert_all_equal(results)
+    if metric == "l2":
+        want, _ = vq_search_reference(x, cb)
+        assert torch.equal(next(iter(results.values()))[0], want)
+
+
+@pytest.mark.parametrize("d", [8, 128])
+def test_outlier_row_keeps_the_others_exact(d: int) -> None:
+    # Rows 1e6 apart in scale, codes near every row: the blocks without the
+    # outlier take their own scale, and every row still gets its exact code.
+    g = torch.Generator().manual_seed(17)
+    cb = torch.randn(3000, d, generator=g)
+    x = cb[torch.randint(0, 3000, (400,), generator=g)] + 1e-3 * torch.randn(400, d, generator=g)
+    x[3] *= 1e6
+    results = every_path(lambda: ops.vq_search(x, cb, return_distance=True))
+    assert_all_equal(results)
+    assert torch.equal(next(iter(results.values()))[0], vq_search_reference(x, cb)[0])
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_many_rows_on_threads_and_packed(threads: int) -> None:
     # Enough rows for the row-block path on every thread count; the packed
     # codebook (integer copy built once) gives the same bits as per-call packing.
     g = torch.Generator().manual_seed(7)
     x, cb = torch.randn(1500, 8, generator=g), torch.randn(5000, 8, generator=g)
+    if threads == 2:  # the large-D integer screen as well
+        x, cb = torch.randn(700, 96, generator=g), torch.randn(2100, 96, generator=g)
     packed = PackedCodebook(cb)
 
     def both():

@@ -78,6 +78,16 @@ inline void vupdate(V& bv, I& bi, V s, I idx) {
   bi = _mm256_castps_si256(
       _mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(idx), m));
 }
+// vupdate for codes seen out of index order: a lane also takes an equal
+// score with a lower index.
+inline void vupdate_pair(V& bv, I& bi, V s, I idx) {
+  const V lt = _mm256_cmp_ps(s, bv, _CMP_LT_OQ);
+  const V eq = _mm256_and_ps(_mm256_cmp_ps(s, bv, _CMP_EQ_OQ), _mm256_castsi256_ps(_mm256_cmpgt_epi32(bi, idx)));
+  const V m = _mm256_or_ps(lt, eq);
+  bv = _mm256_blendv_ps(bv, s, m);
+  bi = _mm256_castps_si256(
+      _mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(idx), m));
+}
 inline void vopaque(V& v) { asm("" : "+x"(v)); }
 inline F fle(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
 inline F for2(F f, F g) { return _mm256_or_ps(f, g); }
@@ -120,6 +130,14 @@ inline I iramp(int32_t base) {
 }
 inline void vupdate(V& bv, I& bi, V s, I idx) {
   const __mmask16 m = _mm512_cmp_ps_mask(s, bv, _CMP_LT_OQ);
+  bv = _mm512_mask_mov_ps(bv, m, s);
+  bi = _mm512_mask_mov_epi32(bi, m, idx);
+}
+// vupdate for codes seen out of index order: a lane also takes an equal
+// score with a lower index.
+inline void vupdate_pair(V& bv, I& bi, V s, I idx) {
+  const __mmask16 m = _mm512_cmp_ps_mask(s, bv, _CMP_LT_OQ) |
+                      (_mm512_cmp_ps_mask(s, bv, _CMP_EQ_OQ) & _mm512_cmpgt_epi32_mask(bi, idx));
   bv = _mm512_mask_mov_ps(bv, m, s);
   bi = _mm512_mask_mov_epi32(bi, m, idx);
 }

@@ -122,6 +122,12 @@ inline IV ivmin(IV a, IV b) { return _mm256_min_epi32(a, b); }
 inline IM ivgt(IV a, IV b) { return _mm256_cmpgt_epi32(a, b); }
 inline IM imand(IM f, IM g) { return _mm256_and_si256(f, g); }
 inline bool iall(IM f) { return _mm256_movemask_epi8(f) == -1; }
+inline int32_t ihmin(IV v) {
+  __m128i m = _mm_min_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_min_epi32(m, _mm_shuffle_epi32(m, 0x4E));
+  m = _mm_min_epi32(m, _mm_shuffle_epi32(m, 0xB1));
+  return _mm_cvtsi128_si32(m);
+}
 #include "ops/vq/cpu_iscreen_body.h"
 }  // namespace avx2
 LUMO_TARGET_POP
@@ -196,7 +202,8 @@ LUMO_TARGET_POP
   inline IV ivmin(IV a, IV b) { return _mm512_min_epi32(a, b); }                      \
   inline IM ivgt(IV a, IV b) { return _mm512_cmpgt_epi32_mask(a, b); }                \
   inline IM imand(IM f, IM g) { return static_cast<IM>(f & g); }                      \
-  inline bool iall(IM f) { return f == 0xFFFF; }
+  inline bool iall(IM f) { return f == 0xFFFF; }                                     \
+  inline int32_t ihmin(IV v) { return _mm512_reduce_min_epi32(v); }
 LUMO_TARGET_PUSH("avx512f,avx512bw")
 namespace avx512 {
 namespace bw {
@@ -259,13 +266,15 @@ Kernel pick_kernel(int isa, const char* op) {
   const bool screen = mode != ScreenMode::kNone;
   const bool int_any = mode == ScreenMode::kBest || mode == ScreenMode::kInt || mode == ScreenMode::kIntBw;
   if (isa == kIsaAvx512) {
-    IntScreenFn is = nullptr;
+    IntScreenFn is = nullptr, is6 = nullptr;
     if (int_any && __builtin_cpu_supports("avx512bw")) {
-      is = mode != ScreenMode::kIntBw && __builtin_cpu_supports("avx512vnni") ? &avx512::vnni::iscreen_rows
-                                                                             : &avx512::bw::iscreen_rows;
+      const bool vnni = mode != ScreenMode::kIntBw && __builtin_cpu_supports("avx512vnni");
+      is = vnni ? &avx512::vnni::iscreen_rows : &avx512::bw::iscreen_rows;
+      is6 = vnni ? &avx512::vnni::iscreen_rows6 : &avx512::bw::iscreen_rows6;
     }
     return {avx512::W, &avx512::search_rows, isa, &avx512::pack_tile_f32, screen ? &avx512::screen_rows : nullptr,
-            is, kIntScreenMaxD, screen ? &avx512::screen_rows6 : nullptr, kScreenMinTilesAvx512};
+            is, mode == ScreenMode::kBest ? kIntScreenMaxDAvx512 : kIntScreenMaxDOptIn,
+            screen ? &avx512::screen_rows6 : nullptr, kScreenMinTilesAvx512, is6};
   }
   if (isa == kIsaAvx2) {
     const bool fma = __builtin_cpu_supports("fma");
@@ -276,12 +285,14 @@ Kernel pick_kernel(int isa, const char* op) {
             &avx2::pack_tile_f32,
             screen && fma ? &avx2::screen_rows : nullptr,
             int_any && fma ? &avx2::iscreen_rows : nullptr,
-            mode == ScreenMode::kInt ? kIntScreenMaxD : 0,
+            mode == ScreenMode::kInt ? kIntScreenMaxDOptIn : 0,
             screen && fma ? &avx2::screen_rows6 : nullptr,
-            kScreenMinTilesAvx2};
+            kScreenMinTilesAvx2,
+            int_any && fma ? &avx2::iscreen_rows6 : nullptr};
   }
 #endif
-  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr, nullptr, 0, nullptr, kScreenMinTilesAvx2};
+  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr, nullptr, 0, nullptr, kScreenMinTilesAvx2,
+          nullptr};
 }
 
 void check_common(const char* op, int64_t n, int64_t d, int64_t k, int dtype, int64_t num_threads) {
@@ -373,8 +384,13 @@ int64_t pack_tiles(const Kernel& ker, const PackSource& src, VqPacked& p, int64_
 // Row blocks.
 // ---------------------------------------------------------------------------
 
-static int64_t tiles_per_block(const VqPacked& p) {
-  return std::max<int64_t>(1, kCodeBlockBytes / (p.d * p.tile * static_cast<int64_t>(sizeof(float))));
+// Code tiles swept per row block: kCodeBlockBytes of the data the kernel
+// streams (the int16 pairs for the integer screen, else the fp32 tiles).
+static int64_t tiles_per_block(const VqPacked& p, bool int_screen) {
+  const int64_t tile_bytes = int_screen ? (p.d + 1) / 2 * p.tile * static_cast<int64_t>(sizeof(int32_t))
+                                        : p.d * p.tile * static_cast<int64_t>(sizeof(float));
+  static const int64_t blk = std::getenv("LUMO_TB_KB") ? std::atoi(std::getenv("LUMO_TB_KB")) * 1024 : kCodeBlockBytes;
+  return std::max<int64_t>(1, blk / tile_bytes);
 }
 
 // Fills s.xn2 and s.beta for the screened kernel: beta[r] bounds |a - s| for
@@ -388,16 +404,25 @@ static int64_t tiles_per_block(const VqPacked& p) {
 // beta = (4 g + 4 u) S + (g + 2 u) max|cn| + d 2^-146, with margins; +inf
 // (no screening) where values could overflow or a bound is inf/NaN.
 // Returns whether any row can be screened.
-static bool screen_bounds(const VqPacked& p, Scratch& s, int64_t padded, int64_t t0, int64_t t1) {
-  const int64_t d = p.d;
-  double max_sq = 0.0, max_cn = 0.0;
-  bool finite = true;
+CodeBounds code_bounds(const VqPacked& p, int64_t t0, int64_t t1) {
+  CodeBounds cb;
   for (int64_t t = t0; t < t1; ++t) {
     const float a = p.bound[2 * t], b = p.bound[2 * t + 1];
-    finite = finite && a <= 1e36f && b <= 1e36f;
-    max_sq = std::max<double>(max_sq, a);
-    max_cn = std::max<double>(max_cn, b);
+    cb.finite = cb.finite && a <= 1e36f && b <= 1e36f;
+    cb.max_sq = std::max<double>(cb.max_sq, a);
+    cb.max_cn = std::max<double>(cb.max_cn, b);
   }
+  return cb;
+}
+
+bool screen_bounds(const VqPacked& p, Scratch& s, int64_t padded, int64_t t0, int64_t t1) {
+  return screen_bounds(p, code_bounds(p, t0, t1), s, padded);
+}
+
+bool screen_bounds(const VqPacked& p, const CodeBounds& codes, Scratch& s, int64_t padded) {
+  const int64_t d = p.d;
+  const double max_sq = codes.max_sq, max_cn = codes.max_cn;
+  const bool finite = codes.finite;
   const double u = std::ldexp(1.0, -24);
   const double g = static_cast<double>(d + 2) * u / (1.0 - static_cast<double>(d + 2) * u);
   const double c_norm = std::sqrt(max_sq) * (1.0 + 4.0 * g);
@@ -405,11 +430,14 @@ static bool screen_bounds(const VqPacked& p, Scratch& s, int64_t padded, int64_t
   for (int64_t r = 0; r < padded; ++r) {
     const float* x = s.x.data() + r * d;
     float* xn2 = s.xn2.data() + r * d;
-    double sq = 0.0;
-    for (int64_t j = 0; j < d; ++j) {
-      sq += static_cast<double>(x[j]) * x[j];
-      xn2[j] = -2.0f * x[j];
+    for (int64_t j = 0; j < d; ++j) xn2[j] = -2.0f * x[j];
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};  // four chains: a bound, so any order does
+    int64_t j = 0;
+    for (; j + 4 <= d; j += 4) {
+      for (int h = 0; h < 4; ++h) acc[h] += static_cast<double>(x[j + h]) * x[j + h];
     }
+    for (; j < d; ++j) acc[0] += static_cast<double>(x[j]) * x[j];
+    const double sq = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     const double big_s = std::sqrt(sq) * c_norm * (1.0 + 1e-9);
     const double beta = ((4.0 * g + 4.0 * u) * big_s + (g + 2.0 * u) * max_cn + d * std::ldexp(1.0, -146)) * 1.01;
     float bf = std::numeric_limits<float>::infinity();
@@ -423,33 +451,81 @@ static bool screen_bounds(const VqPacked& p, Scratch& s, int64_t padded, int64_t
   return any;
 }
 
-// Fills s.xq and s.b_int for the integer screen (cpu_iscreen_body.h): the
-// rows' pairs p_j = round(-2 x_j / s_x) and bounds B = 1/2 + (|p|_1 + max
-// |q|_1) / 2 + d / 4 in units of u, with margins for the double rounding
-// (|-2x| <= 2 max|x| makes |p_j| <= kIntQ).
-static void int_row_bounds(const VqPacked& p, const IntCall& ic, Scratch& s, int64_t padded) {
-  const int64_t d = p.d, pairs = (d + 1) / 2;
-  const double inv = 1.0 / ic.x_scale;
+// q = round(v) for |v| < 2^22 in the default rounding mode (ties to even):
+// adding and removing 1.5 * 2^23 leaves no fraction bits. Unlike nearbyintf it
+// vectorises without SSE4.1.
+static inline float round_small(float v) {
+  constexpr float m = 12582912.0f;  // IEEE semantics (no -ffast-math) keep (v + m) - m
+  return (v + m) - m;
+}
+
+// round_small for doubles, |v| < 2^51.
+static inline double round_small_d(double v) {
+  constexpr double m = 6755399441055744.0;  // 1.5 * 2^52
+  return (v + m) - m;
+}
+
+static inline int32_t pack_pair(int32_t lo, int32_t hi) {
+  return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint16_t>(lo)) |
+                              (static_cast<uint32_t>(static_cast<uint16_t>(hi)) << 16));
+}
+
+// The largest |v| of count values, as fp32, or NaN when one is inf/NaN.
+// fp32 input is scanned as integers: |v|'s bits order like |v| itself, and
+// inf/NaN have the largest (at least 0x7F800000); that loop vectorises.
+float max_abs_or_nan(const void* x, int dtype, int64_t count) {
+  if (dtype == static_cast<int>(DType::F32)) {
+    const uint32_t* bits = static_cast<const uint32_t*>(x);
+    uint32_t m = 0;
+    for (int64_t i = 0; i < count; ++i) m = std::max(m, bits[i] & 0x7FFFFFFFu);
+    if (m >= 0x7F800000u) return std::numeric_limits<float>::quiet_NaN();
+    float f;
+    std::memcpy(&f, &m, sizeof f);
+    return f;
+  }
+  float m = 0.0f;
+  for (int64_t i = 0; i < count; ++i) {
+    const float v = std::fabs(load_float(x, static_cast<DType>(dtype), i));
+    if (!(v <= std::numeric_limits<float>::max())) return std::numeric_limits<float>::quiet_NaN();
+    m = std::max(m, v);
+  }
+  return m;
+}
+
+// Fills s.xq, s.b_int and s.win for the integer screen (cpu_iscreen_body.h).
+// Pairs: p_j = round(fl(-2 x_j * x_inv)); |-2 x_j x_inv| <= Q (1 + 2^-24)
+// (prepare_int_call) rounds to at most Q = int_screen_q(d), and the float
+// product's rounding adds at most Q 2^-24 < 2.5e-4 to |e_j| <= 1/2. Bounds:
+// B = 1/2 + (|p|_1 + max |q|_1) / 2 + d / 4 in units of u, with margins.
+// Windows: 2 B + 2 beta / u, with margins (INT32_MAX where ic.clamped).
+void int_row_bounds(const VqPacked& p, const IntScale& ic, Scratch& s, int64_t padded) {
+  const int64_t d = p.d, pairs = (d + 1) / 2, full = d / 2;
+  const float inv = ic.x_inv;
   for (int64_t r = 0; r < padded; ++r) {
     const float* x = s.x.data() + r * d;
-    int64_t l1 = 0;
-    for (int64_t j = 0; j < pairs; ++j) {
-      int32_t q[2] = {0, 0};
-      for (int h = 0; h < 2 && 2 * j + h < d; ++h) {
-        const double v = std::nearbyint(-2.0 * static_cast<double>(x[2 * j + h]) * inv);
-        q[h] = static_cast<int32_t>(std::clamp(v, -static_cast<double>(kIntQ), static_cast<double>(kIntQ)));
-        l1 += std::abs(q[h]);
-      }
-      s.xq[r * pairs + j] = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint16_t>(q[0])) |
-                                                 (static_cast<uint32_t>(static_cast<uint16_t>(q[1])) << 16));
+    int32_t* xq = s.xq.data() + r * pairs;
+    int32_t l1 = 0;
+    for (int64_t j = 0; j < full; ++j) {
+      const int32_t q0 = static_cast<int32_t>(round_small(-2.0f * x[2 * j] * inv));
+      const int32_t q1 = static_cast<int32_t>(round_small(-2.0f * x[2 * j + 1] * inv));
+      l1 += std::abs(q0) + std::abs(q1);
+      xq[j] = pack_pair(q0, q1);
     }
-    // |e_j| <= 1/2 (+ double rounding), |f_j| <= 1/2 + 2.5e-4 (pack_int_tiles).
-    s.b_int[r] = 2.0 + 0.5003 * static_cast<double>(l1 + p.c_l1max) + 0.2503 * static_cast<double>(d);
+    if (full < pairs) {
+      const int32_t q0 = static_cast<int32_t>(round_small(-2.0f * x[d - 1] * inv));
+      l1 += std::abs(q0);
+      xq[full] = pack_pair(q0, 0);
+    }
+    const double b = 2.0 + 0.5003 * static_cast<double>(l1 + p.c_l1max) + 0.2503 * static_cast<double>(d);
+    s.b_int[r] = b;
+    const double w = (2.0 * b + 2.0 * static_cast<double>(s.beta[r]) / ic.u) * (1.0 + 1e-9) + 2.0;
+    s.win[r] = ic.clamped || !(w < 2147483647.0) ? std::numeric_limits<int32_t>::max()
+                                                   : static_cast<int32_t>(std::ceil(w));
   }
 }
 
 void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows, int64_t t0, int64_t t1,
-                  float* val, int32_t* idx, const IntCall* ic) {
+                  float* val, int32_t* idx, const IntScale* ic) {
   const int W = ker.W;
   const int64_t padded = padded_rows(rows);
   std::fill(s.bv.begin(), s.bv.begin() + padded * W, std::numeric_limits<float>::infinity());
@@ -458,20 +534,30 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
                       screen_bounds(p, s, padded, t0, t1);
   const bool int_screen = screen && ic != nullptr && ker.iscreen != nullptr && !p.itiles.empty() &&
                           p.d <= ker.int_max_d;
-  if (int_screen) int_row_bounds(p, *ic, s, padded);
-  const int64_t tb = tiles_per_block(p);
+  if (int_screen) {
+    const float xmax = max_abs_or_nan(s.x.data(), static_cast<int>(DType::F32), padded * p.d);
+    if (xmax > 0.0f && xmax < 0.5f * ic->xmax && set_int_scale(p, xmax, t0, t1, s.block_scale)) ic = &s.block_scale;
+    int_row_bounds(p, *ic, s, padded);
+  }
+  const int64_t tb = tiles_per_block(p, int_screen);
   // Groups of 6 rows first where the kernel has them (an even count of them,
   // so the rest stays a multiple of kRows), then groups of kRows: each row's
   // result is its own, so the grouping never changes a bit.
   // (Only when every row of the block can be screened, the usual case.)
-  const bool six = screen && !int_screen && ker.screen6 != nullptr && p.d >= kScreen6MinD &&
-                   std::all_of(s.beta.begin(), s.beta.begin() + padded, [](float b) { return b < 1e30f; });
+  const bool six = screen && std::all_of(s.beta.begin(), s.beta.begin() + padded, [](float b) { return b < 1e30f; }) &&
+                   (int_screen ? ker.iscreen6 != nullptr && p.d > kIntScreenUnrolledD
+                               : ker.screen6 != nullptr && p.d >= kScreen6MinD);
   const int64_t rows6 = six ? padded / 12 * 12 : 0;
   for (int64_t kb = t0; kb < t1; kb += tb) {
     const int64_t ke = std::min(t1, kb + tb);
-    for (int64_t rb = 0; rb < rows6; rb += 6) {
+    for (int64_t rb = 0; rb < rows6 && int_screen; rb += 6) {
+      ker.iscreen6(s.x.data() + rb * p.d, s.xq.data() + rb * ((p.d + 1) / 2), p.d, p.tiles.data(), p.cn.data(),
+                   p.itiles.data(), ic->cnq.data(), kb, ke, s.bv.data() + rb * W, s.bi.data() + rb * W,
+                   s.beta.data() + rb, s.b_int.data() + rb, s.win.data() + rb, ic->u, nullptr);
+    }
+    for (int64_t rb = 0; rb < rows6 && !int_screen; rb += 6) {
       ker.screen6(s.x.data() + rb * p.d, s.xn2.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke,
-                  s.bv.data() + rb * W, s.bi.data() + rb * W, s.beta.data() + rb);
+                  s.bv.data() + rb * W, s.bi.data() + rb * W, s.beta.data() + rb, nullptr);
     }
     for (int64_t rb = rows6; rb < padded; rb += kRows) {
       const float* beta = s.beta.data() + rb;
@@ -479,11 +565,11 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
         if (int_screen) {
           ker.iscreen(s.x.data() + rb * p.d, s.xq.data() + rb * ((p.d + 1) / 2), p.d, p.tiles.data(), p.cn.data(),
                       p.itiles.data(), ic->cnq.data(), kb, ke, s.bv.data() + rb * W, s.bi.data() + rb * W, beta,
-                      s.b_int.data() + rb, ic->u);
+                      s.b_int.data() + rb, s.win.data() + rb, ic->u, nullptr);
           continue;
         }
         ker.screen(s.x.data() + rb * p.d, s.xn2.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke,
-                   s.bv.data() + rb * W, s.bi.data() + rb * W, beta);
+                   s.bv.data() + rb * W, s.bi.data() + rb * W, beta, nullptr);
       } else {
         ker.fn(s.x.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke, s.bv.data() + rb * W,
                s.bi.data() + rb * W);
@@ -528,6 +614,18 @@ void search_tile_chunks(const Kernel& ker, const VqPacked& p, std::vector<Scratc
 
 int64_t load_rows(const void* x, int dtype, int64_t d, int64_t r0, int64_t rows, Scratch& s) {
   int64_t bad = -1;
+  if (dtype == static_cast<int>(DType::F32)) {  // a copy, and a finiteness scan that vectorises
+    const float* src = static_cast<const float*>(x) + r0 * d;
+    std::memcpy(s.x.data(), src, static_cast<size_t>(rows * d) * sizeof(float));
+    const uint32_t* bits = reinterpret_cast<const uint32_t*>(src);
+    for (int64_t r = 0; r < rows && bad < 0; ++r) {
+      uint32_t m = 0;
+      for (int64_t j = 0; j < d; ++j) m = std::max(m, bits[r * d + j] & 0x7FFFFFFFu);
+      if (m >= 0x7F800000u) bad = r0 + r;
+    }
+    std::fill(s.x.begin() + rows * d, s.x.begin() + padded_rows(rows) * d, 0.0f);
+    return bad;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     bool finite = true;
     for (int64_t j = 0; j < d; ++j) {
@@ -541,27 +639,19 @@ int64_t load_rows(const void* x, int dtype, int64_t d, int64_t r0, int64_t rows,
   return bad;
 }
 
-// q = round(v) for |v| < 2^22 in the default rounding mode (ties to even):
-// adding and removing 1.5 * 2^23 leaves no fraction bits. Unlike nearbyintf it
-// vectorises without SSE4.1.
-static inline float round_small(float v) {
-  constexpr float m = 12582912.0f;  // IEEE semantics (no -ffast-math) keep (v + m) - m
-  return (v + m) - m;
-}
-
 void pack_int_tiles(const Kernel& ker, VqPacked& p, int64_t threads) {
   p.itiles.clear();
   p.c_scale = 0.0;
   p.c_l1max = 0;
-  if (ker.iscreen == nullptr || p.d > std::min(kIntScreenMaxD, ker.int_max_d) || p.bad_row >= 0) return;
+  if (ker.iscreen == nullptr || p.d > ker.int_max_d || p.bad_row >= 0) return;
   float cmax = 0.0f;  // padding lanes are 0; a finite codebook packs finite values
   for (float v : p.tiles) cmax = std::max(cmax, std::fabs(v));
   if (!(cmax > 0.0f) || !std::isfinite(cmax)) return;
   const int64_t d = p.d, T = p.tile, pairs = (d + 1) / 2;
   // q = round(fl(c * inv)) with c_scale = 1 / inv exactly (in double): then
   // |c / c_scale - q| <= 1/2 + 4095 * 2^-24 (the float product's rounding), which
-  // the row bounds allow for; |c * inv| <= 4095 (1 + 2^-23) rounds to at most kIntQ.
-  const float inv = static_cast<float>(kIntQ) / cmax;
+  // the row bounds allow for; |c * inv| <= Q (1 + 2^-23) rounds to at most Q.
+  const float inv = static_cast<float>(int_screen_q(p.d)) / cmax;
   if (!(inv > 0.0f) || !std::isfinite(inv)) return;
   p.c_scale = 1.0 / static_cast<double>(inv);
   p.itiles.resize(static_cast<size_t>(p.ntiles * pairs * T));
@@ -582,8 +672,7 @@ void pack_int_tiles(const Kernel& ker, VqPacked& p, int64_t threads) {
             const int32_t q0 = static_cast<int32_t>(round_small(lo[l] * inv));
             const int32_t q1 = hi != nullptr ? static_cast<int32_t>(round_small(hi[l] * inv)) : 0;
             l1[l] += std::abs(q0) + std::abs(q1);
-            itile[j * T + l] = static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint16_t>(q0)) |
-                                                    (static_cast<uint32_t>(static_cast<uint16_t>(q1)) << 16));
+            itile[j * T + l] = pack_pair(q0, q1);
           }
         }
         for (int64_t l = 0; l < T; ++l) l1max[u] = std::max<int64_t>(l1max[u], l1[l]);
@@ -593,38 +682,36 @@ void pack_int_tiles(const Kernel& ker, VqPacked& p, int64_t threads) {
   p.c_l1max = *std::max_element(l1max.begin(), l1max.end());
 }
 
-bool prepare_int_call(const VqPacked& p, const void* x, int x_dtype, int64_t n, IntCall& ic) {
+bool prepare_int_call(const VqPacked& p, const void* x, int x_dtype, int64_t n, IntScale& ic) {
   if (p.itiles.empty() || n == 0) return false;
-  float xmax = 0.0f;
-  for (int64_t i = 0; i < n * p.d; ++i) {
-    const float v = std::fabs(load_float(x, static_cast<DType>(x_dtype), i));
-    if (!(v <= std::numeric_limits<float>::max())) return false;  // inf/NaN: a bad row the search reports
-    xmax = std::max(xmax, v);
-  }
-  if (!(xmax > 0.0f)) return false;  // every row zero: no scale
-  ic.x_scale = 2.0 * static_cast<double>(xmax) / static_cast<double>(kIntQ);
-  ic.u = ic.x_scale * p.c_scale;
-  if (!(ic.u > 0.0) || !std::isfinite(ic.u)) return false;
-  const double inv_u = 1.0 / ic.u, cap = static_cast<double>(1 << 29);
-  ic.cnq.resize(p.cn.size());
-  for (size_t i = 0; i < p.cn.size(); ++i) {
-    const float c = p.cn[i];
-    if (c != c) {  // padding lane past k
-      ic.cnq[i] = 1 << 30;
-      continue;
-    }
-    const double v = static_cast<double>(c) * inv_u;
-    if (v < -cap) return false;  // clamping up could skip a winner: no integer screen
-    ic.cnq[i] = static_cast<int32_t>(std::nearbyint(std::min(v, cap)));  // clamping down only re-scores more
-  }
-  return true;
+  const float xmax = max_abs_or_nan(x, x_dtype, n * p.d);  // NaN: a bad row the search reports
+  return xmax > 0.0f && set_int_scale(p, xmax, 0, p.ntiles, ic);  // all rows zero: no scale
 }
 
-}  // namespace vqi
-
-namespace {
-
-using namespace vqi;
+bool set_int_scale(const VqPacked& p, float xmax, int64_t t0, int64_t t1, IntScale& sc) {
+  if (!(xmax > 0.0f) || !(xmax <= 1e37f)) return false;  // past 1e37, -2x could overflow
+  // x_inv = fl(Q / (2 xmax)) <= Q / (2 xmax) (1 + 2^-24), so |fl(-2 x x_inv)|
+  // <= Q (1 + 2^-24)^2 < Q + 1/2 rounds to at most Q (int_row_bounds).
+  sc.xmax = xmax;
+  sc.x_inv = static_cast<float>(int_screen_q(p.d)) / (2.0f * xmax);
+  if (!(sc.x_inv > 0.0f) || !std::isfinite(sc.x_inv)) return false;
+  sc.x_scale = 1.0 / static_cast<double>(sc.x_inv);
+  sc.u = sc.x_scale * p.c_scale;
+  if (!(sc.u > 0.0) || !std::isfinite(sc.u)) return false;
+  const double inv_u = 1.0 / sc.u, cap = static_cast<double>(1 << 29);
+  if (sc.cnq.size() < p.cn.size()) sc.cnq.resize(p.cn.size());
+  sc.clamped = false;
+  bool fits = true;
+  for (int64_t i = t0 * p.tile; i < t1 * p.tile; ++i) {  // no early exit: the loop vectorises
+    const float c = p.cn[i];
+    const double v = static_cast<double>(c) * inv_u;
+    fits = fits && !(v < -cap);  // clamping up could skip a winner: no integer screen
+    sc.clamped = sc.clamped || v > cap;  // clamping down only re-scores more
+    // Padding lanes past k (NaN norms) hold 2^30.
+    sc.cnq[i] = c != c ? (1 << 30) : static_cast<int32_t>(round_small_d(std::min(v, cap)));
+  }
+  return fits;
+}
 
 // Packs all tiles of a laid-out p on up to `threads` threads (chunks of
 // tiles from a counter); returns the first code row holding inf/NaN, or -1.
@@ -642,6 +729,23 @@ int64_t pack_parallel(const Kernel& ker, const PackSource& src, VqPacked& p, int
   }
   return -1;
 }
+
+}  // namespace vqi
+
+int64_t VqPacked::nbytes() const {
+  int64_t total = static_cast<int64_t>((tiles.size() + cn.size() + bound.size()) * sizeof(float) +
+                                       itiles.size() * sizeof(int32_t));
+  if (key_ordered != nullptr) {
+    total += key_ordered->packed.nbytes() +
+             static_cast<int64_t>(key_ordered->perm.size() * sizeof(int32_t) +
+                                  4 * key_ordered->slab_lo.size() * sizeof(float));
+  }
+  return total;
+}
+
+namespace {
+
+using namespace vqi;
 
 // Searches x ([n, d] of x_dtype) against p on up to `threads` threads. With
 // to_pack (== &p, laid out, tiles not yet written) the tiles are packed here
@@ -700,8 +804,8 @@ int64_t search_driver(const Kernel& ker, const VqPacked& p, VqPacked* to_pack, c
     to_pack->bad_row = bad_pack;
     pack_int_tiles(ker, *to_pack, pack_threads);
   }
-  IntCall ic;
-  const IntCall* icp = prepare_int_call(p, x, x_dtype, n, ic) ? &ic : nullptr;
+  IntScale ic;
+  const IntScale* icp = prepare_int_call(p, x, x_dtype, n, ic) ? &ic : nullptr;
   WorkCounter work(row_blocks);
   run_parallel(std::min(threads, row_blocks) - 1, [&](int64_t c) {
     Scratch& s = scratch[c];
@@ -744,6 +848,9 @@ std::shared_ptr<const VqPacked> vq_pack(const void* cb, int cb_dtype, int64_t k,
   const int64_t threads = useful_threads(resolve_threads(num_threads), kPackCost * static_cast<double>(k) * d);
   p->bad_row = pack_parallel(ker, src, *p, threads);
   pack_int_tiles(ker, *p, threads);
+  if (p->bad_row < 0 && pruned_search_applies(ker, -1, k, d, norms)) {
+    p->key_ordered = order_codebook(ker, cb, cb_dtype, k, d, threads);
+  }
   return p;
 }
 
@@ -758,6 +865,15 @@ int64_t vq_search(const void* x, int x_dtype, int64_t n, int64_t d, const void* 
   if (n == 0) return -1;
   LUMO_CHECK(x && cb && codes && best, op, "non-null x, codebook, codes and best pointers", "null");
   check_norms_mode(op, norms, cn_given);
+  const int64_t threads = useful_threads(resolve_threads(num_threads), static_cast<double>(n) * k * d);
+  std::shared_ptr<const KeyOrderedCodebook> kc;
+  if (pruned_search_applies(ker, n, k, d, norms)) kc = order_codebook(ker, cb, cb_dtype, k, d, threads);
+  if (kc != nullptr && search_pruned(ker, *kc, x, x_dtype, n, d, codes, best, threads)) {
+    for (int64_t r = 0; r < n; ++r) {
+      if (!std::isfinite(best[r])) return -2 - k - r;  // the score overflowed fp32
+    }
+    return -1;
+  }
   // The calling thread's packed buffer, reused across calls.
   thread_local VqPacked workspace;
   pack_layout(k, d, ker.W, workspace);
@@ -784,8 +900,15 @@ int64_t vq_search_packed(const VqPacked& p, const void* x, int x_dtype, int64_t 
   if (n == 0) return -1;
   LUMO_CHECK(x && codes && best, op, "non-null x, codes and best pointers", "null");
   const double work = static_cast<double>(n) * p.k * d;
-  const int64_t st = search_driver(ker, p, nullptr, nullptr, x, x_dtype, n, d, codes, best,
-                                   useful_threads(resolve_threads(num_threads), work));
+  const int64_t threads = useful_threads(resolve_threads(num_threads), work);
+  if (p.key_ordered != nullptr && pruned_search_applies(ker, n, p.k, d, kNormsCompute) &&
+      search_pruned(ker, *p.key_ordered, x, x_dtype, n, d, codes, best, threads)) {
+    for (int64_t r = 0; r < n; ++r) {
+      if (!std::isfinite(best[r])) return -2 - r;  // the score overflowed fp32
+    }
+    return -1;
+  }
+  const int64_t st = search_driver(ker, p, nullptr, nullptr, x, x_dtype, n, d, codes, best, threads);
   if (st != -1) return st;
   for (int64_t r = 0; r < n; ++r) {
     if (!std::isfinite(best[r])) return -2 - r;  // the score overflowed fp32

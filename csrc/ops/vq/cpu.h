@@ -18,6 +18,10 @@ namespace cpu {
 // Norm modes of vq_search.
 enum VqNorms : int { kNormsCompute = 0, kNormsGiven = 1, kNormsZero = 2 };
 
+namespace vqi {
+struct KeyOrderedCodebook;  // cpu_internal.h
+}  // namespace vqi
+
 // A codebook converted to fp32 and packed for the search micro-kernel of one
 // instruction set: tiles of `tile` codes laid out [ntiles][d][tile], and the
 // codes' ranking norms cn ([ntiles * tile], NaN past k). Immutable once built,
@@ -31,20 +35,20 @@ struct VqPacked {
   // Per tile: the largest sqnorm of its codes and the largest |cn| (inf/NaN
   // when a code holds one): the screening bound of the search.
   std::vector<float> bound;
-  // The integer screen's copy (d <= 16, instruction sets that have it; else
+  // The integer screen's copy (where the instruction set and D have it; else
   // empty): code element j is c_scale * q_j + f, |f| <= c_scale / 2, |q_j| <=
-  // 4095, two dimensions per int32 lane (low half even j), laid out
+  // int_screen_q(d) <= 4095, two dimensions per int32 lane (low half even j), laid out
   // [ntiles][(d + 1) / 2][tile]; c_l1max is the largest sum_j |q_j|.
   std::vector<int32_t> itiles;
   double c_scale = 0.0;
   int64_t c_l1max = 0;
+  // A second copy in the order of one coordinate, for the axis-pruned search
+  // of small D (cpu_pruned.cpp); null where that search does not apply.
+  std::shared_ptr<const vqi::KeyOrderedCodebook> key_ordered;
 
   // Element j of code c, as fp32 (the exact converted value).
   float at(int64_t c, int64_t j) const { return tiles[((c / tile) * d + j) * tile + c % tile]; }
-  int64_t nbytes() const {
-    return static_cast<int64_t>((tiles.size() + cn.size() + bound.size()) * sizeof(float) +
-                                itiles.size() * sizeof(int32_t));
-  }
+  int64_t nbytes() const;
 };
 
 // Packs cb ([k, d] of cb_dtype; norms and cn_given as in vq_search) for `isa`,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -33,11 +34,24 @@ constexpr int64_t kCodeBlockBytes = 128 * 1024;   // packed code data swept per 
 constexpr int64_t kScreenMaxD = 32;
 constexpr int64_t kScreenMinTilesAvx512 = 16;
 constexpr int64_t kScreenMinTilesAvx2 = 128;
-// The integer screen (cpu_iscreen_body.h) for D <= kIntScreenMaxD: |q| <=
-// kIntQ keeps sum_j p_j q_j within 2^28 and the norm terms are clamped to
-// 2^29, so no int32 lane overflows. At larger D the fp32 screen is used.
-constexpr int64_t kIntScreenMaxD = 16;
-constexpr int32_t kIntQ = 4095;
+// The integer screen (cpu_iscreen_body.h). Quantised values are at most
+// int_screen_q(d) in magnitude, so that sum_j p_j q_j over the 2 ceil(d / 2)
+// products stays within 2^29; with the norm terms clamped to 2^29 no int32
+// lane overflows. That is 4095 (12 bits) up to D = 32, 2047 at D = 128 and
+// 1447 at D = 256: coarser steps only loosen the bound (more re-scoring).
+// Pair counts up to kIntScreenUnrolledD / 2 are compile-time constants.
+constexpr int64_t kIntScreenUnrolledD = 16;
+constexpr int32_t kIntQMax = 4095;
+inline int32_t int_screen_q(int64_t d) {
+  const double products = static_cast<double>(2 * ((d + 1) / 2));
+  const double q = std::floor(std::sqrt(static_cast<double>(1 << 29) / products));
+  return static_cast<int32_t>(std::min<double>(kIntQMax, q));
+}
+// The largest D the integer screen runs at, where it is the default (AVX-512
+// with BW) and where it is opted into (LUMO_VQ_SCREEN=int). Measured in
+// docs/ops_vq.md.
+constexpr int64_t kIntScreenMaxDAvx512 = 1024;
+constexpr int64_t kIntScreenMaxDOptIn = 1024;
 // Row groups of 6 for the fp32 screen, from this D up (one thread on Zen 4,
 // AVX2 forced, N = 4096: D = 8 11.5 vs 12.0 ms, D = 16 21 vs 30 ms; at D = 4
 // 6 rows were slower in a micro-benchmark, 13.8 vs 11.8 ms. AVX-512: N =
@@ -61,17 +75,20 @@ using SearchFn = void (*)(const float* xs, int64_t d, const float* tiles, const 
 using PackTileFn = uint32_t (*)(const float* src, const float* next, int64_t d, float* tile, float* norms);
 // The screened micro-kernel (cpu_screen_body.h): SearchFn's results, bit for
 // bit, with xn2 [kRows][d] = -2 * xs and beta [kRows] the rows' finite bounds
-// on |FMA score - exact score| (screen_bounds).
+// on |FMA score - exact score| (screen_bounds). perm: null, or each packed
+// lane's code index (a codebook packed out of index order: cpu_pruned.cpp).
 using ScreenFn = void (*)(const float* xs, const float* xn2, int64_t d, const float* tiles, const float* cn,
-                          int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta);
+                          int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta, const int32_t* perm);
 
 // The integer-screened micro-kernel (cpu_iscreen_body.h): SearchFn's results,
 // bit for bit, with xq [kRows][(d + 1) / 2] the rows' quantised pairs, itiles
-// and cnq the codes' (VqPacked::itiles, IntCall::cnq), b_int [kRows] the rows'
-// bounds in units of u (int_row_bounds).
+// and cnq the codes' (VqPacked::itiles, IntScale::cnq), b_int [kRows] the rows'
+// bounds in units of u and win [kRows] their windows (int_row_bounds); perm
+// as ScreenFn.
 using IntScreenFn = void (*)(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
                              const int32_t* itiles, const int32_t* cnq, int64_t t0, int64_t t1, float* bv,
-                             int32_t* bi, const float* beta, const double* b_int, double u);
+                             int32_t* bi, const float* beta, const double* b_int, const int32_t* win,
+                             double u, const int32_t* perm);
 
 struct Kernel {
   int W;
@@ -83,13 +100,18 @@ struct Kernel {
   int64_t int_max_d = 0;       // the integer screen runs for D <= int_max_d
   ScreenFn screen6 = nullptr;  // screen for 6 rows a call (D >= kScreen6MinD), where faster
   int64_t screen_min_tiles = kScreenMinTilesAvx2;  // screen D > kScreenMaxD from this many tiles
+  IntScreenFn iscreen6 = nullptr;  // integer screen for 6 rows a call (D > kIntScreenUnrolledD)
 };
 
-// The per-call part of the integer screen: the rows' scale s_x (one for the
-// call) and the codes' norm terms in units of u = s_x * c_scale.
-struct IntCall {
+// The integer screen's scale for a set of rows (a call, or one row block
+// whose rows are much smaller than the call's largest): s_x and the codes'
+// norm terms in units of u = s_x * c_scale.
+struct IntScale {
+  float xmax = 0.0f;   // the largest |x| of the rows
+  float x_inv = 0.0f;  // rows are quantised as round(-2 x * x_inv); x_scale = 1 / x_inv
   double x_scale = 0.0, u = 0.0;
   std::vector<int32_t> cnq;  // [ntiles * tile]
+  bool clamped = false;      // a norm term was clamped: no windows (cpu_iscreen_body.h)
 };
 
 Kernel pick_kernel(int isa, const char* op);
@@ -111,6 +133,45 @@ void pack_layout(int64_t k, int64_t d, int W, VqPacked& p);
 // any split gives the same p.
 int64_t pack_tiles(const Kernel& ker, const PackSource& src, VqPacked& p, int64_t t0, int64_t t1);
 
+// Packs all tiles of a laid-out p on up to `threads` threads; returns the
+// first code row holding inf/NaN, or -1.
+int64_t pack_parallel(const Kernel& ker, const PackSource& src, VqPacked& p, int64_t threads);
+
+// The axis-pruned search (cpu_pruned.cpp) for D <= kPrunedMaxD, at least
+// kPrunedMinCodes codes and kPrunedMinRows rows, computed norms (the bound it
+// prunes with is the L2 distance). LUMO_VQ_PRUNE=0 turns it off. Zen 4, two
+// threads, N = 4096, K = 16384: D = 8 4.3-5.7 vs 4.9-7.4 ms without it (both
+// ISAs), D = 12 7.4-12 vs 5.9-10 ms (slower, so 8).
+constexpr int64_t kPrunedMaxD = 8;
+constexpr int64_t kPrunedMinCodes = 2048;
+constexpr int64_t kPrunedMinRows = 256;
+// The codebook in the order of one coordinate `axis` (bucketed: slabs of
+// consecutive tiles hold ordered key ranges): a packed copy whose lane l of
+// tile t is code perm[t * tile + l] (INT32_MAX past k), with each slab's key
+// range slab_lo/hi and their suffix minimum lo_suffix and prefix maximum
+// hi_prefix (bounds for every slab from q on / up to q).
+struct KeyOrderedCodebook {
+  VqPacked packed;
+  std::vector<int32_t> perm;
+  std::vector<float> slab_lo, slab_hi, lo_suffix, hi_prefix;
+  int axis = 0;
+  double max_sq = 0.0;  // the largest computed code norm
+};
+// Whether the pruned search applies to the shape (n = -1: any row count,
+// for packing ahead of the rows) and norm mode, on this kernel.
+bool pruned_search_applies(const Kernel& ker, int64_t n, int64_t k, int64_t d, int norms);
+// The key-ordered copy of cb ([k, d] of cb_dtype, computed norms) on up to
+// `threads` threads; null where the pruned search cannot use it (inf/NaN
+// codes, a codebook constant along every coordinate, norms near overflow).
+std::shared_ptr<const KeyOrderedCodebook> order_codebook(const Kernel& ker, const void* cb, int cb_dtype,
+                                                         int64_t k, int64_t d, int64_t threads);
+// vq_search's results (codes, best) for x [n, d] through the axis-pruned
+// search of kc, bit for bit; false (nothing written) where it does not apply
+// to these rows (inf/NaN, or values near overflow): the regular search then
+// runs and reports what it finds.
+bool search_pruned(const Kernel& ker, const KeyOrderedCodebook& kc, const void* x, int x_dtype, int64_t n,
+                   int64_t d, int64_t* codes, float* best, int64_t threads);
+
 // Per-thread buffers for one row block.
 struct Scratch {
   std::vector<float> x;   // [kRowBlock][d] fp32 rows (zero past the last row)
@@ -120,19 +181,23 @@ struct Scratch {
   std::vector<float> beta;  // [kRowBlock] screening bounds (+inf: no screening)
   std::vector<int32_t> xq;  // [kRowBlock][(d + 1) / 2] quantised pairs, for the integer screen
   std::vector<double> b_int;  // [kRowBlock] integer-screen bounds
+  std::vector<int32_t> win;   // [kRowBlock] integer-screen windows
+  IntScale block_scale;       // this row block's own integer scale, where it has one
   Scratch(int64_t d, int W)
       : x(static_cast<size_t>(kRowBlock * d)), bv(static_cast<size_t>(kRowBlock * W)),
         bi(static_cast<size_t>(kRowBlock * W)), xn2(static_cast<size_t>(kRowBlock * d)),
         beta(static_cast<size_t>(kRowBlock)), xq(static_cast<size_t>(kRowBlock * ((d + 1) / 2))),
-        b_int(static_cast<size_t>(kRowBlock)) {}
+        b_int(static_cast<size_t>(kRowBlock)), win(static_cast<size_t>(kRowBlock)) {}
 };
 
 // Searches the `rows` fp32 rows in s.x against tiles [t0, t1) of p and writes
 // each row's (value, index) minimum; index INT32_MAX when no lane ever won.
 // With ic (prepared by prepare_int_call for this p) the integer screen runs
-// where it applies.
+// where it applies; a row block whose largest |x| is under half the call's
+// gets its own scale (one outlier row would otherwise leave the others few
+// bits, and the screen would re-score nearly every tile).
 void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows, int64_t t0, int64_t t1,
-                  float* val, int32_t* idx, const IntCall* ic = nullptr);
+                  float* val, int32_t* idx, const IntScale* ic = nullptr);
 
 // Few rows: searches n rows against the code tiles of p split into `chunks`
 // ranges, on up to `threads` threads, writing each chunk's per-row minima to
@@ -153,7 +218,29 @@ void pack_int_tiles(const Kernel& ker, VqPacked& p, int64_t threads);
 // The per-call part of the integer screen for rows x ([n, p.d] of x_dtype):
 // false (no integer screen) when p has no integer copy, every row is zero or
 // not finite, or a norm term would not fit.
-bool prepare_int_call(const VqPacked& p, const void* x, int x_dtype, int64_t n, IntCall& ic);
+bool prepare_int_call(const VqPacked& p, const void* x, int x_dtype, int64_t n, IntScale& ic);
+// The scale of rows whose largest |x| is xmax (finite, > 0), with the norm
+// terms of tiles [t0, t1) (sc.cnq holds p.ntiles tiles; others are unset):
+// false when a norm term would not fit or the scale is not finite.
+bool set_int_scale(const VqPacked& p, float xmax, int64_t t0, int64_t t1, IntScale& sc);
+
+// Fills s.xn2 and s.beta [padded] for the screens against tiles [t0, t1) of
+// p: beta bounds |screening score - exact score| (+inf: the row cannot be
+// screened). Returns whether any row can be screened.
+bool screen_bounds(const VqPacked& p, Scratch& s, int64_t padded, int64_t t0, int64_t t1);
+// The code side of those bounds over tiles [t0, t1): the largest code norm
+// and |cn|, and whether both are finite (and below 1e36).
+struct CodeBounds {
+  double max_sq = 0.0, max_cn = 0.0;
+  bool finite = true;
+};
+CodeBounds code_bounds(const VqPacked& p, int64_t t0, int64_t t1);
+bool screen_bounds(const VqPacked& p, const CodeBounds& codes, Scratch& s, int64_t padded);
+// Fills s.xq, s.b_int and s.win [padded] for the integer screen at scale ic
+// (s.beta first, from screen_bounds).
+void int_row_bounds(const VqPacked& p, const IntScale& ic, Scratch& s, int64_t padded);
+// The largest |v| of count values of dtype, as fp32, or NaN when one is inf/NaN.
+float max_abs_or_nan(const void* x, int dtype, int64_t count);
 
 // Converts rows [r0, r0 + rows) of x into s.x (zero-padded to a multiple of
 // kRows); returns the first one holding inf/NaN, or -1.

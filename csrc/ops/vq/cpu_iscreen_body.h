@@ -1,4 +1,4 @@
-// The integer-screened VQ micro-kernel (D <= kIntScreenMaxD): int16 copies of
+// The integer-screened VQ micro-kernel: int16 copies of
 // the codes and rows give screening scores at two to four times the rate of
 // fp32 FMAs; the contract's arithmetic still decides every code that can win.
 // Included by cpu.cpp once per instruction set that has it (AVX2; AVX-512 with
@@ -10,12 +10,13 @@
 //   ivload(p), ivbcast(i)    load W int32, broadcast one
 //   ivdot2(acc, x, c)        acc + (x.lo16 * c.lo16 + x.hi16 * c.hi16) per int32 lane
 //   ivmin(a, b)              lane minimum
+//   ihmin(a)                 smallest lane
 //   IM, ivgt(a, b), imand(f, g), iall(f)
 //                            lane flags a > b, their AND, all lanes set
 //
 // Why it is exact. Codes are quantised once, c_j = s_c (q_j + f_j), and the
 // rows of a call with one scale s_x, -2 x_j = s_x (p_j + e_j), |e_j|, |f_j| <=
-// 1/2 (int_row_bounds in cpu.cpp; |p|, |q| <= kIntQ). With u = s_x s_c the
+// 1/2 (int_row_bounds in cpu.cpp; |p|, |q| <= int_screen_q(d)). With u = s_x s_c the
 // integer score A = round(cn / u) + sum_j p_j q_j is exact (no overflow:
 // |A| < 2^30) and |u A - (cn - 2 x.c)| <= u B for the row's B = 1/2 +
 // (|p|_1 + max |q|_1) / 2 + d / 4 (+ margins). The contract's score s is
@@ -41,26 +42,61 @@ inline int32_t int_threshold(float e, float beta, double b_int, double u) {
 // Rows xs [R][d] (fp32, for the exact re-scoring) with xq [R][P] their
 // quantised pairs, against tiles [t0, t1): fp32 tiles/cn for the exact part,
 // itiles [ntiles][P][T] and cnq [ntiles * T] (the norm terms in units of u)
-// for the screen. bv/bi as search_rows; beta/b_int [R] the rows' bounds.
-template <int P>
+// for the screen. bv/bi as search_rows; beta/b_int [R] the rows' bounds;
+// win [R] their windows (int_row_bounds). PC > 0: P = PC pairs, known at
+// compile time (the loops unroll). RR rows.
+//
+// The re-scoring is deferred. A tile with a lane at or below the threshold
+// goes on its row's list, and the threshold drops to the tile's smallest
+// integer score A_m plus the row's window 2 B + 2 beta / u (+ margins):
+// the code c_m scoring A_m has s_m <= u (A_m + B) + beta, so a winner w
+// (s_w <= s_m) has A_w <= A_m + window. At the end (or when a list is
+// full) the listed tiles still at or below the row's threshold are scored
+// exactly, in code order. Most early tiles of a sweep are then never
+// re-scored, and the exact scores still see every code that can win or tie.
+// The window is INT32_MAX (no effect) where a norm term was clamped: such a
+// lane's A_m is below its true score. Padding lanes (2^30) are never a
+// tile's A_m: every tile holds a code, and codes score below 2^30.
+template <int PC, int RR>
 inline void iscreen_rows_t(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
                            const int32_t* itiles, const int32_t* cnq, int64_t t0, int64_t t1, float* bv,
-                           int32_t* bi, const float* beta, const double* b_int, double u) {
-  IV thr[R];
-  for (int r = 0; r < R; ++r) thr[r] = ivbcast(int_threshold(hmin(vload(bv + r * W)), beta[r], b_int[r], u));
+                           int32_t* bi, const float* beta, const double* b_int, const int32_t* win, double u,
+                           const int32_t* perm) {
+  const int64_t P = PC > 0 ? PC : (d + 1) / 2;
+  constexpr int kList = 16;
+  int32_t thr_s[RR], list[RR][kList], list_min[RR][kList];
+  int listed[RR];
+  IV thr[RR];
+  for (int r = 0; r < RR; ++r) {
+    thr_s[r] = int_threshold(hmin(vload(bv + r * W)), beta[r], b_int[r], u);
+    thr[r] = ivbcast(thr_s[r]);
+    listed[r] = 0;
+  }
+  // Scores the listed tiles of row r still at or below its threshold.
+  auto rescore = [&](int r) {
+    for (int i = 0; i < listed[r]; ++i) {
+      if (list_min[r][i] > thr_s[r]) continue;
+      const int64_t t = list[r][i];
+      const float e = exact_tile(xs + r * d, d, tiles + t * d * T, cn + t * T, static_cast<int32_t>(t * T), perm,
+                                 bv + r * W, bi + r * W);
+      thr_s[r] = std::min(thr_s[r], int_threshold(e, beta[r], b_int[r], u));
+    }
+    listed[r] = 0;
+    thr[r] = ivbcast(thr_s[r]);
+  };
   for (int64_t t = t0; t < t1; ++t) {
     const int32_t* ct = itiles + t * P * T;
-    IV a0[R], a1[R];
+    IV a0[RR], a1[RR];
     {
       const IV n0 = ivload(cnq + t * T), n1 = ivload(cnq + t * T + W);
-      for (int r = 0; r < R; ++r) {
+      for (int r = 0; r < RR; ++r) {
         a0[r] = n0;
         a1[r] = n1;
       }
     }
-    for (int j = 0; j < P; ++j) {
+    for (int64_t j = 0; j < P; ++j) {
       const IV c0 = ivload(ct + j * T), c1 = ivload(ct + j * T + W);
-      for (int r = 0; r < R; ++r) {
+      for (int r = 0; r < RR; ++r) {
         const IV xv = ivbcast(xq[r * P + j]);
         a0[r] = ivdot2(a0[r], xv, c0);
         a1[r] = ivdot2(a1[r], xv, c1);
@@ -68,24 +104,33 @@ inline void iscreen_rows_t(const float* xs, const int32_t* xq, int64_t d, const 
     }
     // Skip the tile when every lane of every row is above its threshold.
     IM above = ivgt(ivmin(a0[0], a1[0]), thr[0]);
-    for (int r = 1; r < R; ++r) above = imand(above, ivgt(ivmin(a0[r], a1[r]), thr[r]));
+    for (int r = 1; r < RR; ++r) above = imand(above, ivgt(ivmin(a0[r], a1[r]), thr[r]));
     if (__builtin_expect(!iall(above), 0)) {
-      for (int r = 0; r < R; ++r) {
-        if (iall(ivgt(ivmin(a0[r], a1[r]), thr[r]))) continue;
-        const float e = exact_tile(xs + r * d, d, tiles + t * d * T, cn + t * T, static_cast<int32_t>(t * T),
-                                   bv + r * W, bi + r * W);
-        thr[r] = ivbcast(int_threshold(e, beta[r], b_int[r], u));
+      for (int r = 0; r < RR; ++r) {
+        const IV m = ivmin(a0[r], a1[r]);
+        if (iall(ivgt(m, thr[r]))) continue;
+        if (listed[r] == kList) rescore(r);
+        const int32_t a_m = ihmin(m);
+        list[r][listed[r]] = static_cast<int32_t>(t);
+        list_min[r][listed[r]++] = a_m;
+        const int64_t w = static_cast<int64_t>(a_m) + win[r];
+        if (w < thr_s[r]) {
+          thr_s[r] = static_cast<int32_t>(w);
+          thr[r] = ivbcast(thr_s[r]);
+        }
       }
     }
   }
+  for (int r = 0; r < RR; ++r) rescore(r);
 }
 
 inline void iscreen_rows(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
                          const int32_t* itiles, const int32_t* cnq, int64_t t0, int64_t t1, float* bv, int32_t* bi,
-                         const float* beta, const double* b_int, double u) {
+                         const float* beta, const double* b_int, const int32_t* win, double u,
+                         const int32_t* perm) {
   switch ((d + 1) / 2) {
 #define LUMO_VQ_ISCREEN_CASE(P) \
-  case P: return iscreen_rows_t<P>(xs, xq, d, tiles, cn, itiles, cnq, t0, t1, bv, bi, beta, b_int, u);
+  case P: return iscreen_rows_t<P, R>(xs, xq, d, tiles, cn, itiles, cnq, t0, t1, bv, bi, beta, b_int, win, u, perm);
     LUMO_VQ_ISCREEN_CASE(1)
     LUMO_VQ_ISCREEN_CASE(2)
     LUMO_VQ_ISCREEN_CASE(3)
@@ -95,6 +140,15 @@ inline void iscreen_rows(const float* xs, const int32_t* xq, int64_t d, const fl
     LUMO_VQ_ISCREEN_CASE(7)
     LUMO_VQ_ISCREEN_CASE(8)
 #undef LUMO_VQ_ISCREEN_CASE
-    default: return;  // the caller never passes d > kIntScreenMaxD
+    default: return iscreen_rows_t<0, R>(xs, xq, d, tiles, cn, itiles, cnq, t0, t1, bv, bi, beta, b_int, win, u, perm);
   }
+}
+
+// iscreen_rows for 6 rows at a time (the arrays hold 6 rows), past the
+// unrolled sizes: 12 accumulators share each code vector.
+inline void iscreen_rows6(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
+                          const int32_t* itiles, const int32_t* cnq, int64_t t0, int64_t t1, float* bv,
+                          int32_t* bi, const float* beta, const double* b_int, const int32_t* win, double u,
+                          const int32_t* perm) {
+  iscreen_rows_t<0, 6>(xs, xq, d, tiles, cn, itiles, cnq, t0, t1, bv, bi, beta, b_int, win, u, perm);
 }

@@ -26,12 +26,14 @@
 // hold other values. Cost: the exact re-scoring of the tiles that set a new
 // minimum (about ln(K / tile) per row for random data) and of near-ties.
 
-// Exact scores of tile ct (codes base..base+T) for one row x, folded into the
-// row's lane state bv/bi [W]; returns the new best value over the lanes.
+// Exact scores of tile ct (codes base..base+T, or with perm the codes
+// perm[base..base+T): a codebook packed out of index order) for one row x,
+// folded into the row's lane state bv/bi [W]; returns the new best value over
+// the lanes. Out of order, a lane also takes an equal score with a lower index.
 // Out of line and cold: inlined, the compiler keeps the hot loop's loads
 // alive for it (stack spills in every tile).
-__attribute__((noinline, cold)) float exact_tile(const float* x, int64_t d, const float* ct, const float* cnt, int32_t base, float* bv,
-                        int32_t* bi) {
+__attribute__((noinline, cold)) float exact_tile(const float* x, int64_t d, const float* ct, const float* cnt,
+                                                 int32_t base, const int32_t* perm, float* bv, int32_t* bi) {
   V two = vbcast(2.0f);
   vopaque(two);
   V a0 = vmul(vbcast(x[0]), vload(ct));
@@ -43,8 +45,13 @@ __attribute__((noinline, cold)) float exact_tile(const float* x, int64_t d, cons
   }
   V best = vload(bv);
   I bidx = iload(bi);
-  vupdate(best, bidx, vsub(vload(cnt), vmul(a0, two)), iramp(base));
-  vupdate(best, bidx, vsub(vload(cnt + W), vmul(a1, two)), iramp(base + W));
+  if (perm == nullptr) {
+    vupdate(best, bidx, vsub(vload(cnt), vmul(a0, two)), iramp(base));
+    vupdate(best, bidx, vsub(vload(cnt + W), vmul(a1, two)), iramp(base + W));
+  } else {
+    vupdate_pair(best, bidx, vsub(vload(cnt), vmul(a0, two)), iload(perm + base));
+    vupdate_pair(best, bidx, vsub(vload(cnt + W), vmul(a1, two)), iload(perm + base + W));
+  }
   vstore(bv, best);
   istore(bi, bidx);
   return hmin(best);
@@ -59,10 +66,10 @@ inline float screen_threshold(float e, float beta) {
 
 // As search_rows, for RR rows xs ([RR][d] fp32), with xn2 [RR][d] = -2 * xs
 // (exact) and beta [RR] the rows' bounds (finite). DC > 0: d == DC, known at
-// compile time (the loops unroll).
+// compile time (the loops unroll). perm: as exact_tile.
 template <int DC, int RR>
 inline void screen_rows_t(const float* xs, const float* xn2, int64_t d_rt, const float* tiles, const float* cn,
-                          int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta) {
+                          int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta, const int32_t* perm) {
   const int64_t d = DC > 0 ? DC : d_rt;
   V thr[RR];
   for (int r = 0; r < RR; ++r) thr[r] = vbcast(screen_threshold(hmin(vload(bv + r * W)), beta[r]));
@@ -92,7 +99,7 @@ inline void screen_rows_t(const float* xs, const float* xn2, int64_t d_rt, const
     if (__builtin_expect(fany(hit), 0)) {
       for (int r = 0; r < RR; ++r) {
         if (!fany(fle(vmin(a1[r], a0[r]), thr[r]))) continue;
-        const float e = exact_tile(xs + r * d, d, ct, cn + t * T, static_cast<int32_t>(t * T), bv + r * W,
+        const float e = exact_tile(xs + r * d, d, ct, cn + t * T, static_cast<int32_t>(t * T), perm, bv + r * W,
                                    bi + r * W);
         thr[r] = vbcast(screen_threshold(e, beta[r]));
       }
@@ -101,12 +108,12 @@ inline void screen_rows_t(const float* xs, const float* xn2, int64_t d_rt, const
 }
 
 inline void screen_rows(const float* xs, const float* xn2, int64_t d, const float* tiles, const float* cn,
-                        int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta) {
+                        int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta, const int32_t* perm) {
   switch (d) {
-    case 4: return screen_rows_t<4, R>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta);
-    case 8: return screen_rows_t<8, R>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta);
-    case 16: return screen_rows_t<16, R>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta);
-    default: return screen_rows_t<0, R>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta);
+    case 4: return screen_rows_t<4, R>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta, perm);
+    case 8: return screen_rows_t<8, R>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta, perm);
+    case 16: return screen_rows_t<16, R>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta, perm);
+    default: return screen_rows_t<0, R>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta, perm);
   }
 }
 
@@ -114,10 +121,10 @@ inline void screen_rows(const float* xs, const float* xn2, int64_t d, const floa
 // share each code vector, which measured faster at D >= 8 (kScreen6MinD in
 // cpu_internal.h has the figures).
 inline void screen_rows6(const float* xs, const float* xn2, int64_t d, const float* tiles, const float* cn,
-                         int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta) {
+                         int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta, const int32_t* perm) {
   switch (d) {
-    case 8: return screen_rows_t<8, 6>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta);
-    case 16: return screen_rows_t<16, 6>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta);
-    default: return screen_rows_t<0, 6>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta);
+    case 8: return screen_rows_t<8, 6>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta, perm);
+    case 16: return screen_rows_t<16, 6>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta, perm);
+    default: return screen_rows_t<0, 6>(xs, xn2, d, tiles, cn, t0, t1, bv, bi, beta, perm);
   }
 }
