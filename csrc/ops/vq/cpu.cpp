@@ -708,7 +708,8 @@ bool set_int_scale(const VqPacked& p, float xmax, int64_t t0, int64_t t1, IntSca
     fits = fits && !(v < -cap);  // clamping up could skip a winner: no integer screen
     sc.clamped = sc.clamped || v > cap;  // clamping down only re-scores more
     // Padding lanes past k (NaN norms) hold 2^30.
-    sc.cnq[i] = c != c ? (1 << 30) : static_cast<int32_t>(round_small_d(std::min(v, cap)));
+    // (Clamped on both sides: a value below -cap is only converted, never used.)
+    sc.cnq[i] = c != c ? (1 << 30) : static_cast<int32_t>(round_small_d(std::clamp(v, -cap, cap)));
   }
   return fits;
 }
