@@ -57,6 +57,14 @@ __attribute__((noinline, cold)) float exact_tile(const float* x, int64_t d, cons
   return hmin(best);
 }
 
+// The re-scoring is deferred, as in cpu_iscreen_body.h. A tile with a lane at
+// or below the threshold goes on its row's list, and the threshold drops to
+// the tile's smallest screening score a_m plus 2 beta: the code scoring a_m
+// has s_m <= a_m + beta, so a winner w (s_w <= s_m) has a_w <= a_m + 2 beta.
+// At the end (or when a list is full) the listed tiles still at or below the
+// threshold are scored exactly, in the order listed; lanes fold codes in
+// increasing index order within a sweep, so ties still keep the lowest index.
+
 // Threshold of a row whose best exact score is e: codes with a screening
 // score above it cannot win. The sum e + beta is rounded; the |e| term covers
 // that rounding (beta > 0, so e + beta rounds to at most one ulp below).
@@ -71,8 +79,29 @@ template <int DC, int RR>
 inline void screen_rows_t(const float* xs, const float* xn2, int64_t d_rt, const float* tiles, const float* cn,
                           int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta, const int32_t* perm) {
   const int64_t d = DC > 0 ? DC : d_rt;
+  constexpr int kList = 16;
+  float thr_s[RR], list_min[RR][kList];
+  int32_t list[RR][kList];
+  int listed[RR];
   V thr[RR];
-  for (int r = 0; r < RR; ++r) thr[r] = vbcast(screen_threshold(hmin(vload(bv + r * W)), beta[r]));
+  for (int r = 0; r < RR; ++r) {
+    thr_s[r] = screen_threshold(hmin(vload(bv + r * W)), beta[r]);
+    thr[r] = vbcast(thr_s[r]);
+    listed[r] = 0;
+  }
+  // Scores the listed tiles of row r still at or below its threshold (see
+  // the deferral note above).
+  auto rescore = [&](int r) {
+    for (int i = 0; i < listed[r]; ++i) {
+      if (list_min[r][i] > thr_s[r]) continue;
+      const int64_t t = list[r][i];
+      const float e = exact_tile(xs + r * d, d, tiles + t * d * T, cn + t * T, static_cast<int32_t>(t * T), perm,
+                                 bv + r * W, bi + r * W);
+      thr_s[r] = std::min(thr_s[r], screen_threshold(e, beta[r]));
+    }
+    listed[r] = 0;
+    thr[r] = vbcast(thr_s[r]);
+  };
   for (int64_t t = t0; t < t1; ++t) {
     const float* ct = tiles + t * d * T;
     V a0[RR], a1[RR];
@@ -98,13 +127,21 @@ inline void screen_rows_t(const float* xs, const float* xn2, int64_t d_rt, const
     for (int r = 1; r < RR; ++r) hit = for2(hit, fle(vmin(a1[r], a0[r]), thr[r]));
     if (__builtin_expect(fany(hit), 0)) {
       for (int r = 0; r < RR; ++r) {
-        if (!fany(fle(vmin(a1[r], a0[r]), thr[r]))) continue;
-        const float e = exact_tile(xs + r * d, d, ct, cn + t * T, static_cast<int32_t>(t * T), perm, bv + r * W,
-                                   bi + r * W);
-        thr[r] = vbcast(screen_threshold(e, beta[r]));
+        const V m = vmin(a1[r], a0[r]);
+        if (!fany(fle(m, thr[r]))) continue;
+        if (listed[r] == kList) rescore(r);
+        const float a_m = hmin(m);  // NaN only when every lane is padding: never lowers the threshold
+        list[r][listed[r]] = static_cast<int32_t>(t);
+        list_min[r][listed[r]++] = a_m;
+        const float w = screen_threshold(a_m, 2.0f * beta[r]);
+        if (w < thr_s[r]) {
+          thr_s[r] = w;
+          thr[r] = vbcast(w);
+        }
       }
     }
   }
+  for (int r = 0; r < RR; ++r) rescore(r);
 }
 
 inline void screen_rows(const float* xs, const float* xn2, int64_t d, const float* tiles, const float* cn,
