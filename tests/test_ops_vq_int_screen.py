@@ -17,23 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lumo_uti.ops as ops
-from lumo_uti.ops import _native
 from lumo_uti.ops.reference import vq_search_reference
 from lumo_uti.ops.vq import PackedCodebook
+from vq_paths import search_both_ways, vector_isas
 
-ISA_NAMES = {2: "avx2", 3: "avx512"}
 SCREENS = ("0", "fp", "int", "int-bw", None)
-
-
-def vector_isas() -> list[str]:
-    module = _native.cpu()
-    if module is None:
-        pytest.skip(f"CPU kernels not built ({_native.cpu_reason()})")
-    mask = module.vq_isa_mask()
-    isas = [name for bit, name in ISA_NAMES.items() if mask >> bit & 1]
-    if not isas:
-        pytest.skip("no vector ISA on this CPU")
-    return isas
 
 
 def every_path(fn, threads: int = 1) -> dict:
@@ -99,6 +87,15 @@ def make(n: int, k: int, d: int, style: str, seed: int) -> tuple[torch.Tensor, t
     return torch.randn(n, d, generator=g) * 3, torch.randn(k, d, generator=g) * 3
 
 
+def check_every_screen(x: torch.Tensor, cb: torch.Tensor, metric: str) -> None:
+    """Every ISA x screen gives the same bits, and L2 codes match the reference."""
+    results = every_path(lambda: ops.vq_search(x, cb, metric=metric, return_distance=True))
+    assert_all_equal(results)
+    if metric == "l2":
+        want, _ = vq_search_reference(x, cb)
+        assert torch.equal(next(iter(results.values()))[0], want)
+
+
 STYLES = ["randn", "ints", "near", "row_scales", "far_codes", "one_dim_spread", "outlier_row", "block_scales"]
 
 
@@ -113,12 +110,7 @@ STYLES = ["randn", "ints", "near", "row_scales", "far_codes", "one_dim_spread", 
 )
 def test_every_screen_gives_the_exact_kernels_bits(n: int, d: int, k: int, style: str, metric: str,
                                                   seed: int) -> None:
-    x, cb = make(n, k, d, style, seed)
-    results = every_path(lambda: ops.vq_search(x, cb, metric=metric, return_distance=True))
-    assert_all_equal(results)
-    if metric == "l2":
-        want, _ = vq_search_reference(x, cb)
-        assert torch.equal(next(iter(results.values()))[0], want)
+    check_every_screen(*make(n, k, d, style, seed), metric)
 
 
 @settings(max_examples=20, deadline=None)
@@ -134,12 +126,7 @@ def test_every_screen_gives_the_exact_kernels_bits(n: int, d: int, k: int, style
 )
 def test_every_screen_gives_the_exact_kernels_bits_at_large_d(n: int, d: int, k: int, style: str, metric: str,
                                                              seed: int) -> None:
-    x, cb = make(n, k, d, style, seed)
-    results = every_path(lambda: ops.vq_search(x, cb, metric=metric, return_distance=True))
-    assert_all_equal(results)
-    if metric == "l2":
-        want, _ = vq_search_reference(x, cb)
-        assert torch.equal(next(iter(results.values()))[0], want)
+    check_every_screen(*make(n, k, d, style, seed), metric)
 
 
 @pytest.mark.parametrize("d", [8, 128])
@@ -164,14 +151,7 @@ def test_many_rows_on_threads_and_packed(threads: int) -> None:
     if threads == 2:  # the large-D integer screen as well
         x, cb = torch.randn(700, 96, generator=g), torch.randn(2100, 96, generator=g)
     packed = PackedCodebook(cb)
-
-    def both():
-        a = ops.vq_search(x, cb, return_distance=True)
-        b = packed.search(x, return_distance=True)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-        return a
-
-    assert_all_equal(every_path(both, threads=threads))
+    assert_all_equal(every_path(lambda: search_both_ways(x, cb, packed), threads=threads))
 
 
 def test_given_norms_far_below_zero_fall_back() -> None:

@@ -17,22 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lumo_uti.ops as ops
-from lumo_uti.ops import _native
 from lumo_uti.ops.reference import vq_search_reference
 from lumo_uti.ops.vq import PackedCodebook
-
-ISA_NAMES = {2: "avx2", 3: "avx512"}
-
-
-def vector_isas() -> list[str]:
-    module = _native.cpu()
-    if module is None:
-        pytest.skip(f"CPU kernels not built ({_native.cpu_reason()})")
-    mask = module.vq_isa_mask()
-    isas = [name for bit, name in ISA_NAMES.items() if mask >> bit & 1]
-    if not isas:
-        pytest.skip("no vector ISA on this CPU")
-    return isas
+from vq_paths import search_both_ways, vector_isas
 
 
 def on_every_path(fn, threads: int = 2) -> dict:
@@ -126,14 +113,20 @@ def test_packed_codebook_prunes_too() -> None:
     g = torch.Generator().manual_seed(4)
     x, cb = torch.randn(900, 6, generator=g), torch.randint(-2, 3, (6000, 6), generator=g).float()
     packed = PackedCodebook(cb)
+    assert_same_bits(on_every_path(lambda: search_both_ways(x, cb, packed)))
 
-    def both():
-        a = ops.vq_search(x, cb, return_distance=True)
-        b = packed.search(x, return_distance=True)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-        return a
+    # A codebook packed with the pruned search on holds the key-ordered copy
+    # (about twice the bytes); packed with it off, not.
+    def packed_bytes(prune: str) -> int:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("LUMO_VQ_PRUNE", prune)
+            for name in ("LUMO_VQ_SCREEN", "LUMO_VQ_ISA"):
+                mp.delenv(name, raising=False)
+            fresh = PackedCodebook(cb)
+            fresh.search(x[:1])
+            return fresh._packed.nbytes
 
-    assert_same_bits(on_every_path(both))
+    assert packed_bytes("1") > 1.5 * packed_bytes("0")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -242,6 +242,12 @@ void int_row_bounds(const VqPacked& p, const IntScale& ic, Scratch& s, int64_t p
 // The largest |v| of count values of dtype, as fp32, or NaN when one is inf/NaN.
 float max_abs_or_nan(const void* x, int dtype, int64_t count);
 
+// Calls fn(c, s, r0, rows) for every block of kRowBlock rows of n, on up to
+// `threads` threads (blocks handed out by a counter); c is the thread's slot,
+// s its own Scratch for rows of d values and W lanes.
+template <typename Fn>
+void for_each_row_block(int64_t n, int64_t d, int W, int64_t threads, Fn fn);
+
 // Converts rows [r0, r0 + rows) of x into s.x (zero-padded to a multiple of
 // kRows); returns the first one holding inf/NaN, or -1.
 int64_t load_rows(const void* x, int dtype, int64_t d, int64_t r0, int64_t rows, Scratch& s);
@@ -300,6 +306,47 @@ class WorkCounter {
  private:
   const int64_t total_;
   std::atomic<int64_t> next_{0};
+};
+
+template <typename Fn>
+void for_each_row_block(int64_t n, int64_t d, int W, int64_t threads, Fn fn) {
+  const int64_t row_blocks = (n + kRowBlock - 1) / kRowBlock;
+  threads = std::max<int64_t>(1, std::min(threads, row_blocks));
+  std::vector<Scratch> scratch;
+  scratch.reserve(static_cast<size_t>(threads));
+  for (int64_t c = 0; c < threads; ++c) scratch.emplace_back(d, W);
+  WorkCounter work(row_blocks);
+  run_parallel(threads - 1, [&](int64_t c) {
+    for (int64_t b; (b = work.next()) >= 0;) {
+      const int64_t r0 = b * kRowBlock;
+      fn(c, scratch[c], r0, std::min(kRowBlock, n - r0));
+    }
+  });
+}
+
+// The tiles a screened sweep defers to exact scoring, per row, with the
+// smallest screening score of each (the rule: cpu_screen_body.h).
+template <typename Score, int Rows>
+struct DeferredTiles {
+  static constexpr int kMax = 16;
+  int32_t tile[Rows][kMax];
+  Score low[Rows][kMax];
+  int count[Rows] = {};
+  bool full(int r) const { return count[r] == kMax; }
+  void add(int r, int64_t t, Score m) {
+    tile[r][count[r]] = static_cast<int32_t>(t);
+    low[r][count[r]++] = m;
+  }
+  // Scores row r's tiles still at or below thr, in the order added; score(t)
+  // returns the threshold its exact scores allow, and thr keeps the lowest.
+  // (A NaN smallest score, a tile of padding lanes only, is scored too.)
+  template <typename Fn>
+  void drain(int r, Score& thr, Fn score) {
+    for (int i = 0; i < count[r]; ++i) {
+      if (!(low[r][i] > thr)) thr = std::min(thr, score(tile[r][i]));
+    }
+    count[r] = 0;
+  }
 };
 
 // Threads worth starting for `work` multiply-adds (a start costs ~30 us).

@@ -63,25 +63,19 @@ inline void iscreen_rows_t(const float* xs, const int32_t* xq, int64_t d, const 
                            int32_t* bi, const float* beta, const double* b_int, const int32_t* win, double u,
                            const int32_t* perm) {
   const int64_t P = PC > 0 ? PC : (d + 1) / 2;
-  constexpr int kList = 16;
-  int32_t thr_s[RR], list[RR][kList], list_min[RR][kList];
-  int listed[RR];
+  int32_t thr_s[RR];
   IV thr[RR];
+  vqi::DeferredTiles<int32_t, RR> deferred;
   for (int r = 0; r < RR; ++r) {
     thr_s[r] = int_threshold(hmin(vload(bv + r * W)), beta[r], b_int[r], u);
     thr[r] = ivbcast(thr_s[r]);
-    listed[r] = 0;
   }
-  // Scores the listed tiles of row r still at or below its threshold.
   auto rescore = [&](int r) {
-    for (int i = 0; i < listed[r]; ++i) {
-      if (list_min[r][i] > thr_s[r]) continue;
-      const int64_t t = list[r][i];
+    deferred.drain(r, thr_s[r], [&](int64_t t) {
       const float e = exact_tile(xs + r * d, d, tiles + t * d * T, cn + t * T, static_cast<int32_t>(t * T), perm,
                                  bv + r * W, bi + r * W);
-      thr_s[r] = std::min(thr_s[r], int_threshold(e, beta[r], b_int[r], u));
-    }
-    listed[r] = 0;
+      return int_threshold(e, beta[r], b_int[r], u);
+    });
     thr[r] = ivbcast(thr_s[r]);
   };
   for (int64_t t = t0; t < t1; ++t) {
@@ -109,10 +103,9 @@ inline void iscreen_rows_t(const float* xs, const int32_t* xq, int64_t d, const 
       for (int r = 0; r < RR; ++r) {
         const IV m = ivmin(a0[r], a1[r]);
         if (iall(ivgt(m, thr[r]))) continue;
-        if (listed[r] == kList) rescore(r);
+        if (deferred.full(r)) rescore(r);
         const int32_t a_m = ihmin(m);
-        list[r][listed[r]] = static_cast<int32_t>(t);
-        list_min[r][listed[r]++] = a_m;
+        deferred.add(r, t, a_m);
         const int64_t w = static_cast<int64_t>(a_m) + win[r];
         if (w < thr_s[r]) {
           thr_s[r] = static_cast<int32_t>(w);

@@ -261,17 +261,10 @@ bool search_pruned(const Kernel& ker, const KeyOrderedCodebook& kc, const void* 
   const IntScale* icp =
       ker.iscreen != nullptr && prepare_int_call(p, x, x_dtype, n, call_scale) ? &call_scale : nullptr;
   const CodeBounds code_bounds_all = code_bounds(p, 0, p.ntiles);
-  const int64_t row_blocks = (n + kRowBlock - 1) / kRowBlock;
-  threads = std::min(threads, row_blocks);
-  std::vector<Scratch> scratch;
-  scratch.reserve(static_cast<size_t>(threads));
-  for (int64_t c = 0; c < threads; ++c) scratch.emplace_back(d, ker.W);
-  WorkCounter work(row_blocks);
-  run_parallel(threads - 1, [&](int64_t c) {
-    Scratch& s = scratch[c];
+  for_each_row_block(n, d, ker.W, threads, [&](int64_t, Scratch& s, int64_t r0, int64_t rows) {
     double xn[kRowBlock], slack[kRowBlock];
-    for (int64_t blk; (blk = work.next()) >= 0;) {
-      const int64_t r0 = blk * kRowBlock, rows = std::min(kRowBlock, n - r0), padded = padded_rows(rows);
+    {
+      const int64_t padded = padded_rows(rows);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t src = rows_in_order[r0 + r];
         if (x_dtype == static_cast<int>(DType::F32)) {

@@ -36,30 +36,20 @@ int elem_size(int dtype) { return static_cast<int>(dtype_size(static_cast<DType>
 // packed. Returns the first bad x row or -1.
 int64_t rvq_rows(const Kernel& ker, const VqPacked* stages, const void* x, int dtype, int64_t n, int64_t d,
                  int64_t n_q, int64_t* codes, int64_t threads) {
-  const int64_t row_blocks = (n + kRowBlock - 1) / kRowBlock;
-  threads = std::min(threads, row_blocks);
-  std::vector<int64_t> first_bad(static_cast<size_t>(threads), -1);
-  std::vector<Scratch> scratch;
-  scratch.reserve(static_cast<size_t>(threads));
-  for (int64_t c = 0; c < threads; ++c) scratch.emplace_back(d, ker.W);
-  WorkCounter work(row_blocks);
-  run_parallel(threads - 1, [&](int64_t c) {
-    // The residual block stays in this thread's cache across all stages.
-    Scratch& s = scratch[c];
+  std::vector<int64_t> first_bad(static_cast<size_t>(std::max<int64_t>(1, threads)), -1);
+  // The residual block stays in its thread's cache across all stages.
+  for_each_row_block(n, d, ker.W, threads, [&](int64_t c, Scratch& s, int64_t r0, int64_t rows) {
     float val[kRowBlock];
     int32_t idx[kRowBlock];
-    for (int64_t b; (b = work.next()) >= 0;) {
-      const int64_t r0 = b * kRowBlock, rows = std::min(kRowBlock, n - r0);
-      note_bad(first_bad, c, load_rows(x, dtype, d, r0, rows, s));
-      for (int64_t q = 0; q < n_q; ++q) {
-        const VqPacked& p = stages[q];
-        search_block(ker, p, s, rows, 0, p.ntiles, val, idx);
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t code = idx[r] == std::numeric_limits<int32_t>::max() ? 0 : idx[r];
-          codes[(r0 + r) * n_q + q] = code;
-          float* res = s.x.data() + r * d;
-          for (int64_t j = 0; j < d; ++j) res[j] = vq::sub_rn(res[j], p.at(code, j));
-        }
+    note_bad(first_bad, c, load_rows(x, dtype, d, r0, rows, s));
+    for (int64_t q = 0; q < n_q; ++q) {
+      const VqPacked& p = stages[q];
+      search_block(ker, p, s, rows, 0, p.ntiles, val, idx);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t code = idx[r] == std::numeric_limits<int32_t>::max() ? 0 : idx[r];
+        codes[(r0 + r) * n_q + q] = code;
+        float* res = s.x.data() + r * d;
+        for (int64_t j = 0; j < d; ++j) res[j] = vq::sub_rn(res[j], p.at(code, j));
       }
     }
   });

@@ -79,27 +79,19 @@ template <int DC, int RR>
 inline void screen_rows_t(const float* xs, const float* xn2, int64_t d_rt, const float* tiles, const float* cn,
                           int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta, const int32_t* perm) {
   const int64_t d = DC > 0 ? DC : d_rt;
-  constexpr int kList = 16;
-  float thr_s[RR], list_min[RR][kList];
-  int32_t list[RR][kList];
-  int listed[RR];
+  float thr_s[RR];
   V thr[RR];
+  vqi::DeferredTiles<float, RR> deferred;
   for (int r = 0; r < RR; ++r) {
     thr_s[r] = screen_threshold(hmin(vload(bv + r * W)), beta[r]);
     thr[r] = vbcast(thr_s[r]);
-    listed[r] = 0;
   }
-  // Scores the listed tiles of row r still at or below its threshold (see
-  // the deferral note above).
   auto rescore = [&](int r) {
-    for (int i = 0; i < listed[r]; ++i) {
-      if (list_min[r][i] > thr_s[r]) continue;
-      const int64_t t = list[r][i];
+    deferred.drain(r, thr_s[r], [&](int64_t t) {
       const float e = exact_tile(xs + r * d, d, tiles + t * d * T, cn + t * T, static_cast<int32_t>(t * T), perm,
                                  bv + r * W, bi + r * W);
-      thr_s[r] = std::min(thr_s[r], screen_threshold(e, beta[r]));
-    }
-    listed[r] = 0;
+      return screen_threshold(e, beta[r]);
+    });
     thr[r] = vbcast(thr_s[r]);
   };
   for (int64_t t = t0; t < t1; ++t) {
@@ -129,10 +121,9 @@ inline void screen_rows_t(const float* xs, const float* xn2, int64_t d_rt, const
       for (int r = 0; r < RR; ++r) {
         const V m = vmin(a1[r], a0[r]);
         if (!fany(fle(m, thr[r]))) continue;
-        if (listed[r] == kList) rescore(r);
+        if (deferred.full(r)) rescore(r);
         const float a_m = hmin(m);  // NaN only when every lane is padding: never lowers the threshold
-        list[r][listed[r]] = static_cast<int32_t>(t);
-        list_min[r][listed[r]++] = a_m;
+        deferred.add(r, t, a_m);
         const float w = screen_threshold(a_m, 2.0f * beta[r]);
         if (w < thr_s[r]) {
           thr_s[r] = w;
