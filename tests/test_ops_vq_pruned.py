@@ -69,6 +69,8 @@ def make(n: int, k: int, d: int, style: str, seed: int) -> tuple[torch.Tensor, t
         return torch.randn(n, d, generator=g) * 3, cb
     if style == "far_rows":  # rows well outside the codebook's range
         return torch.randn(n, d, generator=g) * 100 + 50, torch.randn(k, d, generator=g)
+    if style == "huge_rows":  # keys 1e15 from a codebook 1e-15 wide: bucket positions past 2^63
+        return torch.randn(n, d, generator=g) * 1e15, torch.randn(k, d, generator=g) * 1e-15
     if style == "near":  # rows within 1e-6 of codes, codes one ulp apart
         base = torch.randn(k // 2, d, generator=g)
         cb = torch.cat([base, torch.nextafter(base, torch.full_like(base, 1e9))])
@@ -84,7 +86,7 @@ def make(n: int, k: int, d: int, style: str, seed: int) -> tuple[torch.Tensor, t
     return torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
 
 
-STYLES = ["randn", "ints", "duplicates", "one_key", "far_rows", "near", "row_scales", "clusters"]
+STYLES = ["randn", "ints", "duplicates", "one_key", "far_rows", "huge_rows", "near", "row_scales", "clusters"]
 
 
 @settings(max_examples=30, deadline=None)
@@ -133,6 +135,14 @@ def test_packed_codebook_prunes_too() -> None:
 def test_pruned_path_half_inputs(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(12)
     x, cb = torch.randn(600, 8, generator=g).to(dtype), torch.randn(4000, 8, generator=g).to(dtype)
+    assert_same_bits(on_every_path(lambda: ops.vq_search(x, cb, return_distance=True)))
+
+
+def test_rows_far_beyond_the_codebook() -> None:
+    # Row keys about 1e15 against codes 1e-15 wide: their bucket positions are
+    # far past 2^63 and must clamp to the end buckets, not overflow.
+    g = torch.Generator().manual_seed(8)
+    x, cb = torch.randn(400, 4, generator=g) * 1e15, torch.randn(3000, 4, generator=g) * 1e-15
     assert_same_bits(on_every_path(lambda: ops.vq_search(x, cb, return_distance=True)))
 
 

@@ -55,8 +55,9 @@ struct Buckets {
   int64_t count = 1;
   int64_t of(float key) const {
     const double b = (static_cast<double>(key) - lo) * inv_width;
-    if (!(b > 0.0)) return 0;  // NaN cannot occur (finite inputs); below lo
-    return std::min<int64_t>(count - 1, static_cast<int64_t>(b));
+    if (!(b > 0.0)) return 0;  // below lo (NaN cannot occur: finite inputs)
+    // Compared before the conversion: a key far above hi can give b >= 2^63.
+    return b >= static_cast<double>(count - 1) ? count - 1 : static_cast<int64_t>(b);
   }
 };
 
