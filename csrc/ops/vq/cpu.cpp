@@ -266,15 +266,14 @@ Kernel pick_kernel(int isa, const char* op) {
   const bool screen = mode != ScreenMode::kNone;
   const bool int_any = mode == ScreenMode::kBest || mode == ScreenMode::kInt || mode == ScreenMode::kIntBw;
   if (isa == kIsaAvx512) {
-    IntScreenFn is = nullptr, is6 = nullptr;
+    IntScreenFn is = nullptr;
     if (int_any && __builtin_cpu_supports("avx512bw")) {
-      const bool vnni = mode != ScreenMode::kIntBw && __builtin_cpu_supports("avx512vnni");
-      is = vnni ? &avx512::vnni::iscreen_rows : &avx512::bw::iscreen_rows;
-      is6 = vnni ? &avx512::vnni::iscreen_rows6 : &avx512::bw::iscreen_rows6;
+      is = mode != ScreenMode::kIntBw && __builtin_cpu_supports("avx512vnni") ? &avx512::vnni::iscreen_rows
+                                                                             : &avx512::bw::iscreen_rows;
     }
     return {avx512::W, &avx512::search_rows, isa, &avx512::pack_tile_f32, screen ? &avx512::screen_rows : nullptr,
             is, mode == ScreenMode::kBest ? kIntScreenMaxDAvx512 : kIntScreenMaxDOptIn,
-            screen ? &avx512::screen_rows6 : nullptr, kScreenMinTilesAvx512, is6};
+            screen ? &avx512::screen_rows6 : nullptr, kScreenMinTilesAvx512};
   }
   if (isa == kIsaAvx2) {
     const bool fma = __builtin_cpu_supports("fma");
@@ -287,12 +286,10 @@ Kernel pick_kernel(int isa, const char* op) {
             int_any && fma ? &avx2::iscreen_rows : nullptr,
             mode == ScreenMode::kInt ? kIntScreenMaxDOptIn : 0,
             screen && fma ? &avx2::screen_rows6 : nullptr,
-            kScreenMinTilesAvx2,
-            int_any && fma ? &avx2::iscreen_rows6 : nullptr};
+            kScreenMinTilesAvx2};
   }
 #endif
-  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr, nullptr, 0, nullptr, kScreenMinTilesAvx2,
-          nullptr};
+  return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr, nullptr, 0, nullptr, kScreenMinTilesAvx2};
 }
 
 void check_common(const char* op, int64_t n, int64_t d, int64_t k, int dtype, int64_t num_threads) {
@@ -544,18 +541,13 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
   // so the rest stays a multiple of kRows), then groups of kRows: each row's
   // result is its own, so the grouping never changes a bit.
   // (Only when every row of the block can be screened, the usual case.)
-  const bool six = screen && std::all_of(s.beta.begin(), s.beta.begin() + padded, [](float b) { return b < 1e30f; }) &&
-                   (int_screen ? ker.iscreen6 != nullptr && p.d > kIntScreenUnrolledD
-                               : ker.screen6 != nullptr && p.d >= kScreen6MinD);
+  // (The integer screen measured the same with 6 rows as with 4, so it has no 6-row kernel.)
+  const bool six = screen && !int_screen && ker.screen6 != nullptr && p.d >= kScreen6MinD &&
+                   std::all_of(s.beta.begin(), s.beta.begin() + padded, [](float b) { return b < 1e30f; });
   const int64_t rows6 = six ? padded / 12 * 12 : 0;
   for (int64_t kb = t0; kb < t1; kb += tb) {
     const int64_t ke = std::min(t1, kb + tb);
-    for (int64_t rb = 0; rb < rows6 && int_screen; rb += 6) {
-      ker.iscreen6(s.x.data() + rb * p.d, s.xq.data() + rb * ((p.d + 1) / 2), p.d, p.tiles.data(), p.cn.data(),
-                   p.itiles.data(), ic->cnq.data(), kb, ke, s.bv.data() + rb * W, s.bi.data() + rb * W,
-                   s.beta.data() + rb, s.b_int.data() + rb, s.win.data() + rb, ic->u, nullptr);
-    }
-    for (int64_t rb = 0; rb < rows6 && !int_screen; rb += 6) {
+    for (int64_t rb = 0; rb < rows6; rb += 6) {
       ker.screen6(s.x.data() + rb * p.d, s.xn2.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke,
                   s.bv.data() + rb * W, s.bi.data() + rb * W, s.beta.data() + rb, nullptr);
     }

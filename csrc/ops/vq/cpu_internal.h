@@ -39,8 +39,6 @@ constexpr int64_t kScreenMinTilesAvx2 = 128;
 // products stays within 2^29; with the norm terms clamped to 2^29 no int32
 // lane overflows. That is 4095 (12 bits) up to D = 32, 2047 at D = 128 and
 // 1447 at D = 256: coarser steps only loosen the bound (more re-scoring).
-// Pair counts up to kIntScreenUnrolledD / 2 are compile-time constants.
-constexpr int64_t kIntScreenUnrolledD = 16;
 constexpr int32_t kIntQMax = 4095;
 inline int32_t int_screen_q(int64_t d) {
   const double products = static_cast<double>(2 * ((d + 1) / 2));
@@ -100,7 +98,6 @@ struct Kernel {
   int64_t int_max_d = 0;       // the integer screen runs for D <= int_max_d
   ScreenFn screen6 = nullptr;  // screen for 6 rows a call (D >= kScreen6MinD), where faster
   int64_t screen_min_tiles = kScreenMinTilesAvx2;  // screen D > kScreenMaxD from this many tiles
-  IntScreenFn iscreen6 = nullptr;  // integer screen for 6 rows a call (D > kIntScreenUnrolledD)
 };
 
 // The integer screen's scale for a set of rows (a call, or one row block

@@ -136,12 +136,3 @@ inline void iscreen_rows(const float* xs, const int32_t* xq, int64_t d, const fl
     default: return iscreen_rows_t<0, R>(xs, xq, d, tiles, cn, itiles, cnq, t0, t1, bv, bi, beta, b_int, win, u, perm);
   }
 }
-
-// iscreen_rows for 6 rows at a time (the arrays hold 6 rows), past the
-// unrolled sizes: 12 accumulators share each code vector.
-inline void iscreen_rows6(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
-                          const int32_t* itiles, const int32_t* cnq, int64_t t0, int64_t t1, float* bv,
-                          int32_t* bi, const float* beta, const double* b_int, const int32_t* win, double u,
-                          const int32_t* perm) {
-  iscreen_rows_t<0, 6>(xs, xq, d, tiles, cn, itiles, cnq, t0, t1, bv, bi, beta, b_int, win, u, perm);
-}
