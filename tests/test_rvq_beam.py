@@ -72,3 +72,28 @@ def test_beam_option(tmp_path):
     for bad in (0, 257, 2.0, True, "4"):
         with pytest.raises(CodecError, match="beam must be an integer"):
             _codec(tmp_path, beam=bad)
+
+
+def test_beam_search_in_chunks_equals_one_pass(monkeypatch):
+    from lumo_uti.codecs import lumo_rvq
+
+    g = torch.Generator().manual_seed(11)
+    codebooks = torch.randn(3, 16, 6, generator=g)
+    x = torch.randn(2, 37, 6, generator=g)
+    whole = rvq_beam_encode(x, codebooks, 4)
+    monkeypatch.setattr(lumo_rvq, "BEAM_CHUNK_ELEMENTS", 5 * 4 * 16)  # 5 rows a chunk: 15 chunks, the last short
+    assert torch.equal(rvq_beam_encode(x, codebooks, 4), whole)
+    monkeypatch.setattr(lumo_rvq, "BEAM_CHUNK_ELEMENTS", 1)  # never below one row
+    assert torch.equal(rvq_beam_encode(x, codebooks, 4), whole)
+    assert rvq_beam_encode(x[:, :0], codebooks, 4).shape == (2, 0, 3)
+
+
+def test_beam_selection_is_the_stable_sort_for_any_values():
+    from lumo_uti.codecs.lumo_rvq import _smallest
+
+    g = torch.Generator().manual_seed(12)
+    for scale in (1.0, 1e6, 2.0 ** 60):  # the last too large for int64 keys: the sort itself
+        values = torch.round(torch.randn(50, 96, generator=g, dtype=torch.float64) * 3) * scale
+        values[:, 40:60] = values[:, :20]  # many exact ties
+        for n in (1, 4, 96):
+            assert torch.equal(_smallest(values, n), torch.sort(values, dim=1, stable=True).indices[:, :n])

@@ -38,8 +38,8 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--init-codebook", metavar="CODEC_DIR",
                     help="image: take the codebook of this lumo-vq codec instead of running k-means "
                          "(e.g. an earlier run's OUT/codec with the same data, patch and codebook size)")
-    sp.add_argument("--decoder-channels", type=int, help="image: context decoder width (default 128)")
-    sp.add_argument("--decoder-blocks", type=int, help="image: context decoder residual blocks (default 2; 0 = none)")
+    sp.add_argument("--decoder-channels", type=int, help="image: context decoder width (default 160)")
+    sp.add_argument("--decoder-blocks", type=int, help="image: context decoder residual blocks (default 3; 0 = none)")
     sp.add_argument("--encoder-channels", type=int, help="image: learned encoder width (default 96)")
     sp.add_argument("--encoder-blocks", type=int, help="image: learned encoder residual blocks (default 0: "
                                                        "nearest-block search)")
@@ -52,6 +52,10 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--sample-rate", type=int, help="audio: codec sample rate (default 16000)")
     sp.add_argument("--hop", type=int, help="audio: samples per frame (default 256: 62.5 frames/s, 5 kbps at 16 kHz)")
     sp.add_argument("--num-codebooks", type=int, help="audio: residual codebooks (default 8)")
+    sp.add_argument("--refine-iterations", type=int, help="audio: joint refinement passes over all codebooks "
+                                                          "after the residual k-means (default 10; 0 = none)")
+    sp.add_argument("--postfilter-blocks", type=int, help="audio: post-filter residual blocks (default 0: none; "
+                                                          "it helped little, see docs/codec_training.md)")
     sp.add_argument("--time-limit", type=float, metavar="MINUTES",
                     help="stop at the first checkpoint after this many minutes (exit status 3); the same "
                          "command again continues exactly where it stopped")
@@ -70,6 +74,22 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--beam", type=int, help="audio: the lumo-rvq beam option (default 1: greedy encoding)")
 
     sp = subparsers.add_parser(
+        "codec-deblock", help="fit the learned deblocking of a trained lumo-vq codec (writes a new codec)",
+        description="Decode the training images (files matching --pattern) with the codec, fit the weights "
+                    "that spread the step at each block boundary over --taps pixels per side for the least "
+                    "squared error, and write the codec with them to --out. Codes are unchanged; only "
+                    "decoding gains the deblocking (docs/codec_training.md).")
+    sp.set_defaults(func=_cmd_deblock)
+    sp.add_argument("--codec", required=True, metavar="DIR", help="a trained lumo-vq directory (e.g. OUT/codec)")
+    sp.add_argument("--data", required=True, metavar="DIR", help="training images (never the evaluation ones)")
+    sp.add_argument("--out", required=True, metavar="DIR", help="where the deblocking codec is written")
+    sp.add_argument("--pattern", default="photo_*", help="file names to fit on (default photo_*: the corpus's "
+                                                         "photos; '*' for every image)")
+    sp.add_argument("--taps", type=int, default=3, help="pixels on each side of a boundary (default 3; at most "
+                                                        "half a block)")
+    sp.add_argument("--quiet", action="store_true", help="no progress output")
+
+    sp = subparsers.add_parser(
         "codec-corpus", help="write the reproducible training/evaluation corpus for the default codecs",
         description="Images: scikit-image photos + drawn images. Audio: espeak-ng speech + synthetic music "
                     "and noise. The train and eval splits share no photo, voice, sentence or seed.")
@@ -78,7 +98,7 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--split", choices=("train", "eval"), required=True)
     sp.add_argument("--out", required=True, metavar="DIR")
     sp.add_argument("--count", type=int, help="drawn images (default 400) / sentences per voice "
-                                               "(default train 40, eval 10)")
+                                               "(default train 40, eval 10; at most 100)")
 
 
 def _cmd_train(args) -> int:
@@ -107,7 +127,8 @@ def _cmd_train(args) -> int:
                                        progress=not args.quiet, name=args.name or "lumo-vq", time_limit_s=limit)
         else:
             extra = {"sample_rate": args.sample_rate, "hop": args.hop, "num_codebooks": args.num_codebooks,
-                     "postfilter_steps": args.steps}
+                     "postfilter_steps": args.steps, "refine_iterations": args.refine_iterations,
+                     "postfilter_blocks": args.postfilter_blocks}
             cfg = replace(AudioTrainConfig(), **{k: v for k, v in {**common, **extra}.items() if v is not None})
             report = train_audio_codec(args.data, args.out, eval_data=args.eval_data, config=cfg, device=args.device,
                                        progress=not args.quiet, name=args.name or "lumo-rvq", time_limit_s=limit)
@@ -143,6 +164,21 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_deblock(args) -> int:
+    from lumo_uti.codecs.hf_common import CodecError
+
+    from .train import fit_image_deblock
+
+    try:
+        fitted = fit_image_deblock(args.codec, args.data, args.out, taps=args.taps, pattern=args.pattern,
+                                   progress=not args.quiet)
+    except (CodecError, ValueError, FileNotFoundError) as e:
+        print(f"lumo codec-deblock: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"codec": str(args.out), **fitted}, indent=2))
+    return 0
+
+
 def _cmd_corpus(args) -> int:
     from . import corpus
 
@@ -158,7 +194,7 @@ def _cmd_corpus(args) -> int:
             out = corpus.write_audio_corpus(args.out, args.split, sentences_per_voice=count,
                                             music_clips=40 if args.split == "train" else 5,
                                             noise_clips=20 if args.split == "train" else 3, progress=say)
-    except RuntimeError as e:  # missing scikit-image / espeak-ng
+    except (RuntimeError, ValueError) as e:  # missing scikit-image / espeak-ng, an unknown voice, a bad count
         print(f"lumo codec-corpus: {e}", file=sys.stderr)
         return 2
     print(f"wrote {sum(1 for p in out.iterdir() if p.is_file())} files to {out}")

@@ -5,7 +5,10 @@ samples, hop ``hop``; the MDCT is an orthogonal lapped transform, so squared
 error on coefficients equals squared error on samples) and each frame's ``hop``
 coefficients are quantised by ``Q`` residual codebooks in one
 ``lumo_uti.ops.rvq_encode`` call. The codebooks are trained stage by stage with
-k-means on the residuals (``lumo train-codec audio``).
+k-means on the residuals, then refined jointly (``lumo train-codec audio``);
+the trainer keeps entry 0 of every codebook at zero, so that digital silence
+encodes to code 0 at every stage and decodes to exact silence (a rule of the
+training, not of the format: any codebooks load).
 
 Decoding: the sum of the looked-up vectors (``rvq_decode``), plus a residual
 from a small 1-D convolutional post-filter over neighbouring frames (optional;
@@ -63,6 +66,8 @@ MAX_BEAM = 256
 # Beam-search errors are rounded to multiples of this (float64 first), and equal ones are ordered by
 # code, so that the codes do not depend on the thread count or batch size.
 BEAM_GRID = 2.0 ** -32
+# Elements of one chunk's float64 score array in the beam search (2^24: 128 MiB).
+BEAM_CHUNK_ELEMENTS = 1 << 24
 
 
 def rvq_beam_encode(coefficients: torch.Tensor, codebooks: torch.Tensor, beam: int) -> torch.Tensor:
@@ -74,19 +79,41 @@ def rvq_beam_encode(coefficients: torch.Tensor, codebooks: torch.Tensor, beam: i
     x = coefficients.reshape(-1, d).double()
     cb = codebooks.double()
     norms = (cb * cb).sum(-1)  # [Q, K]
+    # Rows are independent: search them in chunks, so the [rows, beam, K] float64 scores of one chunk
+    # stay near 128 MiB whatever the input's length.
+    rows = max(1, BEAM_CHUNK_ELEMENTS // (beam * k))
+    codes = [_beam_search(x[i:i + rows], cb, norms, beam) for i in range(0, x.shape[0], rows)]
+    return (torch.cat(codes) if codes else x.new_zeros(0, q_count, dtype=torch.long)).reshape(*lead, q_count)
+
+
+def _beam_search(x: torch.Tensor, cb: torch.Tensor, norms: torch.Tensor, beam: int) -> torch.Tensor:
+    """``rvq_beam_encode`` of float64 rows ``x`` ``[N, D]`` -> codes ``[N, Q]``."""
+    q_count, k, d = cb.shape
     res = x[:, None, :]  # [N, B, D]: the residual of each surviving sequence
     err = (x * x).sum(-1)[:, None]  # [N, B]
     codes = torch.zeros(x.shape[0], 1, 0, dtype=torch.long, device=x.device)
     for q in range(q_count):
         dist = err[:, :, None] - 2 * (res @ cb[q].T) + norms[q]  # [N, B, K]
         flat = torch.round(dist.reshape(x.shape[0], -1) / BEAM_GRID)
-        order = torch.sort(flat, dim=1, stable=True).indices[:, :beam]
+        order = _smallest(flat, beam)
         src, code = order // k, order % k
         res = torch.gather(res, 1, src[:, :, None].expand(-1, -1, d)) - cb[q][code]
         err = torch.gather(dist.reshape(x.shape[0], -1), 1, order)
         codes = torch.cat([torch.gather(codes, 1, src[:, :, None].expand(-1, -1, codes.shape[2])),
                            code[:, :, None]], 2)
-    return codes[:, 0].reshape(*lead, q_count)
+    return codes[:, 0]
+
+
+def _smallest(values: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the ``n`` smallest of each row of integer-valued float64 ``values``, ties by index:
+    the first ``n`` of a stable sort. Done as a top-k of exact int64 keys ``value * width + index``
+    (about 7 times faster than the sort at a beam of 4 over 1024 codes), or by the sort itself when
+    the values are too large for such keys."""
+    width = values.shape[1]
+    if values.numel() and float(values.abs().max()) < 2.0 ** 62 / width - width:
+        keys = values.long() * width + torch.arange(width, device=values.device)
+        return torch.topk(keys, min(n, width), dim=1, largest=False, sorted=True).indices
+    return torch.sort(values, dim=1, stable=True).indices[:, :n]
 
 
 def mdct_basis(hop: int) -> torch.Tensor:

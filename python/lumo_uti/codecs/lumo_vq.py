@@ -15,8 +15,11 @@ that sees the 3 x 3 (and, stacked, wider) neighbourhood of codes; with a
 refiner (``refine_blocks > 0``) the resulting image, with ``refine_extra``
 feature planes from the same decoder, then goes through a small convolutional
 stack at full resolution whose output is added to it. The refiner's
-convolutions straddle block boundaries, which removes the block grid. With no
-decoder weights (``decoder_blocks == 0``) decoding is the plain lookup.
+convolutions straddle block boundaries, which removes most of the block grid;
+a codec with ``deblock_taps > 0`` then spreads what step is left at each
+block boundary over a few pixels on either side, with learned weights
+(``BlockEdgeBlend``). With no decoder weights (``decoder_blocks == 0``)
+decoding is the plain lookup (then deblocked, if configured).
 ``PatchVQ.decode`` is the exact definition.
 
 Size policy (``pixel_size``): each side is rounded to the nearest multiple of
@@ -26,9 +29,9 @@ again. So an image whose sides are multiples of 8 and at most 512 is encoded
 at, and decodes to, exactly its own size.
 
 Files: ``config.json`` (format ``lumo-vq``) and ``model.safetensors``
-(``codebook`` [K, D] and the ``decoder.*``, ``encoder.*`` and ``refiner.*``
-tensors; stored in float16, run in float32). The encoder and refiner keys of
-``config.json`` are optional (absent means none).
+(``codebook`` [K, D] and the ``decoder.*``, ``encoder.*``, ``refiner.*`` and
+``deblock.taps`` tensors; stored in float16, run in float32). The encoder,
+refiner and deblocking keys of ``config.json`` are optional (absent means none).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ OPTIONAL_KEYS = config_keys({
     "refine_channels": (0, 1024),
     "refine_blocks": (0, 64),
     "refine_extra": (0, 64),
+    "deblock_taps": (0, 32),
 })
 # Largest max_side option (pixels) a codec accepts.
 MAX_SIDE_LIMIT = 16384
@@ -120,6 +124,45 @@ class Refiner(nn.Module):
         return self.out(F.gelu(h))
 
 
+class BlockEdgeBlend(nn.Module):
+    """Learned deblocking: spreads the step at every internal block boundary over ``taps`` pixels per side.
+
+    Along each axis in turn (width, then height), with ``s`` the step from the last pixel of a
+    block to the first of the next (``s = x[b] - x[b - 1]``, ``b`` a multiple of ``patch``), pixel
+    ``b - 1 - k`` gains ``w_k * s`` and pixel ``b + k`` loses ``w_k * s``, for ``k < taps``. The
+    weights ``w`` are learned (zero at init: the identity); ``taps <= patch / 2`` so that the
+    corrections of neighbouring boundaries never touch the same pixel. Image borders are left as
+    they are. A linear, local function of the decoded image: cheap (a few elementwise passes),
+    and it moves a pixel only where the block grid put a step.
+    """
+
+    def __init__(self, taps: int, patch: int):
+        super().__init__()
+        if not 1 <= taps <= patch // 2:
+            raise ValueError(f"deblock taps must be in [1, {patch // 2}] for {patch}-pixel blocks, got {taps}")
+        self.patch = patch
+        self.taps = nn.Parameter(torch.zeros(taps))
+
+    def _along_last(self, x: torch.Tensor) -> torch.Tensor:
+        p, n = self.patch, x.shape[-1]
+        if n < 2 * p:
+            return x  # no internal boundary
+        blocks = n // p
+        grid = x[..., :blocks * p].unflatten(-1, (blocks, p))  # [..., nb, p]
+        step = grid[..., 1:, 0] - grid[..., :-1, p - 1]  # [..., nb - 1]
+        k = self.taps.numel()
+        ramp = self.taps.to(x.dtype)
+        delta = torch.zeros_like(grid)
+        # the left block's last k pixels (nearest the boundary last), the right block's first k
+        delta[..., :-1, p - k:] += step[..., None] * ramp.flip(0)
+        delta[..., 1:, :k] -= step[..., None] * ramp
+        out = grid + delta
+        return torch.cat([out.flatten(-2), x[..., blocks * p:]], -1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self._along_last(self._along_last(image).transpose(-1, -2)).transpose(-1, -2)
+
+
 # Encoder outputs are rounded to this grid (float64 arithmetic first), so that the codes do not depend
 # on the thread count or batch size: float32 convolutions sum in an order that depends on both.
 ENCODER_GRID = 2.0 ** -12
@@ -134,12 +177,14 @@ class PatchVQ(nn.Module):
     codes are the nearest codebook vectors to ``z``.
     Decoder: looked-up blocks ``q``; ``q + C(q)[:D]`` pixel-shuffled to an image
     ``y``, then ``y + R(cat(y, C(q)[D:] pixel-shuffled))`` when a refiner is
-    configured (``refine_blocks > 0``; ``refine_extra`` feature planes per pixel).
+    configured (``refine_blocks > 0``; ``refine_extra`` feature planes per pixel); last, with
+    ``deblock_taps > 0``, the learned deblocking ``BlockEdgeBlend``.
     """
 
     def __init__(self, *, patch: int = 8, codebook_size: int = 16384, decoder_channels: int = 128,
                  decoder_blocks: int = 2, encoder_channels: int = 0, encoder_blocks: int = 0,
-                 refine_channels: int = 0, refine_blocks: int = 0, refine_extra: int = 0):
+                 refine_channels: int = 0, refine_blocks: int = 0, refine_extra: int = 0,
+                 deblock_taps: int = 0):
         super().__init__()
         self.patch = patch
         self.dim = 3 * patch * patch
@@ -150,6 +195,7 @@ class PatchVQ(nn.Module):
                         if decoder_blocks > 0 else None)
         self.encoder = ContextDecoder(self.dim, encoder_channels, encoder_blocks) if encoder_blocks > 0 else None
         self.refiner = Refiner(3 + self.refine_extra, refine_channels, refine_blocks) if refine_blocks > 0 else None
+        self.deblock = BlockEdgeBlend(deblock_taps, patch) if deblock_taps > 0 else None
 
     def config(self) -> dict[str, Any]:
         dec, enc, ref = self.decoder, self.encoder, self.refiner
@@ -164,6 +210,7 @@ class PatchVQ(nn.Module):
             "refine_channels": ref.inp.out_channels if ref is not None else 0,
             "refine_blocks": len(ref.blocks) if ref is not None else 0,
             "refine_extra": self.refine_extra,
+            "deblock_taps": self.deblock.taps.numel() if self.deblock is not None else 0,
         }
 
     @classmethod
@@ -171,6 +218,9 @@ class PatchVQ(nn.Module):
         # The encoder/refiner keys are optional (codecs written before they existed have neither).
         present = tuple(k for k in OPTIONAL_KEYS if k.name in config)
         check_config(config, present, f"{FORMAT}: config")
+        if config.get("deblock_taps", 0) > config["patch"] // 2:
+            raise CodecError(f"{FORMAT}: config: key 'deblock_taps' must be at most patch / 2 = "
+                             f"{config['patch'] // 2}, got {config['deblock_taps']}")
         return cls(patch=config["patch"], codebook_size=config["codebook_size"],
                    decoder_channels=config["decoder_channels"], decoder_blocks=config["decoder_blocks"],
                    **{k.name: config[k.name] for k in present})
@@ -215,13 +265,14 @@ class PatchVQ(nn.Module):
     def decode_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
         """looked-up blocks ``[B, D, h, w]`` -> pixels ``[B, 3, h*p, w*p]``."""
         if self.decoder is None:
-            return F.pixel_shuffle(blocks, self.patch)
-        residual = self.decoder(blocks)
-        image = F.pixel_shuffle(blocks + residual[:, :self.dim], self.patch)
-        if self.refiner is None:
-            return image
-        features = F.pixel_shuffle(residual[:, self.dim:], self.patch)
-        return image + self.refiner(torch.cat([image, features], 1))
+            image = F.pixel_shuffle(blocks, self.patch)
+        else:
+            residual = self.decoder(blocks)
+            image = F.pixel_shuffle(blocks + residual[:, :self.dim], self.patch)
+            if self.refiner is not None:
+                features = F.pixel_shuffle(residual[:, self.dim:], self.patch)
+                image = image + self.refiner(torch.cat([image, features], 1))
+        return image if self.deblock is None else self.deblock(image)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decode_blocks(self.lookup(codes))
