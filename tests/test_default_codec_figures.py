@@ -1,4 +1,4 @@
-"""The shipped image codec reproduces the per-photo figures that docs/codec_training.md states."""
+"""The shipped codecs reproduce the per-photo and per-clip figures that docs/codec_training.md states."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "codec_training.md"
 EVAL_IMAGES = ROOT / "python" / "lumo_uti" / "data" / "eval" / "images"
+EVAL_AUDIO = ROOT / "python" / "lumo_uti" / "data" / "eval" / "audio"
 
 
 def _documented() -> dict[str, dict[str, float]]:
@@ -46,3 +47,31 @@ def test_shipped_image_codec_reproduces_the_documented_figures(photo):
     assert psnr(ref, rec) == pytest.approx(want["psnr_db"], abs=0.05)
     assert ssim(ref, rec) == pytest.approx(want["ssim"], abs=0.005)
     assert block_edge_ratio(rec) == pytest.approx(want["block_edge_ratio"], abs=0.01)
+
+
+def _documented_clips() -> dict[str, tuple[float, float]]:
+    """Rows ``| speech_... | SI-SNR | mel distance |`` (and music) of the shipped-weights tables."""
+    rows = re.findall(r"^\| ((?:speech|music)_[\w-]+) \| ([\d.]+) \| ([\d.]+) \|$", DOC.read_text(), re.MULTILINE)
+    return {name: (float(snr), float(mel)) for name, snr, mel in rows}
+
+
+def test_every_bundled_clip_is_documented():
+    bundled = {p.stem for p in EVAL_AUDIO.glob("*.wav")}
+    assert len(bundled) >= 8 and bundled == set(_documented_clips())
+
+
+@pytest.mark.parametrize("clip", sorted(p.stem for p in EVAL_AUDIO.glob("*.wav")))
+def test_shipped_audio_codec_reproduces_the_documented_figures(clip):
+    import lumo_uti
+    from lumo_uti.codecs.audio_io import prepare
+    from lumo_uti.media import Audio
+    from lumo_uti.metrics import mel_distance, si_snr
+
+    codec = lumo_uti.load().audio_codec
+    path = EVAL_AUDIO / f"{clip}.wav"
+    wave = prepare(Audio.load(path), codec.sample_rate, 1, str(path))[0]
+    with torch.inference_mode():
+        rec = codec.decode_tensor(codec.encode_tensor(wave[None, None]))[0, 0, : wave.shape[0]]
+    snr, mel = _documented_clips()[clip]
+    assert si_snr(wave, rec) == pytest.approx(snr, abs=0.05)
+    assert mel_distance(wave, rec, codec.sample_rate) == pytest.approx(mel, abs=0.005)
