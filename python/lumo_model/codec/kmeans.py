@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from lumo_uti.ops import vq_search
+from lumo_uti.ops import rvq_decode, rvq_encode, vq_search
 
 
 def assign(samples: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,8 +103,6 @@ def rvq_refine_step(samples: torch.Tensor, codebooks: torch.Tensor, *, pin_zero:
     Returns ``{"mse": before, "mse_refit": after}`` per coordinate: ``mse`` is the greedy encoding's
     error with the codebooks as they came in, ``mse_refit`` that of the same codes after the update.
     """
-    from lumo_uti.ops import rvq_decode, rvq_encode
-
     q_count, k, _ = codebooks.shape
     codes = rvq_encode(samples, codebooks)
     recon = rvq_decode(codes, codebooks)
