@@ -5,6 +5,7 @@ Heavy imports happen inside the commands only, so that ``lumo --help`` stays fas
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -34,10 +35,19 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--lr", type=float)
     sp.add_argument("--save-every", type=int, help="checkpoint every N decoder steps")
     sp.add_argument("--patch", type=int, help="image: pixels per code side (default 8)")
-    sp.add_argument("--kmeans-samples", type=int, help="image: blocks sampled for k-means (default 400000)")
+    sp.add_argument("--kmeans-samples", type=int, help="image: blocks sampled for k-means (default 1000000)")
     sp.add_argument("--init-codebook", metavar="CODEC_DIR",
                     help="image: take the codebook of this lumo-vq codec instead of running k-means "
                          "(e.g. an earlier run's OUT/codec with the same data, patch and codebook size)")
+    sp.add_argument("--init-decoder", metavar="CODEC_DIR",
+                    help="image: start the decoder stage from this lumo-vq codec's decoder and refiner weights "
+                         "(fine-tuning; same architecture) instead of random weights")
+    sp.add_argument("--photo-share", type=_share, metavar="FRACTION",
+                    help="image: share of k-means blocks and decoder crops cut from photo_* files when the data "
+                         "also holds other images (default 0.2; 'none' = every image view equally likely, the "
+                         "sampling of the codecs before 2026-12)")
+    sp.add_argument("--decoder-photo-share", type=_fraction, metavar="FRACTION",
+                    help="image: the same for the decoder's crops alone (default: --photo-share)")
     sp.add_argument("--decoder-channels", type=int, help="image: context decoder width (default 160)")
     sp.add_argument("--decoder-blocks", type=int, help="image: context decoder residual blocks (default 3; 0 = none)")
     sp.add_argument("--encoder-channels", type=int, help="image: learned encoder width (default 96)")
@@ -91,7 +101,9 @@ def register(subparsers: Any) -> None:
 
     sp = subparsers.add_parser(
         "codec-corpus", help="write the reproducible training/evaluation corpus for the default codecs",
-        description="Images: scikit-image photos + drawn images. Audio: espeak-ng speech + synthetic music "
+        description="Images: scikit-image photos (+ natural photos from Debian's plasma-workspace-wallpapers, "
+                    "mate-backgrounds, lomiri-wallpapers-16.04 and -20.04 and from scikit-learn and matplotlib, "
+                    "train split) + drawn images. Audio: espeak-ng speech + synthetic music "
                     "and noise. The train and eval splits share no photo, voice, sentence or seed.")
     sp.set_defaults(func=_cmd_corpus)
     sp.add_argument("modality", choices=("image", "audio"))
@@ -99,6 +111,30 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--out", required=True, metavar="DIR")
     sp.add_argument("--count", type=int, help="drawn images (default 400) / sentences per voice "
                                                "(default train 40, eval 10; at most 100)")
+    sp.add_argument("--no-extra-photos", action="store_true",
+                    help="image train split: the scikit-image photos only (the codecs' corpus before 2026-12), "
+                         "without the natural photos from Debian's wallpaper packages, scikit-learn and matplotlib")
+
+
+def _fraction(text: str) -> float:
+    """--decoder-photo-share: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
+    return value
+
+
+def _share(text: str) -> str:
+    """--photo-share: a fraction in [0, 1] or 'none' (kept as text; the caller converts)."""
+    if text != "none":
+        try:
+            _fraction(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1] or 'none', got {text!r}") from None
+    return text
 
 
 def _cmd_train(args) -> int:
@@ -121,8 +157,12 @@ def _cmd_train(args) -> int:
                      "decoder_blocks": args.decoder_blocks, "encoder_channels": args.encoder_channels,
                      "encoder_blocks": args.encoder_blocks, "refine_channels": args.refine_channels,
                      "refine_blocks": args.refine_blocks, "eval_every": args.eval_every,
-                     "init_codebook": args.init_codebook}
+                     "init_codebook": args.init_codebook, "init_decoder": args.init_decoder}
             cfg = replace(ImageTrainConfig(), **{k: v for k, v in {**common, **extra}.items() if v is not None})
+            if args.photo_share is not None:
+                cfg = replace(cfg, photo_share=None if args.photo_share == "none" else float(args.photo_share))
+            if args.decoder_photo_share is not None:
+                cfg = replace(cfg, decoder_photo_share=args.decoder_photo_share)
             report = train_image_codec(args.data, args.out, eval_data=args.eval_data, config=cfg, device=args.device,
                                        progress=not args.quiet, name=args.name or "lumo-vq", time_limit_s=limit)
         else:
@@ -188,7 +228,8 @@ def _cmd_corpus(args) -> int:
     try:
         if args.modality == "image":
             count = args.count if args.count is not None else 400
-            out = corpus.write_image_corpus(args.out, args.split, procedural=count, progress=say)
+            out = corpus.write_image_corpus(args.out, args.split, procedural=count, extra=not args.no_extra_photos,
+                                            progress=say)
         else:
             count = args.count if args.count is not None else (40 if args.split == "train" else 10)
             out = corpus.write_audio_corpus(args.out, args.split, sentences_per_voice=count,
