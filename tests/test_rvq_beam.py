@@ -6,6 +6,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lumo_uti.codecs import CodecError
 from lumo_uti.codecs.lumo_rvq import LumoRVQCodec, MdctRVQ, rvq_beam_encode
@@ -97,3 +99,90 @@ def test_beam_selection_is_the_stable_sort_for_any_values():
         values[:, 40:60] = values[:, :20]  # many exact ties
         for n in (1, 4, 96):
             assert torch.equal(_smallest(values, n), torch.sort(values, dim=1, stable=True).indices[:, :n])
+
+
+# -- the float32 screen ------------------------------------------------------------------------
+def _unscreened(x, codebooks, beam):
+    """The beam search with every pair scored in float64."""
+    return rvq_beam_encode(x, codebooks, beam, screen=False)
+
+
+def _search_case(draw, scales=(1e-20, 1e-3, 1.0)):
+    """Codebooks and rows with ties, outlier norms, zero entries and a range of scales."""
+    q, k, d = draw(st.integers(1, 4)), draw(st.integers(1, 40)), draw(st.integers(1, 12))
+    n, seed = draw(st.integers(0, 30)), draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    scale = draw(st.sampled_from(scales))
+    codebooks = torch.randn(q, k, d, generator=g) * scale / torch.arange(1, q + 1)[:, None, None]
+    if draw(st.booleans()) and k > 1:  # duplicated entries: exact ties everywhere
+        codebooks[:, k // 2:] = codebooks[:, : k - k // 2].clone()
+    if draw(st.booleans()):
+        codebooks[:, 0] = 0
+    if draw(st.booleans()):  # one loud entry: its norm drives a max-norm bound, not a per-entry one
+        codebooks[:, -1] *= 1000
+    x = torch.randn(n, d, generator=g) * scale
+    if draw(st.booleans()) and n > 1:
+        x[n // 2:] = x[: n - n // 2].clone()
+    if draw(st.booleans()) and n and k:  # rows that are codebook entries (zero residuals)
+        x[0] = codebooks[0, 0]
+    strides = draw(st.booleans())  # non-contiguous rows
+    if strides:
+        x = torch.cat([x, x], 1)[:, ::2]
+    return x, codebooks, draw(st.integers(1, 9))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_screened_beam_search_equals_the_float64_one(data):
+    x, codebooks, beam = _search_case(data.draw)
+    assert torch.equal(rvq_beam_encode(x, codebooks, beam), _unscreened(x, codebooks, beam))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_at_large_scales_the_screened_search_finds_equally_good_codes(data):
+    # Scores above about 2^20 have a float64 rounding coarser than the grid: an exact tie between equal
+    # entries may then be broken differently by the two float64 computations, never to a worse code.
+    x, codebooks, beam = _search_case(data.draw, scales=(1e3, 1e15))
+    screened, unscreened = rvq_beam_encode(x, codebooks, beam), _unscreened(x, codebooks, beam)
+    torch.testing.assert_close(_error(x, screened, codebooks), _error(x, unscreened, codebooks),
+                               rtol=1e-9, atol=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_the_screen_bounds_every_score_from_below(data):
+    """The float32 product is a lower bound of the float64 score of every (sequence, code) pair."""
+    from lumo_uti.codecs.lumo_rvq import _Stage
+
+    x, codebooks, _ = _search_case(data.draw, scales=(1e-20, 1e-3, 1.0, 1e3, 1e15))
+    if not x.shape[0] or not codebooks.shape[1]:
+        return
+    stage = _Stage(codebooks[0].double())
+    res = torch.stack([x.double(), x.double() - codebooks[-1, :1].double()], 1)  # [N, 2, D]
+    err = (res * res).sum(-1)
+    exact = err[:, :, None] - 2 * res @ stage.cb.T + stage.norms
+    assert bool(torch.all(stage.lower_bounds(res, err).double() <= exact))
+
+
+def test_the_screen_stands_aside_for_ties_non_finite_rows_and_reduced_precision():
+    from lumo_uti.codecs import lumo_rvq
+
+    g = torch.Generator().manual_seed(21)
+    codebooks, x = torch.randn(3, 64, 8, generator=g), torch.randn(20, 8, generator=g)
+    stage, res = lumo_rvq._Stage(codebooks[0].double()), x.double()[:, None]
+    err = (res * res).sum(-1)
+    assert lumo_rvq._screened_stage(res, err, stage, 4) is not None
+    same = lumo_rvq._Stage(codebooks[0, :1].double().expand(64, 8).contiguous())  # every entry equal
+    assert lumo_rvq._screened_stage(res, err, same, 4) is None
+    bad = res.clone()
+    bad[3, 0, 2] = float("nan")
+    assert lumo_rvq._screened_stage(bad, (bad * bad).sum(-1), stage, 4) is None
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert lumo_rvq._screened_stage(res, err, stage, 4) is None
+    finally:
+        torch.set_float32_matmul_precision(before)
+    for rows in (x, torch.cat([x[:5], torch.full((1, 8), float("nan")), x[5:]])):
+        assert torch.equal(rvq_beam_encode(rows, codebooks, 4), _unscreened(rows, codebooks, 4))

@@ -70,38 +70,123 @@ BEAM_GRID = 2.0 ** -32
 BEAM_CHUNK_ELEMENTS = 1 << 24
 
 
-def rvq_beam_encode(coefficients: torch.Tensor, codebooks: torch.Tensor, beam: int) -> torch.Tensor:
+def rvq_beam_encode(coefficients: torch.Tensor, codebooks: torch.Tensor, beam: int, *,
+                    screen: bool = True) -> torch.Tensor:
     """Residual VQ codes ``[..., Q]`` of ``coefficients`` ``[..., D]`` by beam search over ``codebooks``
     ``[Q, K, D]``: after each stage the ``beam`` lowest-error partial sequences survive (ties: lower
-    previous beam rank, then lower code). ``beam == 1`` is the greedy encoder."""
+    previous beam rank, then lower code). ``beam == 1`` is the greedy encoder.
+
+    Scores are float64, rounded to ``BEAM_GRID``. ``screen`` (default): each stage first scores every
+    pair in float32 with a proven error bound and re-scores in float64 only the few pairs that can be
+    among the best (``_screened_stage``): the same codes at about half the time; False scores every
+    pair in float64 (the reference the screen is tested against).
+    """
     q_count, k, d = codebooks.shape
     lead = coefficients.shape[:-1]
     x = coefficients.reshape(-1, d).double()
     cb = codebooks.double()
-    norms = (cb * cb).sum(-1)  # [Q, K]
-    # Rows are independent: search them in chunks, so the [rows, beam, K] float64 scores of one chunk
+    stages = [_Stage(cb[q]) for q in range(q_count)]
+    # Rows are independent: search them in chunks, so the [rows, beam, K] scores of one chunk
     # stay near 128 MiB whatever the input's length.
     rows = max(1, BEAM_CHUNK_ELEMENTS // (beam * k))
-    codes = [_beam_search(x[i:i + rows], cb, norms, beam) for i in range(0, x.shape[0], rows)]
+    codes = [_beam_search(x[i:i + rows], stages, beam, screen) for i in range(0, x.shape[0], rows)]
     return (torch.cat(codes) if codes else x.new_zeros(0, q_count, dtype=torch.long)).reshape(*lead, q_count)
 
 
-def _beam_search(x: torch.Tensor, cb: torch.Tensor, norms: torch.Tensor, beam: int) -> torch.Tensor:
+# The float32 screen's error bound: |float32 score - float64 score| <= SCREEN_SLACK * (D + 8) *
+# (u (err + 2 |r| |c| + |c|^2) + eta) for float32's unit roundoff u = 2^-24 and smallest subnormal
+# eta = 2^-149, whatever the summation order (the inputs' rounding, D + 2 products and their sums,
+# underflow); SCREEN_SLACK = 2 for safety.
+SCREEN_SLACK = 2.0
+
+
+class _Stage:
+    """One codebook of the beam search: float64 entries and norms, and the float32 screen's operands."""
+
+    def __init__(self, cb: torch.Tensor):
+        self.cb = cb  # [K, D] float64
+        self.norms = (cb * cb).sum(-1)  # [K]
+        self.kappa = SCREEN_SLACK * (cb.shape[1] + 8) * 2.0 ** -24
+        self.floor = SCREEN_SLACK * (cb.shape[1] + 8) * 2.0 ** -149
+        # One float32 product gives each pair's lower bound err - 2 <r, c> + |c|^2 - E:
+        # [r, 1, |r|] @ [-2 c, (1 - kappa) |c|^2, -2 kappa |c|]^T, plus (1 - kappa) err - floor.
+        self.screen = torch.cat([-2 * cb, (1 - self.kappa) * self.norms[:, None],
+                                 -2 * self.kappa * self.norms.sqrt()[:, None]], 1).float().T.contiguous()
+
+    def lower_bounds(self, res: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+        """float32 ``[N, B, K]``: at most the float64 score ``err - 2 <r, c> + |c|^2`` of every pair."""
+        norm = res.norm(dim=-1, keepdim=True)
+        lower = torch.cat([res, torch.ones_like(norm), norm], 2).float() @ self.screen
+        lower += ((1 - self.kappa) * err - self.floor).float()[:, :, None]
+        return lower
+
+
+def _beam_search(x: torch.Tensor, stages: list[_Stage], beam: int, screen: bool) -> torch.Tensor:
     """``rvq_beam_encode`` of float64 rows ``x`` ``[N, D]`` -> codes ``[N, Q]``."""
-    q_count, k, d = cb.shape
+    n, d = x.shape
     res = x[:, None, :]  # [N, B, D]: the residual of each surviving sequence
     err = (x * x).sum(-1)[:, None]  # [N, B]
-    codes = torch.zeros(x.shape[0], 1, 0, dtype=torch.long, device=x.device)
-    for q in range(q_count):
-        dist = err[:, :, None] - 2 * (res @ cb[q].T) + norms[q]  # [N, B, K]
-        flat = torch.round(dist.reshape(x.shape[0], -1) / BEAM_GRID)
-        order = _smallest(flat, beam)
+    codes = torch.zeros(n, 1, 0, dtype=torch.long, device=x.device)
+    for stage in stages:
+        k = stage.cb.shape[0]
+        picked = _screened_stage(res, err, stage, beam) if screen else None
+        if picked is None:  # the screen could not narrow the choice: score every candidate exactly
+            dist = (err[:, :, None] - 2 * (res @ stage.cb.T) + stage.norms).reshape(n, -1)  # [N, B * K]
+            order = _smallest(torch.round(dist / BEAM_GRID), beam)
+            picked = order, torch.gather(dist, 1, order)
+        order, err = picked
         src, code = order // k, order % k
-        res = torch.gather(res, 1, src[:, :, None].expand(-1, -1, d)) - cb[q][code]
-        err = torch.gather(dist.reshape(x.shape[0], -1), 1, order)
+        res = torch.gather(res, 1, src[:, :, None].expand(-1, -1, d)) - stage.cb[code]
         codes = torch.cat([torch.gather(codes, 1, src[:, :, None].expand(-1, -1, codes.shape[2])),
                            code[:, :, None]], 2)
     return codes[:, 0]
+
+
+def _screened_stage(res: torch.Tensor, err: torch.Tensor, stage: _Stage,
+                    beam: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The ``beam`` best (sequence, code) pairs of one stage as (flat indices ``[N, beam]``, float64
+    errors), the same as scoring all ``B * K`` pairs in float64; or None where the screen cannot tell.
+
+    One float32 product gives every pair a lower bound of its float64 score (about half the float64
+    product's time). The ``beam`` pairs with the lowest bounds are scored in float64: the worst of
+    them bounds the ``beam``-th best score from above, so only the pairs whose lower bound is under it
+    can be among the best; those few are scored in float64 and chosen exactly as without the screen.
+    """
+    n, b, d = res.shape
+    k = stage.cb.shape[0]
+    width = b * k
+    if n == 0 or beam > width // 4 or not _float32_products_are_exact_rounding(res.device):
+        return None  # nothing to narrow down (or a product the bound does not hold for)
+    lower = stage.lower_bounds(res, err).reshape(n, width)
+
+    def exact(index: torch.Tensor) -> torch.Tensor:  # float64 scores of the flat pairs ``index``
+        src, code = index // k, index % k
+        chosen = torch.gather(res, 1, src[:, :, None].expand(-1, -1, d))
+        return torch.gather(err, 1, src) - 2 * (chosen * stage.cb[code]).sum(-1) + stage.norms[code]
+
+    # The beam-th best score is at most the worst of any beam pairs' scores (plus the rounding grid);
+    # rounding it to float32 upwards keeps every pair of the exact best at or under the cut.
+    cut = exact(torch.topk(lower, beam, dim=1, largest=False).indices).max(1).values + 2 * BEAM_GRID
+    cut = (cut + cut.abs() * 2.0 ** -20).float()[:, None]
+    take = int((lower <= cut).sum(1).max())  # NaN and infinite scores are never <= cut
+    if not beam <= take <= width // 4:  # too many close calls (or non-finite scores): score all exactly
+        return None
+    index = torch.topk(lower, take, dim=1, largest=False).indices  # [N, take], flat b * K + k
+    scores = exact(index)
+    keys = torch.round(scores / BEAM_GRID)
+    if not float(keys.abs().max()) < 2.0 ** 62 / width - width:
+        return None
+    # Ties by flat index, as the stable sort over all B * K pairs orders them.
+    best = torch.topk(keys.long() * width + index, beam, dim=1, largest=False, sorted=True).indices
+    return torch.gather(index, 1, best), torch.gather(scores, 1, best)
+
+
+def _float32_products_are_exact_rounding(device: torch.device) -> bool:
+    """Whether float32 matrix products on ``device`` round each operation to float32 (the screen's
+    error bound assumes it): not with TF32 on CUDA, nor with reduced-precision float32 products."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and not torch.backends.cuda.matmul.allow_tf32)
 
 
 def _smallest(values: torch.Tensor, n: int) -> torch.Tensor:
