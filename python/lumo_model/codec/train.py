@@ -314,11 +314,14 @@ class _ImagePools:
     """The training images' scaled views, split into photos (files named ``photo_*``) and the others."""
 
     def __init__(self, images: list[Any], names: list[str], scales: tuple[float, ...], min_side: int):
-        self.all = _image_pool(images, scales, min_side)
-        is_photo = [n.startswith("photo_") for n in names]
-        self.photos = _image_pool([im for im, p in zip(images, is_photo) if p], scales, min_side, allow_empty=True)
-        self.others = _image_pool([im for im, p in zip(images, is_photo) if not p], scales, min_side,
-                                  allow_empty=True)
+        views = [_image_pool([image], scales, min_side, allow_empty=True) for image in images]
+        self.all = [v for per_image in views for v in per_image]  # image by image: the order of old runs
+        if not self.all:
+            raise ValueError(f"no training image is at least {min_side} pixels on its shorter side")
+        # The same tensors, by kind (a view of a photo_* file is a photo).
+        self.photos = [v for per_image, name in zip(views, names) if name.startswith("photo_") for v in per_image]
+        self.others = [v for per_image, name in zip(views, names) if not name.startswith("photo_")
+                       for v in per_image]
 
     def crops(self, n: int, size: int, rng: np.random.Generator, photo_share: float | None) -> torch.Tensor:
         """``n`` random crops ``[n, 3, size, size]``, the same for the same ``rng`` state.
