@@ -3,7 +3,9 @@
 - ``lumo-vq`` (image, 256 x 256): encode, and decode with and without the
   learned deblocking (the same codec with ``BlockEdgeBlend`` removed);
 - ``lumo-rvq`` (audio, 10 s of a bundled evaluation sentence, looped): encode
-  greedily (beam 1) and with the default bundle's beam of 4, and decode.
+  greedily (beam 1) and with the default bundle's beam of 4, and decode; the
+  beam search alone with its float32 screen and with every score in float64
+  (the same codes, checked first).
 
 All cases run in one process, interleaved (one call of each per round), after
 one warm-up round; the JSON holds the median milliseconds of each, the ratios
@@ -29,6 +31,7 @@ from machine import machine
 
 import lumo_uti
 from lumo_uti.codecs.audio_io import prepare
+from lumo_uti.codecs.lumo_rvq import rvq_beam_encode
 from lumo_uti.media import Audio
 
 EVAL_AUDIO = Path(lumo_uti.__file__).parent / "data" / "eval" / "audio"
@@ -62,6 +65,11 @@ def main() -> None:
     with torch.inference_mode():
         image_codes = image.encode_tensor(pixels)
         audio_codes = greedy.encode_tensor(wave)
+        coefficients = beam.model.analyse(wave[0])
+        codebooks = beam.model.codebooks
+        if not torch.equal(rvq_beam_encode(coefficients, codebooks, beam.beam),
+                           rvq_beam_encode(coefficients, codebooks, beam.beam, screen=False)):
+            sys.exit("the screened and the float64-only beam search disagree")
         cases = {
             "image_encode_256": lambda: image.encode_tensor(pixels),
             "image_decode_256": lambda: image.decode_tensor(image_codes),
@@ -69,6 +77,11 @@ def main() -> None:
             "audio_encode_10s_greedy": lambda: greedy.encode_tensor(wave),
             "audio_encode_10s_beam": lambda: beam.encode_tensor(wave),
             "audio_decode_10s": lambda: greedy.decode_tensor(audio_codes),
+            # the beam search alone, on the same MDCT coefficients: with its float32 screen (what the
+            # codec runs) and with every pair scored in float64 (the screen's baseline)
+            "audio_beam_search_10s": lambda: rvq_beam_encode(coefficients, codebooks, beam.beam),
+            "audio_beam_search_10s_float64_only": lambda: rvq_beam_encode(coefficients, codebooks, beam.beam,
+                                                                          screen=False),
         }
         times: dict[str, list[float]] = {name: [] for name in cases}
         for round_ in range(args.repeats + 1):
@@ -88,6 +101,8 @@ def main() -> None:
         "median_ms": ms,
         "ratios": {
             "audio_beam_over_greedy_encode": round(ms["audio_encode_10s_beam"] / ms["audio_encode_10s_greedy"], 2),
+            "audio_beam_search_float64_only_over_screened": round(
+                ms["audio_beam_search_10s_float64_only"] / ms["audio_beam_search_10s"], 2),
             "audio_real_time_over_beam_encode": round(seconds * 1000 / ms["audio_encode_10s_beam"], 1),
             "image_decode_with_over_without_deblocking": round(
                 ms["image_decode_256"] / ms["image_decode_256_without_deblocking"], 3),
