@@ -64,6 +64,8 @@ def main() -> None:
 
     codec = lumo_uti.load().image_codec
     budget = (SIZE // codec.downsample) ** 2 * math.ceil(math.log2(codec.codebook_size)) // 8
+    if not Path(args.images).is_dir():
+        sys.exit(f"--images: {args.images} is not a folder")
     paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not paths:
         sys.exit(f"no images in {args.images}")
