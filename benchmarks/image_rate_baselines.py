@@ -35,6 +35,7 @@ from PIL import Image
 from machine import machine
 
 import lumo_uti
+from lumo_uti._io import atomic_write_text
 from lumo_uti.codecs.image_io import fit_square, images_to_tensor, to_rgb
 from lumo_uti.metrics import psnr, ssim
 
@@ -114,7 +115,7 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        atomic_write_text(args.out, text + "\n")  # a failed write keeps the previous report
 
 
 if __name__ == "__main__":

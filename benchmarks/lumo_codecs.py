@@ -30,6 +30,7 @@ import torch
 from machine import machine
 
 import lumo_uti
+from lumo_uti._io import atomic_write_text
 from lumo_uti.codecs.audio_io import prepare
 from lumo_uti.codecs.lumo_rvq import rvq_beam_encode
 from lumo_uti.media import Audio
@@ -111,7 +112,7 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        atomic_write_text(args.out, text + "\n")  # a failed write keeps the previous report
 
 
 if __name__ == "__main__":
