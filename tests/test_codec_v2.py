@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lumo_model.codec import train as codec_train
 from lumo_model.codec.image_quality import block_edge_ratio, ssim_map
-from lumo_model.codec.train import ImageTrainConfig, train_image_codec
+from lumo_model.codec.train import ImageTrainConfig, fit_image_deblock, train_image_codec
 from lumo_model.errors import TimeUp
 from lumo_uti.codecs.hf_common import CodecError
 from lumo_uti.codecs.lumo_vq import ENCODER_GRID, LumoVQCodec, PatchVQ, load_model, save_model
@@ -226,8 +226,22 @@ def test_init_codebook_replaces_kmeans(data, tmp_path):
     assert torch.equal(first.codebook, second.codebook)
     log = [json.loads(line) for line in (tmp_path / "second" / "log.jsonl").read_text().splitlines()]
     assert not [r for r in log if "iteration" in r] and log[0]["init_codebook"] == cfg.init_codebook
+    # The codec records where its codebook came from: the first run's k-means settings, not its own.
+    first_cfg = json.loads((tmp_path / "first" / "codec" / "config.json").read_text())
+    second_cfg = json.loads((tmp_path / "second" / "codec" / "config.json").read_text())
+    assert "codebook_source" not in first_cfg
+    source = second_cfg["codebook_source"]
+    assert source["codec"] == cfg.init_codebook and source["trained_on"] == str(train)
+    assert source["kmeans_samples"] == TINY.kmeans_samples == first_cfg["train_config"]["kmeans_samples"]
+    # ... through a chain of runs, and through codec-deblock, which keeps it.
+    third = replace(TINY, init_codebook=str(tmp_path / "second" / "codec"), kmeans_samples=TINY.kmeans_samples + 1)
+    train_image_codec(train, tmp_path / "third", config=third, progress=False)
+    assert json.loads((tmp_path / "third" / "codec" / "config.json").read_text())["codebook_source"] == source
+    fit_image_deblock(tmp_path / "third" / "codec", train, tmp_path / "deblocked", pattern="*", iterations=2,
+                      progress=False)
+    assert json.loads((tmp_path / "deblocked" / "config.json").read_text())["codebook_source"] == source
     with pytest.raises(ValueError, match="codebook of shape"):
-        train_image_codec(train, tmp_path / "third", config=replace(cfg, codebook_size=16), progress=False)
+        train_image_codec(train, tmp_path / "wrong_size", config=replace(cfg, codebook_size=16), progress=False)
     with pytest.raises(ValueError, match="init-codebook"):
         train_image_codec(train, tmp_path / "fourth", config=replace(TINY, init_codebook=str(tmp_path / "none")),
                           progress=False)

@@ -430,6 +430,38 @@ def _codebook_from(directory: str, cfg: ImageTrainConfig) -> torch.Tensor:
     return model.codebook.clone()
 
 
+# The fields of an image run's config that say how its k-means codebook was made.
+_CODEBOOK_FIELDS = ("patch", "codebook_size", "kmeans_samples", "kmeans_iterations", "photo_share", "scales", "seed")
+
+
+def _codebook_source(directory: str) -> dict[str, Any]:
+    """Where the codebook of the lumo-vq codec in ``directory`` came from, for the config of a run that
+    takes it (``--init-codebook``): that run's own k-means settings say nothing about its codebook.
+
+    The codec's own ``codebook_source`` when it has one (its codebook was taken from another codec
+    in turn), else its directory, training data and k-means settings as its ``config.json`` states
+    them (with its ``init_codebook`` when it names one but predates this record).
+    """
+    meta = json.loads((Path(directory) / "config.json").read_text())
+    if isinstance(meta.get("codebook_source"), dict):
+        return meta["codebook_source"]
+    trained = meta.get("train_config") or {}
+    source = {"codec": str(directory), "trained_on": meta.get("trained_on")}
+    source |= {k: trained[k] for k in _CODEBOOK_FIELDS if k in trained}
+    return source | ({"init_codebook": trained["init_codebook"]} if trained.get("init_codebook") else {})
+
+
+def _logged_codebook_source(out: Path) -> dict[str, Any] | None:
+    """The ``codebook_source`` the run logged when it took its codebook from a codec (None if it did not)."""
+    log = out / "log.jsonl"
+    found = None
+    for line in (log.read_text().splitlines() if log.is_file() else []):
+        record = json.loads(line)
+        if isinstance(record.get("codebook_source"), dict):
+            found = record["codebook_source"]
+    return found
+
+
 def _decoder_weights_from(directory: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The trained weights (all but the codebook) of the lumo-vq codec in ``directory``, as float32,
     checked against ``model``'s; its deblocking weights, if any, are left out (refitted after training)."""
@@ -486,7 +518,8 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
     # Stage 1: k-means codebook on random image blocks (or an existing codec's codebook).
     if state["stage"] == "kmeans" and cfg.init_codebook:
         codebook = _codebook_from(cfg.init_codebook, cfg)
-        run.log({"stage": "kmeans", "init_codebook": cfg.init_codebook})
+        run.log({"stage": "kmeans", "init_codebook": cfg.init_codebook,
+                 "codebook_source": _codebook_source(cfg.init_codebook)})
         state, resumed = {"stage": "decoder", "step": 0}, None
         run.save(state, {"codebook": {"codebook": codebook}})
     if state["stage"] == "kmeans":
@@ -529,7 +562,11 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
     model.eval().cpu()
     codec_dir = run.out / "codec"
     codec_dir.mkdir(exist_ok=True)
-    save_model(model, codec_dir, name=name, extra={"trained_on": str(data), "train_config": run.config})
+    extra = {"trained_on": str(data), "train_config": run.config}
+    source = _logged_codebook_source(run.out) if cfg.init_codebook else None
+    if source is not None:
+        extra["codebook_source"] = source
+    save_model(model, codec_dir, name=name, extra=extra)
     report = evaluate_image_codec(codec_dir, eval_data, size=cfg.eval_size) if eval_data else {}
     report = {"codec": str(codec_dir), "kind": "lumo-vq", **report}
     atomic_write_text(run.out / "eval.json", json.dumps(report, indent=2) + "\n")
@@ -604,7 +641,7 @@ def fit_image_deblock(codec_dir: str | Path, data: str | Path, out: str | Path, 
               "images": len(refs), "data": str(data), "pattern": pattern, "size": size}
     _say(progress, f"deblock weights {fitted['taps']}: mean squared error on {len(refs)} training images "
          f"{before:.6f} -> {after:.6f}")
-    keep = {k: v for k, v in config.items() if k in ("trained_on", "train_config")}
+    keep = {k: v for k, v in config.items() if k in ("trained_on", "train_config", "codebook_source")}
     save_model(model, out, name=config.get("name", "lumo-vq"), extra={**keep, "deblock_fit": fitted})
     return fitted
 
