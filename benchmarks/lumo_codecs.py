@@ -1,7 +1,9 @@
 """Encode and decode time of the default bundle's own codecs, with the alternatives their settings were chosen over.
 
 - ``lumo-vq`` (image, 256 x 256): encode, and decode with and without the
-  learned deblocking (the same codec with ``BlockEdgeBlend`` removed);
+  learned deblocking (the same codec with ``BlockEdgeBlend`` removed) and with
+  the ``decode_views`` option at 2, 4 and 8 (the mean of that many mirrored /
+  transposed decoder runs);
 - ``lumo-rvq`` (audio, 10 s of a bundled evaluation sentence, looped): encode
   greedily (beam 1) and with the default bundle's beam of 4, and decode; the
   beam search alone with its float32 screen and with every score in float64
@@ -9,8 +11,8 @@
 
 All cases run in one process, interleaved (one call of each per round), after
 one warm-up round; the JSON holds the median milliseconds of each, the ratios
-that matter (beam 4 / greedy, deblocked / plain decode, real time / beam-4
-encode) and the machine (CPU model, ISA, threads).
+that matter (beam 4 / greedy, deblocked / plain decode, N views / one view,
+real time / beam-4 encode) and the machine (CPU model, ISA, threads).
 
     python benchmarks/lumo_codecs.py [--repeats 15] [--threads 2] [--out FILE]
 """
@@ -51,6 +53,7 @@ def main() -> None:
     plain = copy.copy(image)
     plain.model = copy.deepcopy(image.model)
     plain.model.deblock = None
+    views = {n: lumo_uti.codecs.load(f"lumo-vq:{image.directory}", decode_views=n) for n in (2, 4, 8)}
     beam = uti.audio_codec
     greedy = lumo_uti.codecs.load(f"lumo-rvq:{beam.directory}", num_quantizers=beam.num_codebooks)
     if getattr(beam, "beam", 1) == 1:
@@ -75,6 +78,7 @@ def main() -> None:
             "image_encode_256": lambda: image.encode_tensor(pixels),
             "image_decode_256": lambda: image.decode_tensor(image_codes),
             "image_decode_256_without_deblocking": lambda: plain.decode_tensor(image_codes),
+            **{f"image_decode_256_views_{n}": (lambda c=c: c.decode_tensor(image_codes)) for n, c in views.items()},
             "audio_encode_10s_greedy": lambda: greedy.encode_tensor(wave),
             "audio_encode_10s_beam": lambda: beam.encode_tensor(wave),
             "audio_decode_10s": lambda: greedy.decode_tensor(audio_codes),
@@ -107,6 +111,8 @@ def main() -> None:
             "audio_real_time_over_beam_encode": round(seconds * 1000 / ms["audio_encode_10s_beam"], 1),
             "image_decode_with_over_without_deblocking": round(
                 ms["image_decode_256"] / ms["image_decode_256_without_deblocking"], 3),
+            **{f"image_decode_views_{n}_over_one": round(ms[f"image_decode_256_views_{n}"] / ms["image_decode_256"], 2)
+               for n in views},
         },
     }
     text = json.dumps(report, indent=2)

@@ -82,6 +82,8 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--eval-data", required=True, metavar="DIR", help="evaluation files")
     sp.add_argument("--per-file", action="store_true", help="include the per-file measurements")
     sp.add_argument("--beam", type=int, help="audio: the lumo-rvq beam option (default 1: greedy encoding)")
+    sp.add_argument("--decode-views", type=int, metavar="N",
+                    help="image: the lumo-vq decode_views option (1, 2, 4 or 8; default 1: one decoder run)")
 
     sp = subparsers.add_parser(
         "codec-deblock", help="fit the learned deblocking of a trained lumo-vq codec (writes a new codec)",
@@ -189,9 +191,16 @@ def _cmd_eval(args) -> int:
 
     from .train import evaluate_audio_codec, evaluate_image_codec
 
+    wrong = "--beam" if args.modality == "image" and args.beam is not None else (
+        "--decode-views" if args.modality == "audio" and args.decode_views is not None else None)
+    if wrong:
+        print(f"lumo codec-eval: {wrong} does not apply to {args.modality} codecs", file=sys.stderr)
+        return 2
     try:
         if args.modality == "image":
-            report = evaluate_image_codec(args.codec, args.eval_data)
+            report = evaluate_image_codec(args.codec, args.eval_data,
+                                          **({"decode_views": args.decode_views}
+                                             if args.decode_views is not None else {}))
         else:
             report = evaluate_audio_codec(args.codec, args.eval_data,
                                           **({"beam": args.beam} if args.beam is not None else {}))

@@ -647,16 +647,18 @@ def fit_image_deblock(codec_dir: str | Path, data: str | Path, out: str | Path, 
 
 
 @torch.inference_mode()
-def evaluate_image_codec(codec_dir: str | Path, eval_data: str | Path, *, size: int = 256) -> dict[str, Any]:
+def evaluate_image_codec(codec_dir: str | Path, eval_data: str | Path, *, size: int = 256,
+                         **options: Any) -> dict[str, Any]:
     """PSNR/SSIM/block-edge ratio at ``size`` x ``size`` (shorter side resized, centre crop) per image
-    and on average, and codebook usage over all evaluation images (photos = files named ``photo_*``)."""
+    and on average, and codebook usage over all evaluation images (photos = files named ``photo_*``).
+    ``options``: codec options (e.g. ``decode_views``)."""
     from lumo_uti.codecs.image_io import fit_square, images_to_tensor
     from lumo_uti.codecs.lumo_vq import LumoVQCodec
     from lumo_uti.metrics import codebook_usage, psnr, ssim
 
     from .image_quality import block_edge_ratio
 
-    codec = LumoVQCodec(codec_dir)
+    codec = LumoVQCodec(codec_dir, **options)
     paths = files(eval_data, IMAGE_SUFFIXES)
     per_image, all_codes, photo_codes = {}, [], []
     from PIL import Image
@@ -685,6 +687,7 @@ def evaluate_image_codec(codec_dir: str | Path, eval_data: str | Path, *, size: 
     usage.pop("histogram")
     out = {
         "size": size,
+        "decode_views": codec.decode_views,
         "images": len(per_image),
         "psnr_db": mean(per_image, "psnr_db"),
         "ssim": mean(per_image, "ssim"),
