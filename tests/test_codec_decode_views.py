@@ -14,19 +14,15 @@ import lumo_uti
 from lumo_uti.codecs.hf_common import CodecError
 from lumo_uti.codecs.lumo_vq import LumoVQCodec, PatchVQ, save_model
 
-SMALL = dict(patch=4, codebook_size=64, decoder_channels=8, decoder_blocks=1, refine_channels=6, refine_blocks=1,
-             refine_extra=2, deblock_taps=2)
+from test_codec_v2 import _random_model as _random_v2_model
+
+# test_codec_v2's small model, without the encoder (decoding only) and with a deblocking.
+NO_ENCODER_WITH_DEBLOCK = dict(encoder_channels=0, encoder_blocks=0, deblock_taps=2)
 
 
 def _random_model(seed: int = 0, **overrides) -> PatchVQ:
     """Every weight random, the zero-initialised output layers and the deblocking taps included."""
-    torch.manual_seed(seed)
-    model = PatchVQ(**{**SMALL, **overrides})
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.1)
-        model.codebook.copy_(torch.randn_like(model.codebook) * 0.5)
-    return model.eval()
+    return _random_v2_model(seed, **{**NO_ENCODER_WITH_DEBLOCK, **overrides})
 
 
 def _codec(tmp_path, model: PatchVQ, **options) -> LumoVQCodec:
