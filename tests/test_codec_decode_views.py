@@ -64,6 +64,12 @@ def test_one_view_is_the_plain_decoder(tmp_path):
 
 
 @pytest.mark.parametrize("views", [2, 4, 8])
+def test_an_empty_batch_decodes_to_an_empty_batch(tmp_path, views):
+    codec = _codec(tmp_path, _random_model(), decode_views=views)
+    assert codec.decode_tensor(torch.zeros(0, 3, 5, dtype=torch.long)).shape == (0, 3, 12, 20)
+
+
+@pytest.mark.parametrize("views", [2, 4, 8])
 @pytest.mark.parametrize("shape", [(1, 3, 5), (2, 4, 4), (1, 1, 7)])
 def test_several_views_are_the_documented_mean(tmp_path, views, shape):
     model = _random_model(seed=views)

@@ -320,7 +320,7 @@ class PatchVQ(nn.Module):
         """
         if not _is_view_count(views):
             raise ValueError(f"views must be one of {DIHEDRAL_VIEW_COUNTS}, got {views!r}")
-        if views == 1:
+        if views == 1 or blocks.numel() == 0:  # (pixel_unshuffle returns an empty batch unchanged)
             image = self._decode_network(blocks)
         else:
             looked_up = F.pixel_shuffle(blocks, self.patch)
