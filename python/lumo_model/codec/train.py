@@ -414,35 +414,35 @@ def _quick_image_eval(model, photos: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _codebook_from(directory: str, cfg: ImageTrainConfig) -> torch.Tensor:
-    """The codebook of the lumo-vq codec in ``directory``, checked against the run's patch and size."""
+def _codebook_from(directory: str, cfg: ImageTrainConfig) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The codebook of the lumo-vq codec in ``directory``, checked against the run's patch and size,
+    and the codec's config."""
     from lumo_uti.codecs.hf_common import CodecError
     from lumo_uti.codecs.lumo_vq import load_model
 
     try:
-        model, _ = load_model(directory)
+        model, config = load_model(directory)
     except CodecError as e:
         raise ValueError(f"--init-codebook: {e}") from None
     want = (cfg.codebook_size, 3 * cfg.patch * cfg.patch)
     if tuple(model.codebook.shape) != want:
         raise ValueError(f"--init-codebook: {directory} has a codebook of shape {tuple(model.codebook.shape)}, "
                          f"this run needs {want} (codebook size x 3 * patch * patch)")
-    return model.codebook.clone()
+    return model.codebook.clone(), config
 
 
 # The fields of an image run's config that say how its k-means codebook was made.
 _CODEBOOK_FIELDS = ("patch", "codebook_size", "kmeans_samples", "kmeans_iterations", "photo_share", "scales", "seed")
 
 
-def _codebook_source(directory: str) -> dict[str, Any]:
-    """Where the codebook of the lumo-vq codec in ``directory`` came from, for the config of a run that
+def _codebook_source(directory: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Where the codebook of the lumo-vq codec in ``directory`` (config ``meta``) came from, for the config of a run that
     takes it (``--init-codebook``): that run's own k-means settings say nothing about its codebook.
 
     The codec's own ``codebook_source`` when it has one (its codebook was taken from another codec
     in turn), else its directory, training data and k-means settings as its ``config.json`` states
     them (with its ``init_codebook`` when it names one but predates this record).
     """
-    meta = json.loads((Path(directory) / "config.json").read_text())
     if isinstance(meta.get("codebook_source"), dict):
         return meta["codebook_source"]
     trained = meta.get("train_config") or {}
@@ -517,9 +517,9 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
 
     # Stage 1: k-means codebook on random image blocks (or an existing codec's codebook).
     if state["stage"] == "kmeans" and cfg.init_codebook:
-        codebook = _codebook_from(cfg.init_codebook, cfg)
+        codebook, source_config = _codebook_from(cfg.init_codebook, cfg)
         run.log({"stage": "kmeans", "init_codebook": cfg.init_codebook,
-                 "codebook_source": _codebook_source(cfg.init_codebook)})
+                 "codebook_source": _codebook_source(cfg.init_codebook, source_config)})
         state, resumed = {"stage": "decoder", "step": 0}, None
         run.save(state, {"codebook": {"codebook": codebook}})
     if state["stage"] == "kmeans":
