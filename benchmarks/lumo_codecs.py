@@ -1,6 +1,8 @@
 """Encode and decode time of the default bundle's own codecs, with the alternatives their settings were chosen over.
 
-- ``lumo-vq`` (image, 256 x 256): encode, and decode with and without the
+- ``lumo-vq`` (image, 256 x 256): encode, with and without the block
+  prediction (the same codebook searched block by block in one batch: the
+  plain codec's encoding work), and decode with and without the
   learned deblocking (the same codec with ``BlockEdgeBlend`` removed) and with
   the ``decode_views`` option at 2, 4 and 8 (the mean of that many mirrored /
   transposed decoder runs);
@@ -12,7 +14,7 @@
 All cases run in one process, interleaved (one call of each per round), after
 one warm-up round; the JSON holds the median milliseconds of each, the ratios
 that matter (beam 4 / greedy, deblocked / plain decode, N views / one view,
-real time / beam-4 encode) and the machine (CPU model, ISA, threads).
+real time / beam-4 encode, predictive / plain image encode) and the machine (CPU model, ISA, threads).
 
     python benchmarks/lumo_codecs.py [--repeats 15] [--threads 2] [--out FILE]
 """
@@ -53,6 +55,11 @@ def main() -> None:
     plain = copy.copy(image)
     plain.model = copy.deepcopy(image.model)
     plain.model.deblock = None
+    unpredicted = None
+    if image.model.predictor is not None:
+        unpredicted = copy.copy(image)
+        unpredicted.model = copy.deepcopy(image.model)
+        unpredicted.model.predictor = None
     views = {n: lumo_uti.codecs.load(f"lumo-vq:{image.directory}", decode_views=n) for n in (2, 4, 8)}
     beam = uti.audio_codec
     greedy = lumo_uti.codecs.load(f"lumo-rvq:{beam.directory}", num_quantizers=beam.num_codebooks)
@@ -76,6 +83,8 @@ def main() -> None:
             sys.exit("the screened and the float64-only beam search disagree")
         cases = {
             "image_encode_256": lambda: image.encode_tensor(pixels),
+            **({"image_encode_256_without_prediction": lambda: unpredicted.encode_tensor(pixels)}
+               if unpredicted is not None else {}),
             "image_decode_256": lambda: image.decode_tensor(image_codes),
             "image_decode_256_without_deblocking": lambda: plain.decode_tensor(image_codes),
             **{f"image_decode_256_views_{n}": (lambda c=c: c.decode_tensor(image_codes)) for n, c in views.items()},
@@ -111,6 +120,8 @@ def main() -> None:
             "audio_real_time_over_beam_encode": round(seconds * 1000 / ms["audio_encode_10s_beam"], 1),
             "image_decode_with_over_without_deblocking": round(
                 ms["image_decode_256"] / ms["image_decode_256_without_deblocking"], 3),
+            **({"image_encode_with_over_without_prediction": round(
+                ms["image_encode_256"] / ms["image_encode_256_without_prediction"], 2)} if unpredicted else {}),
             **{f"image_decode_views_{n}_over_one": round(ms[f"image_decode_256_views_{n}"] / ms["image_decode_256"], 2)
                for n in views},
         },

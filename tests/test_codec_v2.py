@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from codec_training_data import training_images
 
 from lumo_model.codec import train as codec_train
 from lumo_model.codec.image_quality import block_edge_ratio, ssim_map
@@ -165,16 +166,6 @@ def test_differentiable_ssim_matches_the_metric(size):
 
 
 # -- training ----------------------------------------------------------------------------
-def _images(root, n, seed):
-    from lumo_model.codec import corpus
-
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        corpus.procedural_image(seed + i, 64).save(root / f"drawn_{i}.png")
-    corpus.procedural_image(seed + 99, 64).save(root / "photo_x.png")
-    return root
-
-
 TINY = ImageTrainConfig(codebook_size=32, kmeans_samples=2000, kmeans_iterations=3, decoder_channels=8,
                         decoder_blocks=1, encoder_channels=8, encoder_blocks=1, refine_channels=4, decoder_steps=6,
                         batch_size=2, crop=32, save_every=2, eval_every=2, scales=(1.0, 0.5), eval_size=32)
@@ -183,7 +174,7 @@ TINY = ImageTrainConfig(codebook_size=32, kmeans_samples=2000, kmeans_iterations
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("v2")
-    return _images(root / "train", 3, 0), _images(root / "eval", 2, 1000)
+    return training_images(root / "train", 3, 0), training_images(root / "eval", 2, 1000)
 
 
 def test_time_limit_stops_at_checkpoints_and_the_reruns_equal_one_run(data, tmp_path):

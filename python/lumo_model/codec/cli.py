@@ -48,6 +48,10 @@ def register(subparsers: Any) -> None:
                          "sampling of the codecs before 2026-12)")
     sp.add_argument("--decoder-photo-share", type=_fraction, metavar="FRACTION",
                     help="image: the same for the decoder's crops alone (default: --photo-share)")
+    sp.add_argument("--predict", action="store_true",
+                    help="image: block prediction: each code quantises what the block's decoded neighbours "
+                         "above and to the left do not predict (k-means on prediction errors; "
+                         "docs/codec_training.md)")
     sp.add_argument("--decoder-channels", type=int, help="image: context decoder width (default 160)")
     sp.add_argument("--decoder-blocks", type=int, help="image: context decoder residual blocks (default 3; 0 = none)")
     sp.add_argument("--encoder-channels", type=int, help="image: learned encoder width (default 96)")
@@ -159,7 +163,8 @@ def _cmd_train(args) -> int:
                      "decoder_blocks": args.decoder_blocks, "encoder_channels": args.encoder_channels,
                      "encoder_blocks": args.encoder_blocks, "refine_channels": args.refine_channels,
                      "refine_blocks": args.refine_blocks, "eval_every": args.eval_every,
-                     "init_codebook": args.init_codebook, "init_decoder": args.init_decoder}
+                     "init_codebook": args.init_codebook, "init_decoder": args.init_decoder,
+                     "predict": args.predict or None}
             cfg = replace(ImageTrainConfig(), **{k: v for k, v in {**common, **extra}.items() if v is not None})
             if args.photo_share is not None:
                 cfg = replace(cfg, photo_share=None if args.photo_share == "none" else float(args.photo_share))

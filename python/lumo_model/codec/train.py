@@ -10,7 +10,9 @@ the refinement ``step``), the codebooks in the tensor group ``codebook`` /
 the checkpoint's optimizer (refinement checkpoints only).
 
 1. **Codebooks by k-means** on ``lumo_uti.ops.vq_search`` with dead-code
-   restarts (``kmeans``): image blocks ``patch x patch x 3`` for ``lumo-vq``;
+   restarts (``kmeans``): image blocks ``patch x patch x 3`` for ``lumo-vq``
+   (with ``predict``, their errors from a least-squares block predictor fitted
+   first on the same crops; the predictor goes in the ``codebook`` group);
    MDCT frames, one residual stage after another, for ``lumo-rvq`` (entry 0 of
    every audio codebook pinned to zero: silence in, silence out), then
    ``refine_iterations`` passes of joint refinement of all the audio codebooks
@@ -102,6 +104,10 @@ class ImageTrainConfig:
     # The same share for the decoder's crops (None: photo_share). The k-means share is held down by
     # the codebook usage of the evaluation split (mostly drawn images); the decoder's is not.
     decoder_photo_share: float | None = None
+    # Block prediction (lumo_uti.codecs.block_prediction): each code quantises what the block's
+    # reconstructed neighbours do not predict; k-means then runs on prediction errors of crops of
+    # ``crop`` pixels, the predictor being fitted (least squares) on the same crops first.
+    predict: bool = False
     decoder_channels: int = 160
     decoder_blocks: int = 3
     encoder_channels: int = 96
@@ -348,13 +354,31 @@ def _image_block_samples(pools: _ImagePools, n: int, patch: int, rng: np.random.
     return F.pixel_unshuffle(crops, patch).permute(0, 2, 3, 1).reshape(-1, 3 * patch * patch)[:n].contiguous()
 
 
+def _prediction_error_samples(pools: _ImagePools, cfg: ImageTrainConfig, rng: np.random.Generator,
+                              predictor: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means data for block prediction: ``cfg.kmeans_samples`` prediction errors ``[n, D]`` of the
+    blocks of random ``cfg.crop``-pixel crops, and the predictor (fitted on those crops unless given,
+    as when a run resumes; rounded to float16, as it will be stored)."""
+    from lumo_uti.codecs.block_prediction import fit_predictor, open_loop_residuals
+
+    side = cfg.crop - cfg.crop % cfg.patch
+    per_crop = (side // cfg.patch) ** 2
+    crops = math.ceil(cfg.kmeans_samples / per_crop)
+    grids = [F.pixel_unshuffle(pools.crops(min(1024, crops - start), side, rng, cfg.photo_share), cfg.patch)
+             .permute(0, 2, 3, 1).contiguous() for start in range(0, crops, 1024)]
+    if predictor is None:
+        predictor = fit_predictor(grids).to(torch.float16).float()
+    errors = torch.cat([open_loop_residuals(g, predictor) for g in grids])
+    return errors[:cfg.kmeans_samples].contiguous(), predictor
+
+
 def _image_model(cfg: ImageTrainConfig):
     from lumo_uti.codecs.lumo_vq import PatchVQ
 
     return PatchVQ(patch=cfg.patch, codebook_size=cfg.codebook_size, decoder_channels=cfg.decoder_channels,
                    decoder_blocks=cfg.decoder_blocks, encoder_channels=cfg.encoder_channels,
                    encoder_blocks=cfg.encoder_blocks, refine_channels=cfg.refine_channels,
-                   refine_blocks=cfg.refine_blocks, refine_extra=cfg.refine_extra)
+                   refine_blocks=cfg.refine_blocks, refine_extra=cfg.refine_extra, predict=int(cfg.predict))
 
 
 def image_loss(model, x: torch.Tensor, cfg: ImageTrainConfig) -> torch.Tensor:
@@ -369,7 +393,10 @@ def image_loss(model, x: torch.Tensor, cfg: ImageTrainConfig) -> torch.Tensor:
 
     z = model.latents(x)
     with torch.no_grad():
-        codes = vq_search(z.detach().permute(0, 2, 3, 1).contiguous(), model.codebook)
+        if model.predictor is not None:  # (no encoder: the codes are the model's own encode)
+            codes = model.encode(x)
+        else:
+            codes = vq_search(z.detach().permute(0, 2, 3, 1).contiguous(), model.codebook)
         q = model.lookup(codes)
     y = model.decode_blocks(z + (q - z).detach() if model.encoder is not None else q)
     a, b = (y + 1) / 2, (x + 1) / 2
@@ -414,9 +441,9 @@ def _quick_image_eval(model, photos: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _codebook_from(directory: str, cfg: ImageTrainConfig) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The codebook of the lumo-vq codec in ``directory``, checked against the run's patch and size,
-    and the codec's config."""
+def _codebook_from(directory: str, cfg: ImageTrainConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The codebook (and block predictor, if any) of the lumo-vq codec in ``directory``, checked
+    against the run's patch, size and ``predict``, and the codec's config."""
     from lumo_uti.codecs.hf_common import CodecError
     from lumo_uti.codecs.lumo_vq import load_model
 
@@ -428,11 +455,19 @@ def _codebook_from(directory: str, cfg: ImageTrainConfig) -> tuple[torch.Tensor,
     if tuple(model.codebook.shape) != want:
         raise ValueError(f"--init-codebook: {directory} has a codebook of shape {tuple(model.codebook.shape)}, "
                          f"this run needs {want} (codebook size x 3 * patch * patch)")
-    return model.codebook.clone(), config
+    if (model.predictor is not None) != bool(cfg.predict):
+        raise ValueError(f"--init-codebook: {directory} is a codec {'with' if model.predictor is not None else 'without'} "
+                         f"block prediction; give {'--predict' if model.predictor is not None else 'no --predict'} "
+                         "(its codebook holds prediction errors only with prediction)")
+    tensors = {"codebook": model.codebook.clone()}
+    if model.predictor is not None:
+        tensors["predictor"] = model.predictor.clone()
+    return tensors, config
 
 
 # The fields of an image run's config that say how its k-means codebook was made.
-_CODEBOOK_FIELDS = ("patch", "codebook_size", "kmeans_samples", "kmeans_iterations", "photo_share", "scales", "seed")
+_CODEBOOK_FIELDS = ("patch", "codebook_size", "kmeans_samples", "kmeans_iterations", "photo_share", "scales", "seed",
+                    "predict", "crop")
 
 
 def _codebook_source(directory: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -472,9 +507,10 @@ def _decoder_weights_from(directory: str, model: torch.nn.Module) -> dict[str, t
         source, _ = load_model(directory)
     except CodecError as e:
         raise ValueError(f"--init-decoder: {e}") from None
+    coding = {"codebook", "predictor"}  # what the run's own stage 1 gives
     theirs = {k: v for k, v in source.state_dict().items() if not k.startswith("deblock.")}
-    ours = {k: v for k, v in model.state_dict().items() if k != "codebook"}
-    differ = sorted(k for k in (ours.keys() | theirs.keys()) - {"codebook"}
+    ours = {k: v for k, v in model.state_dict().items() if k not in coding}
+    differ = sorted(k for k in (ours.keys() | theirs.keys()) - coding
                     if k not in theirs or k not in ours or theirs[k].shape != ours[k].shape)
     if differ:
         raise ValueError(f"--init-decoder: {directory} has another architecture than this run "
@@ -511,38 +547,49 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
     pool = pools.all
     resumed = run.resume()
     state = resumed.state if resumed else {"stage": "kmeans", "iteration": 0}
-    codebook = resumed.tensors("codebook")["codebook"] if resumed else None  # in every checkpoint
+    # The codebook (and, with --predict, the block predictor): in every checkpoint.
+    coding = dict(resumed.tensors("codebook")) if resumed else {}
     _say(progress, f"train-codec image: {len(images)} images ({len(pool)} scaled views) from {data}"
          + (f"; resuming at {state['stage']} {state.get('iteration', state.get('step'))}" if resumed else ""))
 
     # Stage 1: k-means codebook on random image blocks (or an existing codec's codebook).
     if state["stage"] == "kmeans" and cfg.init_codebook:
-        codebook, source_config = _codebook_from(cfg.init_codebook, cfg)
+        coding, source_config = _codebook_from(cfg.init_codebook, cfg)
         run.log({"stage": "kmeans", "init_codebook": cfg.init_codebook,
                  "codebook_source": _codebook_source(cfg.init_codebook, source_config)})
         state, resumed = {"stage": "decoder", "step": 0}, None
-        run.save(state, {"codebook": {"codebook": codebook}})
+        run.save(state, {"codebook": coding})
     if state["stage"] == "kmeans":
         rng = np.random.default_rng(cfg.seed)
-        samples = _image_block_samples(pools, cfg.kmeans_samples, cfg.patch, rng, cfg.photo_share)
+        if cfg.predict:
+            predictor = coding.get("predictor")
+            samples, predictor = _prediction_error_samples(pools, cfg, rng, predictor)
+            coding["predictor"] = predictor
+            if state["iteration"] == 0:
+                run.log({"stage": "kmeans", "predictor_fitted": True,
+                         "prediction_error_mse": float(samples.square().mean())})
+        else:
+            samples = _image_block_samples(pools, cfg.kmeans_samples, cfg.patch, rng, cfg.photo_share)
         bar = Progress("k-means", cfg.kmeans_iterations, progress)
 
         def on_iteration(i: int, centroids: torch.Tensor, stats: dict) -> None:
             run.log({"stage": "kmeans", "iteration": i + 1, **stats})
             bar.update(i + 1, f"mse {stats['mse']:.5f} dead {stats['dead']}")
-            run.save({"stage": "kmeans", "iteration": i + 1}, {"codebook": {"codebook": centroids}})
+            run.save({"stage": "kmeans", "iteration": i + 1}, {"codebook": {**coding, "codebook": centroids}})
             if i + 1 < cfg.kmeans_iterations:
                 run.check_time("k-means iteration", i + 1)
 
         codebook = kmeans(samples, cfg.codebook_size, cfg.kmeans_iterations, seed=cfg.seed,
-                          centroids=codebook, start=state["iteration"], on_iteration=on_iteration)
+                          centroids=coding.get("codebook"), start=state["iteration"], on_iteration=on_iteration)
         # Stored in float16: the codebook the codec will search is the rounded one.
-        codebook = codebook.to(torch.float16).float()
+        coding["codebook"] = codebook.to(torch.float16).float()
         state, resumed = {"stage": "decoder", "step": 0}, None
-        run.save(state, {"codebook": {"codebook": codebook}})
+        run.save(state, {"codebook": coding})
         del samples
 
-    model.codebook.copy_(codebook)
+    model.codebook.copy_(coding["codebook"])
+    if model.predictor is not None:
+        model.predictor.copy_(coding["predictor"])
     if initial is not None:
         model.load_state_dict({**model.state_dict(), **initial})
     model.to(device)
@@ -558,7 +605,7 @@ def train_image_codec(data: str | Path, out: str | Path, *, eval_data: str | Pat
         photos = _load_eval_photos(eval_data, cfg.eval_size) if eval_data else None
         evaluate = (cfg.eval_every, lambda: _quick_image_eval(model, photos)) if photos is not None else None
         _adam_stage(run, model, cfg.decoder_steps, cfg.lr, cfg.save_every, progress, loss_fn,
-                    {"codebook": {"codebook": model.codebook}}, "decoder", state["step"], resumed, evaluate)
+                    {"codebook": coding}, "decoder", state["step"], resumed, evaluate)
     model.eval().cpu()
     codec_dir = run.out / "codec"
     codec_dir.mkdir(exist_ok=True)

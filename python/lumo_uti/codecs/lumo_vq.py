@@ -10,6 +10,13 @@ instead, ``E`` a small convolutional stack over the grid of blocks, computed in
 float64 and rounded to multiples of ``ENCODER_GRID``, so that the codes are the
 same at any thread count and batch size.
 
+With block prediction (``predict: 1``; ``block_prediction.py``) each block is
+first predicted, linearly, from the already decoded pixels of its neighbours
+above and to the left, and its code is the nearest codebook entry to the
+prediction error (the codebook is a k-means codebook of such errors); blocks
+are coded in anti-diagonal order, and the decoded block, prediction plus
+entry, is what the decoder below receives as the block's "looked-up" value.
+
 Decoding: the looked-up blocks plus a residual from a convolutional decoder
 that sees the 3 x 3 (and, stacked, wider) neighbourhood of codes; with a
 refiner (``refine_blocks > 0``) the resulting image, with ``refine_extra``
@@ -31,9 +38,10 @@ again. So an image whose sides are multiples of 8 and at most 512 is encoded
 at, and decodes to, exactly its own size.
 
 Files: ``config.json`` (format ``lumo-vq``) and ``model.safetensors``
-(``codebook`` [K, D] and the ``decoder.*``, ``encoder.*``, ``refiner.*`` and
-``deblock.taps`` tensors; stored in float16, run in float32). The encoder,
-refiner and deblocking keys of ``config.json`` are optional (absent means none).
+(``codebook`` [K, D], ``predictor`` [6p + 6, D] with prediction, and the
+``decoder.*``, ``encoder.*``, ``refiner.*`` and ``deblock.taps`` tensors; stored
+in float16, run in float32). The encoder, refiner, deblocking and ``predict``
+keys of ``config.json`` are optional (absent means none).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import torch.nn.functional as F
 
 from ..ops import PackedCodebook, vq_search
 from .base import ImageCodec
+from .block_prediction import code_blocks, feature_count, reconstruct
 from .codebook_cache import CodebookCache
 from .hf_common import CodecError, directory_identity
 from .model_files import check_config, config_keys, load_model_dir, save_model_dir
@@ -69,6 +78,7 @@ OPTIONAL_KEYS = config_keys({
     "refine_blocks": (0, 64),
     "refine_extra": (0, 64),
     "deblock_taps": (0, 32),
+    "predict": (0, 1),
 })
 # Largest max_side option (pixels) a codec accepts.
 MAX_SIDE_LIMIT = 16384
@@ -218,11 +228,19 @@ class PatchVQ(nn.Module):
     def __init__(self, *, patch: int = 8, codebook_size: int = 16384, decoder_channels: int = 128,
                  decoder_blocks: int = 2, encoder_channels: int = 0, encoder_blocks: int = 0,
                  refine_channels: int = 0, refine_blocks: int = 0, refine_extra: int = 0,
-                 deblock_taps: int = 0):
+                 deblock_taps: int = 0, predict: int = 0):
         super().__init__()
+        if predict and encoder_blocks:
+            raise CodecError(f"{FORMAT}: block prediction and a learned encoder cannot be combined")
         self.patch = patch
         self.dim = 3 * patch * patch
         self.register_buffer("codebook", torch.zeros(codebook_size, self.dim))
+        # Block prediction (block_prediction.py): codes quantise what the neighbours do not predict.
+        self.predictor: torch.Tensor | None
+        if predict:
+            self.register_buffer("predictor", torch.zeros(feature_count(patch), self.dim))
+        else:
+            self.predictor = None
         self.refine_extra = refine_extra if refine_blocks > 0 else 0
         out_dim = self.dim + self.refine_extra * patch * patch
         self.decoder = (ContextDecoder(self.dim, decoder_channels, decoder_blocks, out_dim)
@@ -245,7 +263,7 @@ class PatchVQ(nn.Module):
             "refine_blocks": len(ref.blocks) if ref is not None else 0,
             "refine_extra": self.refine_extra,
             "deblock_taps": self.deblock.taps.numel() if self.deblock is not None else 0,
-        }
+        } | ({"predict": 1} if self.predictor is not None else {})  # absent = none: older files unchanged
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "PatchVQ":
@@ -261,6 +279,9 @@ class PatchVQ(nn.Module):
 
     def blocks(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B, D, H/p, W/p]`` (each column one flattened block)."""
+        if pixels.shape[0] == 0:  # pixel_unshuffle returns an empty batch unchanged
+            b, c, h, w = pixels.shape
+            return pixels.new_zeros(0, c * self.patch ** 2, h // self.patch, w // self.patch)
         return F.pixel_unshuffle(pixels, self.patch)
 
     def latents(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -290,10 +311,16 @@ class PatchVQ(nn.Module):
         ``packed``: this model's codebook already packed (a codec's cache), else packed per call.
         """
         z = self.search_latents(pixels, encoder64)
-        return vq_search(z, self.codebook) if packed is None else packed.search(z)
+        search = (lambda v: vq_search(v, self.codebook)) if packed is None else packed.search
+        if self.predictor is not None:
+            return code_blocks(z.contiguous(), self.codebook, self.predictor, search)[0]
+        return search(z)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes ``[B, h, w]`` -> looked-up blocks ``[B, D, h, w]``."""
+        """codes ``[B, h, w]`` -> looked-up blocks ``[B, D, h, w]``: the codebook entries, or with block
+        prediction each block's prediction plus its entry."""
+        if self.predictor is not None:
+            return reconstruct(codes, self.codebook, self.predictor).permute(0, 3, 1, 2)
         return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
 
     def _decode_network(self, blocks: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,143 @@
+"""Predictive block coding for ``lumo-vq``: each block's code quantises what its neighbours do not predict.
+
+A plain block VQ spends part of every code on what the neighbouring blocks already
+say (the block's mean colour, the continuation of an edge). With prediction, the
+block at grid position ``(i, j)`` is first predicted, linearly, from the
+already *reconstructed* pixels next to it, and its code is the nearest codebook
+entry to the prediction error; the block's reconstruction is the prediction
+plus that entry. The codebook then holds prediction errors (k-means of the
+errors on training images), and a 16384-entry codebook spends its 14 bits on
+what cannot be predicted.
+
+The prediction of block ``(i, j)`` reads ``prediction_features`` values: the
+bottom row of the block above (``3 * p``), the right column of the block to the
+left (``3 * p``), the bottom-right pixel of the block above-left (3), whether
+there is a block above and to the left (1 or 0 each), and a constant 1;
+missing neighbours read as 0. The prediction is ``features @ W``, ``W``
+``[6p + 6, 3p^2]``, computed in float64 and rounded to multiples of
+``PREDICTION_GRID``, so that encoder and decoder get bit-identical predictions
+at any thread count and batch size (float32 sums depend on both, and a
+prediction that differs by one ulp could flip a later code).
+
+Blocks are coded in anti-diagonal order (``d = i + j`` = 0, 1, ...): every
+neighbour a block reads lies on an earlier diagonal, so each diagonal is one
+batched codebook search (63 searches for a 32 x 32 grid) and decoding runs the
+same order with lookups instead of searches.
+
+Block vectors are in ``pixel_unshuffle`` order: channel, then row, then column.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+# Predictions are rounded to this grid (after float64 arithmetic): see the module docstring.
+PREDICTION_GRID = 2.0 ** -12
+
+
+def feature_count(patch: int) -> int:
+    """Length of a block's prediction features for ``patch x patch`` blocks."""
+    return 6 * patch + 6
+
+
+def _features(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, patch: int) -> torch.Tensor:
+    """Features ``[B, n, 6p + 6]`` (float64) of blocks ``(rows, cols)`` read from ``padded``
+    ``[B, h + 1, w + 1, 3, p, p]``: the reconstructed grid with a zero row on top and a zero column on
+    the left (block ``(i, j)`` at ``[i + 1, j + 1]``)."""
+    p = patch
+    above = padded[:, rows, cols + 1, :, p - 1, :]          # [B, n, 3, p]
+    left = padded[:, rows + 1, cols, :, :, p - 1]           # [B, n, 3, p]
+    corner = padded[:, rows, cols, :, p - 1, p - 1]         # [B, n, 3]
+    b, n = above.shape[:2]
+    flags = torch.stack([(rows > 0), (cols > 0), torch.ones_like(rows, dtype=torch.bool)], -1)
+    flags = flags.to(torch.float64).expand(b, n, 3)
+    return torch.cat([above.reshape(b, n, -1).double(), left.reshape(b, n, -1).double(),
+                      corner.double(), flags], -1)
+
+
+def predict(features: torch.Tensor, weight64: torch.Tensor) -> torch.Tensor:
+    """``features @ weight`` in float64, rounded to ``PREDICTION_GRID``, as float32."""
+    return (torch.round((features @ weight64) / PREDICTION_GRID) * PREDICTION_GRID).float()
+
+
+def _diagonals(h: int, w: int, device: torch.device):
+    for d in range(h + w - 1):
+        rows = torch.arange(max(0, d - w + 1), min(d, h - 1) + 1, device=device)
+        yield rows, d - rows
+
+
+def code_blocks(blocks: torch.Tensor, codebook: torch.Tensor, weight: torch.Tensor,
+                search: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode (``codes`` None) or decode (``codes`` given) a grid of blocks with prediction.
+
+    ``blocks``: ``[B, h, w, D]`` float32, the blocks to encode (ignored when decoding; pass an
+    empty-shaped tensor of the grid's shape or use ``reconstruct``). ``search(z [B, n, D]) -> codes
+    [B, n]``: the nearest-entry search (a packed codebook's, or ``vq_search`` against ``codebook``).
+    Returns ``(codes [B, h, w] int64, reconstruction [B, h, w, D] float32)``.
+    """
+    b, h, w, dim = blocks.shape
+    p = int(round((dim // 3) ** 0.5))
+    if 3 * p * p != dim:
+        raise ValueError(f"block vectors must hold 3 * p * p values, got {dim}")
+    weight64 = weight.double()
+    padded = blocks.new_zeros(b, h + 1, w + 1, 3, p, p)
+    out_codes = torch.zeros(b, h, w, dtype=torch.long, device=blocks.device) if codes is None else codes
+    if b == 0 or h == 0 or w == 0:
+        return out_codes, blocks.new_zeros(b, h, w, dim)
+    for rows, cols in _diagonals(h, w, blocks.device):
+        pred = predict(_features(padded, rows, cols, p), weight64)          # [B, n, D]
+        if codes is None:
+            chosen = search((blocks[:, rows, cols] - pred).contiguous())
+            out_codes[:, rows, cols] = chosen
+        else:
+            chosen = codes[:, rows, cols]
+        padded[:, rows + 1, cols + 1] = (pred + codebook[chosen]).view(b, -1, 3, p, p)
+    return out_codes, padded[:, 1:, 1:].reshape(b, h, w, dim)
+
+
+def reconstruct(codes: torch.Tensor, codebook: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """codes ``[B, h, w]`` -> reconstructed blocks ``[B, h, w, D]`` (prediction + looked-up entry)."""
+    b, h, w = codes.shape
+    grid = codebook.new_zeros(b, h, w, codebook.shape[1])
+    return code_blocks(grid, codebook, weight, codes=codes)[1]
+
+
+def open_loop_features(grid: torch.Tensor) -> torch.Tensor:
+    """Features ``[B, h, w, 6p + 6]`` (float64) of every block of ``grid`` ``[B, h, w, D]``, read
+    from the original neighbours instead of reconstructed ones (for fitting the predictor)."""
+    b, h, w, dim = grid.shape
+    p = int(round((dim // 3) ** 0.5))
+    padded = F.pad(grid.reshape(b, h, w, 3, p, p), (0, 0, 0, 0, 0, 0, 1, 0, 1, 0))
+    rows = torch.arange(h, device=grid.device).repeat_interleave(w)
+    cols = torch.arange(w, device=grid.device).repeat(h)
+    return _features(padded, rows, cols, p).reshape(b, h, w, -1)
+
+
+def fit_predictor(grids: list[torch.Tensor], ridge: float = 1e-6) -> torch.Tensor:
+    """The least-squares predictor ``W`` ``[6p + 6, D]`` (float32) of blocks from their (original)
+    neighbours over ``grids`` (each ``[B, h, w, D]``); ``ridge`` keeps the normal equations solvable
+    (a feature that is constant over the data)."""
+    if not grids:
+        raise ValueError("fit_predictor needs at least one grid of blocks")
+    dim = grids[0].shape[-1]
+    p = int(round((dim // 3) ** 0.5))
+    m = feature_count(p)
+    gram = torch.zeros(m, m, dtype=torch.float64)
+    cross = torch.zeros(m, dim, dtype=torch.float64)
+    for g in grids:
+        f = open_loop_features(g).reshape(-1, m)
+        gram += f.T @ f
+        cross += f.T @ g.reshape(-1, dim).double()
+    gram += ridge * torch.eye(m, dtype=torch.float64) * max(1.0, float(gram.diagonal().mean()))
+    return torch.linalg.solve(gram, cross).float()
+
+
+def open_loop_residuals(grid: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Blocks minus their prediction from the original neighbours, ``[B * h * w, D]`` (k-means data)."""
+    dim = grid.shape[-1]
+    return (grid.reshape(-1, dim) - predict(open_loop_features(grid).reshape(-1, weight.shape[0]),
+                                            weight.double()))
