@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from codec_training_data import training_images
+from codec_training_data import same_weights, train_and_eval_folders, train_in_stops
 
 from lumo_model.codec import train as codec_train
 from lumo_model.codec.image_quality import block_edge_ratio, ssim_map
 from lumo_model.codec.train import ImageTrainConfig, fit_image_deblock, train_image_codec
-from lumo_model.errors import TimeUp
 from lumo_uti.codecs.hf_common import CodecError
 from lumo_uti.codecs.lumo_vq import ENCODER_GRID, LumoVQCodec, PatchVQ, load_model, save_model
 from lumo_uti.metrics import ssim
@@ -173,8 +172,7 @@ TINY = ImageTrainConfig(codebook_size=32, kmeans_samples=2000, kmeans_iterations
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("v2")
-    return training_images(root / "train", 3, 0), training_images(root / "eval", 2, 1000)
+    return train_and_eval_folders(tmp_path_factory, "v2")
 
 
 def test_time_limit_stops_at_checkpoints_and_the_reruns_equal_one_run(data, tmp_path):
@@ -182,19 +180,11 @@ def test_time_limit_stops_at_checkpoints_and_the_reruns_equal_one_run(data, tmp_
 
     train, evald = data
     whole = train_image_codec(train, tmp_path / "whole", eval_data=evald, config=TINY, progress=False)
-    stops = 0
-    while True:
-        try:
-            parts = train_image_codec(train, tmp_path / "parts", eval_data=evald, config=TINY, progress=False,
-                                      time_limit_s=1e-9)
-            break
-        except TimeUp:
-            stops += 1
+    parts, stops = train_in_stops(train, tmp_path / "parts", evald, TINY)
     assert stops == 2 + 2  # k-means iterations 1, 2; decoder steps 2, 4 (the last of each needs no stop)
     assert parts["psnr_db"] == whole["psnr_db"]
+    assert same_weights(tmp_path / "whole" / "codec", tmp_path / "parts" / "codec")
     a = load_file(str(tmp_path / "whole" / "codec" / "model.safetensors"))
-    b = load_file(str(tmp_path / "parts" / "codec" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert {"encoder.out.weight", "refiner.out.weight"} <= a.keys()
     log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     evals = [r for r in log if r["stage"] == "eval"]
