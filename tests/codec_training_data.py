@@ -1,4 +1,4 @@
-"""Tiny image folders and run helpers for the lumo-vq training tests."""
+"""Helpers for the lumo-vq tests: tiny image folders, training runs, determinism checks."""
 
 from __future__ import annotations
 
@@ -42,3 +42,21 @@ def same_weights(codec_a, codec_b) -> bool:
 
     a, b = (load_file(str(d / "model.safetensors")) for d in (codec_a, codec_b))
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def encodes_at_thread_counts_and_batch_splits(codec, x) -> list:
+    """The codes of images ``x`` (5 of them) encoded at 1, 2 and 3 threads, each whole, one by one
+    and split 2 + 3; the thread count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(codec.encode_tensor(x))
+            results.append(torch.cat([codec.encode_tensor(x[i:i + 1]) for i in range(len(x))]))
+            results.append(torch.cat([codec.encode_tensor(x[:2]), codec.encode_tensor(x[2:])]))
+    finally:
+        torch.set_num_threads(threads)
+    return results

@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from codec_training_data import same_weights, train_and_eval_folders, train_in_stops
+from codec_training_data import (encodes_at_thread_counts_and_batch_splits, same_weights, train_and_eval_folders,
+                                 train_in_stops)
 
 from lumo_model.codec.train import ImageTrainConfig, train_image_codec
 from lumo_uti.codecs import block_prediction as bp
@@ -94,16 +95,7 @@ def test_encode_is_the_same_at_any_thread_count_and_batch_size(tmp_path, seed):
     grid = F.pixel_unshuffle(x, 8).permute(0, 2, 3, 1).contiguous()
     model.predictor.copy_(bp.fit_predictor([grid]).half().float())
     codec = _codec(tmp_path, model)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(codec.encode_tensor(x))
-            results.append(torch.cat([codec.encode_tensor(x[i:i + 1]) for i in range(5)]))
-            results.append(torch.cat([codec.encode_tensor(x[:2]), codec.encode_tensor(x[2:])]))
-    finally:
-        torch.set_num_threads(threads)
+    results = encodes_at_thread_counts_and_batch_splits(codec, x)
     for r in results[1:]:
         assert torch.equal(r, results[0])
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from codec_training_data import same_weights, train_and_eval_folders, train_in_stops
+from codec_training_data import (encodes_at_thread_counts_and_batch_splits, same_weights, train_and_eval_folders,
+                                 train_in_stops)
 
 from lumo_model.codec import train as codec_train
 from lumo_model.codec.image_quality import block_edge_ratio, ssim_map
@@ -90,16 +91,7 @@ def test_encode_is_the_same_at_any_thread_count_and_batch_size(tmp_path, seed, e
     codec = _codec(tmp_path, _random_model(seed, patch=8, codebook_size=512, encoder_channels=96,
                                            encoder_blocks=encoder_blocks, decoder_blocks=0, refine_blocks=0))
     x = torch.rand(5, 3, 64, 64) * 2 - 1
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(codec.encode_tensor(x))
-            results.append(torch.cat([codec.encode_tensor(x[i:i + 1]) for i in range(5)]))
-            results.append(torch.cat([codec.encode_tensor(x[:2]), codec.encode_tensor(x[2:])]))
-    finally:
-        torch.set_num_threads(threads)
+    results = encodes_at_thread_counts_and_batch_splits(codec, x)
     for r in results[1:]:
         assert torch.equal(r, results[0])
 

@@ -74,8 +74,8 @@ def code_blocks(blocks: torch.Tensor, codebook: torch.Tensor, weight: torch.Tens
                 codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode (``codes`` None) or decode (``codes`` given) a grid of blocks with prediction.
 
-    ``blocks``: ``[B, h, w, D]`` float32, the blocks to encode (ignored when decoding; pass an
-    empty-shaped tensor of the grid's shape or use ``reconstruct``). ``search(z [B, n, D]) -> codes
+    ``blocks``: ``[B, h, w, D]`` float32, the blocks to encode; when decoding only its shape, dtype
+    and device are read (``reconstruct`` passes zeros). ``search(z [B, n, D]) -> codes
     [B, n]``: the nearest-entry search (a packed codebook's, or ``vq_search`` against ``codebook``).
     Returns ``(codes [B, h, w] int64, reconstruction [B, h, w, D] float32)``.
     """
