@@ -9,8 +9,11 @@
 // registers and L1, large D reuses each code block across 64 rows. Extra
 // memory: the packed codebook (K*D fp32, kept per calling thread between calls
 // up to kKeepBytes, so repeated calls do not fault fresh pages in) plus
-// O(rows) per thread. Threads take row blocks (or, for few rows, chunks of
-// code tiles, each packing the tiles it searches) from an atomic counter;
+// O(rows) per thread. A codebook packed ahead (vq_pack) may hold its codes in
+// norm order for the integer screen (order_by_norm); every kernel then reads
+// the lanes' own code indices. Threads take row blocks (smaller ones for few
+// rows of a packed codebook, or, for fewer, chunks of code tiles, each
+// packing the tiles it searches) from an atomic counter;
 // every score is computed the same way whatever the split, and the (value,
 // index) minimum is a strict total order, so results never depend on the
 // thread count or the schedule.
@@ -241,10 +244,11 @@ int isa_mask() {
 // the switch is for measurements and tests): 0 none (the plain exact
 // kernel), fp the fp32 FMA screen, int the integer screen wherever a kernel
 // has one (int-bw: AVX-512 without VNNI instructions). Unset: the integer
-// screen where it measured faster (AVX-512 with BW), else the fp32 one. On
-// AVX2 the integer screen (vpmaddwd + vpaddd) was no faster than FMAs on the
-// Zen 4 we measured (one thread, N = 4096: D = 4 14.1 vs 12.6 ms, D = 8 12.6
-// vs 12.0 ms, D = 16 40 vs 30 ms), so it is opt-in there.
+// screen where it measured faster (AVX-512 with BW; AVX2 from D =
+// kIntScreenMinDAvx2), else the fp32 one. Below that D the AVX2 integer screen
+// (vpmaddwd + vpaddd) was no faster than FMAs on the Zen 4 we measured (one
+// thread, N = 4096: D = 4 14.1 vs 12.6 ms, D = 8 12.6 vs 12.0 ms, D = 16 40
+// vs 30 ms).
 enum class ScreenMode { kNone, kFp, kBest, kInt, kIntBw };
 static ScreenMode screen_mode() {
   const char* v = std::getenv("LUMO_VQ_SCREEN");
@@ -255,6 +259,8 @@ static ScreenMode screen_mode() {
   if (std::strcmp(v, "int-bw") == 0) return ScreenMode::kIntBw;
   return ScreenMode::kBest;
 }
+
+bool int_screen_runs(const Kernel& ker, int64_t d) { return d >= ker.int_min_d && d <= ker.int_max_d; }
 
 Kernel pick_kernel(int isa, const char* op) {
   const int mask = isa_mask();
@@ -273,20 +279,24 @@ Kernel pick_kernel(int isa, const char* op) {
     }
     return {avx512::W, &avx512::search_rows, isa, &avx512::pack_tile_f32, screen ? &avx512::screen_rows : nullptr,
             is, mode == ScreenMode::kBest ? kIntScreenMaxDAvx512 : kIntScreenMaxDOptIn,
-            screen ? &avx512::screen_rows6 : nullptr, kScreenMinTilesAvx512};
+            screen ? &avx512::screen_rows6 : nullptr, kScreenMinTilesAvx512, &avx512::exact_rows_perm};
   }
   if (isa == kIsaAvx2) {
     const bool fma = __builtin_cpu_supports("fma");
-    // The integer screen only with LUMO_VQ_SCREEN=int (see screen_mode).
-    return {avx2::W,
-            &avx2::search_rows,
-            isa,
-            &avx2::pack_tile_f32,
-            screen && fma ? &avx2::screen_rows : nullptr,
-            int_any && fma ? &avx2::iscreen_rows : nullptr,
-            mode == ScreenMode::kInt ? kIntScreenMaxDOptIn : 0,
-            screen && fma ? &avx2::screen_rows6 : nullptr,
-            kScreenMinTilesAvx2};
+    // The integer screen from kIntScreenMinDAvx2 up, or at every D with
+    // LUMO_VQ_SCREEN=int (see screen_mode).
+    Kernel k{avx2::W,
+             &avx2::search_rows,
+             isa,
+             &avx2::pack_tile_f32,
+             screen && fma ? &avx2::screen_rows : nullptr,
+             (mode == ScreenMode::kBest || mode == ScreenMode::kInt) && fma ? &avx2::iscreen_rows : nullptr,
+             kIntScreenMaxDOptIn,
+             screen && fma ? &avx2::screen_rows6 : nullptr,
+             kScreenMinTilesAvx2,
+             fma ? &avx2::exact_rows_perm : nullptr};
+    k.int_min_d = mode == ScreenMode::kInt ? 0 : kIntScreenMinDAvx2;
+    return k;
   }
 #endif
   return {scalar::W, &scalar::search_rows, kIsaScalar, nullptr, nullptr, nullptr, 0, nullptr, kScreenMinTilesAvx2};
@@ -315,8 +325,9 @@ void pack_layout(int64_t k, int64_t d, int W, VqPacked& p) {
   p.cn.resize(static_cast<size_t>(p.ntiles * p.tile));
   p.bound.resize(static_cast<size_t>(p.ntiles * 2));
   p.itiles.clear();  // written by pack_int_tiles, where it applies
-  p.c_scale = 0.0;
-  p.c_l1max = 0;
+  p.c_scale.clear();
+  p.b_code.clear();
+  p.perm.clear();  // index order unless vq_pack orders it
 }
 
 // max(m, v) that keeps NaN once seen (a bound that cannot be trusted).
@@ -489,12 +500,12 @@ float max_abs_or_nan(const void* x, int dtype, int64_t count) {
   return m;
 }
 
-// Fills s.xq, s.b_int and s.win for the integer screen (cpu_iscreen_body.h).
+// Fills s.xq and s.b_int for the integer screen (cpu_iscreen_body.h).
 // Pairs: p_j = round(fl(-2 x_j * x_inv)); |-2 x_j x_inv| <= Q (1 + 2^-24)
 // (prepare_int_call) rounds to at most Q = int_screen_q(d), and the float
-// product's rounding adds at most Q 2^-24 < 2.5e-4 to |e_j| <= 1/2. Bounds:
-// B = 1/2 + (|p|_1 + max |q|_1) / 2 + d / 4 in units of u, with margins.
-// Windows: 2 B + 2 beta / u, with margins (INT32_MAX where ic.clamped).
+// product's rounding adds at most Q 2^-24 < 2.5e-4 to |e_j| <= 1/2. The row
+// side of the bound B = 1/2 + (|p|_1 + max |q|_1) / 2 + d / 4, with margins:
+// b_int = 2 + |p|_1 / 2 + d / 4 (VqPacked::b_code holds the code side).
 void int_row_bounds(const VqPacked& p, const IntScale& ic, Scratch& s, int64_t padded) {
   const int64_t d = p.d, pairs = (d + 1) / 2, full = d / 2;
   const float inv = ic.x_inv;
@@ -513,11 +524,7 @@ void int_row_bounds(const VqPacked& p, const IntScale& ic, Scratch& s, int64_t p
       l1 += std::abs(q0);
       xq[full] = pack_pair(q0, 0);
     }
-    const double b = 2.0 + 0.5003 * static_cast<double>(l1 + p.c_l1max) + 0.2503 * static_cast<double>(d);
-    s.b_int[r] = b;
-    const double w = (2.0 * b + 2.0 * static_cast<double>(s.beta[r]) / ic.u) * (1.0 + 1e-9) + 2.0;
-    s.win[r] = ic.clamped || !(w < 2147483647.0) ? std::numeric_limits<int32_t>::max()
-                                                   : static_cast<int32_t>(std::ceil(w));
+    s.b_int[r] = 2.0 + 0.5003 * static_cast<double>(l1) + 0.2503 * static_cast<double>(d);
   }
 }
 
@@ -527,10 +534,14 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
   const int64_t padded = padded_rows(rows);
   std::fill(s.bv.begin(), s.bv.begin() + padded * W, std::numeric_limits<float>::infinity());
   std::fill(s.bi.begin(), s.bi.begin() + padded * W, std::numeric_limits<int32_t>::max());
-  const bool screen = ker.screen != nullptr && (p.d <= kScreenMaxD || t1 - t0 >= ker.screen_min_tiles) &&
+  // A codebook out of index order is always screened where the rows allow:
+  // its exact fallback scores one row a tile at a time (exact_rows_perm),
+  // several times slower than search_rows' four.
+  const bool screen = ker.screen != nullptr &&
+                      (!p.perm.empty() || p.d <= kScreenMaxD || t1 - t0 >= ker.screen_min_tiles) &&
                       screen_bounds(p, s, padded, t0, t1);
   const bool int_screen = screen && ic != nullptr && ker.iscreen != nullptr && !p.itiles.empty() &&
-                          p.d <= ker.int_max_d;
+                          int_screen_runs(ker, p.d);
   if (int_screen) {
     const float xmax = max_abs_or_nan(s.x.data(), static_cast<int>(DType::F32), padded * p.d);
     if (xmax > 0.0f && xmax < 0.5f * ic->xmax && set_int_scale(p, xmax, t0, t1, s.block_scale)) ic = &s.block_scale;
@@ -545,23 +556,27 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
   const bool six = screen && !int_screen && ker.screen6 != nullptr && p.d >= kScreen6MinD &&
                    std::all_of(s.beta.begin(), s.beta.begin() + padded, [](float b) { return b < 1e30f; });
   const int64_t rows6 = six ? padded / 12 * 12 : 0;
+  const int32_t* perm = p.perm_or_null();
+  const IntScreenArgs ia = int_screen ? ic->args(p) : IntScreenArgs{};
   for (int64_t kb = t0; kb < t1; kb += tb) {
     const int64_t ke = std::min(t1, kb + tb);
     for (int64_t rb = 0; rb < rows6; rb += 6) {
       ker.screen6(s.x.data() + rb * p.d, s.xn2.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke,
-                  s.bv.data() + rb * W, s.bi.data() + rb * W, s.beta.data() + rb, nullptr);
+                  s.bv.data() + rb * W, s.bi.data() + rb * W, s.beta.data() + rb, perm);
     }
     for (int64_t rb = rows6; rb < padded; rb += kRows) {
       const float* beta = s.beta.data() + rb;
       if (screen && std::all_of(beta, beta + kRows, [](float b) { return b < 1e30f; })) {
         if (int_screen) {
           ker.iscreen(s.x.data() + rb * p.d, s.xq.data() + rb * ((p.d + 1) / 2), p.d, p.tiles.data(), p.cn.data(),
-                      p.itiles.data(), ic->cnq.data(), kb, ke, s.bv.data() + rb * W, s.bi.data() + rb * W, beta,
-                      s.b_int.data() + rb, s.win.data() + rb, ic->u, nullptr);
+                      ia, kb, ke, s.bv.data() + rb * W, s.bi.data() + rb * W, beta, s.b_int.data() + rb, perm);
           continue;
         }
         ker.screen(s.x.data() + rb * p.d, s.xn2.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke,
-                   s.bv.data() + rb * W, s.bi.data() + rb * W, beta, nullptr);
+                   s.bv.data() + rb * W, s.bi.data() + rb * W, beta, perm);
+      } else if (perm != nullptr) {  // vq_pack orders a codebook only for kernels that have exact_perm
+        ker.exact_perm(s.x.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke, s.bv.data() + rb * W,
+                       s.bi.data() + rb * W, perm);
       } else {
         ker.fn(s.x.data() + rb * p.d, p.d, p.tiles.data(), p.cn.data(), kb, ke, s.bv.data() + rb * W,
                s.bi.data() + rb * W);
@@ -586,7 +601,7 @@ void search_tile_chunks(const Kernel& ker, const VqPacked& p, std::vector<Scratc
                         int64_t chunks, int64_t n,
                         const std::function<void(int64_t, int64_t, int64_t, int64_t)>& pack,
                         const std::function<void(int64_t, int64_t, int64_t, Scratch&)>& load, float* pv,
-                        int32_t* pi) {
+                        int32_t* pi, const IntScale* ic) {
   WorkCounter work(chunks);
   run_parallel(threads - 1, [&](int64_t c) {
     Scratch& s = scratch[c];
@@ -598,7 +613,7 @@ void search_tile_chunks(const Kernel& ker, const VqPacked& p, std::vector<Scratc
         const int64_t rows = std::min(kRowBlock, n - r0);
         if (!loaded) load(c, r0, rows, s);
         loaded = n <= kRowBlock;
-        search_block(ker, p, s, rows, t0, t1, pv + u * n + r0, pi + u * n + r0);
+        search_block(ker, p, s, rows, t0, t1, pv + u * n + r0, pi + u * n + r0, ic);
       }
     }
   });
@@ -633,45 +648,56 @@ int64_t load_rows(const void* x, int dtype, int64_t d, int64_t r0, int64_t rows,
 
 void pack_int_tiles(const Kernel& ker, VqPacked& p, int64_t threads) {
   p.itiles.clear();
-  p.c_scale = 0.0;
-  p.c_l1max = 0;
-  if (ker.iscreen == nullptr || p.d > ker.int_max_d || p.bad_row >= 0) return;
+  p.c_scale.clear();
+  p.b_code.clear();
+  if (ker.iscreen == nullptr || !int_screen_runs(ker, p.d) || p.bad_row >= 0) return;
   float cmax = 0.0f;  // padding lanes are 0; a finite codebook packs finite values
   for (float v : p.tiles) cmax = std::max(cmax, std::fabs(v));
   if (!(cmax > 0.0f) || !std::isfinite(cmax)) return;
-  const int64_t d = p.d, T = p.tile, pairs = (d + 1) / 2;
-  // q = round(fl(c * inv)) with c_scale = 1 / inv exactly (in double): then
-  // |c / c_scale - q| <= 1/2 + 4095 * 2^-24 (the float product's rounding), which
-  // the row bounds allow for; |c * inv| <= Q (1 + 2^-23) rounds to at most Q.
-  const float inv = static_cast<float>(int_screen_q(p.d)) / cmax;
-  if (!(inv > 0.0f) || !std::isfinite(inv)) return;
-  p.c_scale = 1.0 / static_cast<double>(inv);
+  const float q_max = static_cast<float>(int_screen_q(p.d));
+  // A group's steps are at most 2^20 times finer than the whole codebook's
+  // (an all-zero group included), so every scale stays finite.
+  const float floor = cmax * 0x1p-20f;
+  if (!std::isfinite(q_max / floor)) return;
+  const int64_t d = p.d, T = p.tile, pairs = (d + 1) / 2, groups = int_groups(p.ntiles);
   p.itiles.resize(static_cast<size_t>(p.ntiles * pairs * T));
-  const int64_t chunks = std::min(p.ntiles, threads == 1 ? 1 : 4 * threads);
-  std::vector<int64_t> l1max(static_cast<size_t>(chunks), 0);
+  p.c_scale.resize(static_cast<size_t>(groups));
+  p.b_code.resize(static_cast<size_t>(groups));
+  const int64_t chunks = std::min(groups, threads == 1 ? 1 : 4 * threads);
   WorkCounter work(chunks);
   run_parallel(threads - 1, [&](int64_t) {
     std::vector<int32_t> l1(static_cast<size_t>(T));
     for (int64_t u; (u = work.next()) >= 0;) {
-      for (int64_t t = split_begin(p.ntiles, chunks, u); t < split_begin(p.ntiles, chunks, u + 1); ++t) {
-        const float* tile = p.tiles.data() + t * d * T;
-        int32_t* itile = p.itiles.data() + t * pairs * T;
-        std::fill(l1.begin(), l1.end(), 0);
-        for (int64_t j = 0; j < pairs; ++j) {
-          const float* lo = tile + 2 * j * T;
-          const float* hi = 2 * j + 1 < d ? lo + T : nullptr;
-          for (int64_t l = 0; l < T; ++l) {
-            const int32_t q0 = static_cast<int32_t>(round_small(lo[l] * inv));
-            const int32_t q1 = hi != nullptr ? static_cast<int32_t>(round_small(hi[l] * inv)) : 0;
-            l1[l] += std::abs(q0) + std::abs(q1);
-            itile[j * T + l] = pack_pair(q0, q1);
+      for (int64_t g = split_begin(groups, chunks, u); g < split_begin(groups, chunks, u + 1); ++g) {
+        const int64_t t0 = g * kIntGroupTiles, t1 = std::min(p.ntiles, t0 + kIntGroupTiles);
+        float gmax = floor;
+        for (int64_t i = t0 * d * T; i < t1 * d * T; ++i) gmax = std::max(gmax, std::fabs(p.tiles[i]));
+        // q = round(fl(c * inv)) with c_scale = 1 / inv exactly (in double): then
+        // |c / c_scale - q| <= 1/2 + 4095 * 2^-24 (the float product's rounding), which
+        // the row bounds allow for; |c * inv| <= Q (1 + 2^-23) rounds to at most Q.
+        const float inv = q_max / gmax;
+        p.c_scale[g] = 1.0 / static_cast<double>(inv);
+        int64_t l1max = 0;
+        for (int64_t t = t0; t < t1; ++t) {
+          const float* tile = p.tiles.data() + t * d * T;
+          int32_t* itile = p.itiles.data() + t * pairs * T;
+          std::fill(l1.begin(), l1.end(), 0);
+          for (int64_t j = 0; j < pairs; ++j) {
+            const float* lo = tile + 2 * j * T;
+            const float* hi = 2 * j + 1 < d ? lo + T : nullptr;
+            for (int64_t l = 0; l < T; ++l) {
+              const int32_t q0 = static_cast<int32_t>(round_small(lo[l] * inv));
+              const int32_t q1 = hi != nullptr ? static_cast<int32_t>(round_small(hi[l] * inv)) : 0;
+              l1[l] += std::abs(q0) + std::abs(q1);
+              itile[j * T + l] = pack_pair(q0, q1);
+            }
           }
+          for (int64_t l = 0; l < T; ++l) l1max = std::max<int64_t>(l1max, l1[l]);
         }
-        for (int64_t l = 0; l < T; ++l) l1max[u] = std::max<int64_t>(l1max[u], l1[l]);
+        p.b_code[g] = 0.5003 * static_cast<double>(l1max);  // with the margin int_row_bounds' terms carry
       }
     }
   });
-  p.c_l1max = *std::max_element(l1max.begin(), l1max.end());
 }
 
 bool prepare_int_call(const VqPacked& p, const void* x, int x_dtype, int64_t n, IntScale& ic) {
@@ -688,20 +714,33 @@ bool set_int_scale(const VqPacked& p, float xmax, int64_t t0, int64_t t1, IntSca
   sc.x_inv = static_cast<float>(int_screen_q(p.d)) / (2.0f * xmax);
   if (!(sc.x_inv > 0.0f) || !std::isfinite(sc.x_inv)) return false;
   sc.x_scale = 1.0 / static_cast<double>(sc.x_inv);
-  sc.u = sc.x_scale * p.c_scale;
-  if (!(sc.u > 0.0) || !std::isfinite(sc.u)) return false;
-  const double inv_u = 1.0 / sc.u, cap = static_cast<double>(1 << 29);
+  const int64_t groups = int_groups(p.ntiles);
   if (sc.cnq.size() < p.cn.size()) sc.cnq.resize(p.cn.size());
-  sc.clamped = false;
+  if (sc.inv_u.size() < static_cast<size_t>(groups)) {
+    sc.inv_u.resize(static_cast<size_t>(groups));
+    sc.u_window.resize(static_cast<size_t>(groups));
+  }
+  const double cap = static_cast<double>(1 << 29);
   bool fits = true;
-  for (int64_t i = t0 * p.tile; i < t1 * p.tile; ++i) {  // no early exit: the loop vectorises
-    const float c = p.cn[i];
-    const double v = static_cast<double>(c) * inv_u;
-    fits = fits && !(v < -cap);  // clamping up could skip a winner: no integer screen
-    sc.clamped = sc.clamped || v > cap;  // clamping down only re-scores more
-    // Padding lanes past k (NaN norms) hold 2^30.
-    // (Clamped on both sides: a value below -cap is only converted, never used.)
-    sc.cnq[i] = c != c ? (1 << 30) : static_cast<int32_t>(round_small_d(std::clamp(v, -cap, cap)));
+  for (int64_t g = t0 >> kIntGroupShift; g < int_groups(t1); ++g) {
+    const double u = sc.x_scale * p.c_scale[g];
+    if (!(u > 0.0) || !std::isfinite(u)) return false;
+    const double inv_u = 1.0 / u;
+    if (!std::isfinite(inv_u)) return false;
+    bool clamped = false;
+    const int64_t i0 = std::max(t0, g * kIntGroupTiles) * p.tile;
+    const int64_t i1 = std::min(t1, (g + 1) * kIntGroupTiles) * p.tile;
+    for (int64_t i = i0; i < i1; ++i) {  // no early exit: the loop vectorises
+      const float c = p.cn[i];
+      const double v = static_cast<double>(c) * inv_u;
+      fits = fits && !(v < -cap);  // clamping up could skip a winner: no integer screen
+      clamped = clamped || v > cap;  // clamping down only re-scores more
+      // Padding lanes past k (NaN norms) hold 2^30.
+      // (Clamped on both sides: a value below -cap is only converted, never used.)
+      sc.cnq[i] = c != c ? (1 << 30) : static_cast<int32_t>(round_small_d(std::clamp(v, -cap, cap)));
+    }
+    sc.inv_u[g] = inv_u;
+    sc.u_window[g] = clamped ? 0.0 : u;  // a clamped lane's A_m bounds nothing (cpu_iscreen_body.h)
   }
   return fits;
 }
@@ -727,7 +766,8 @@ int64_t pack_parallel(const Kernel& ker, const PackSource& src, VqPacked& p, int
 
 int64_t VqPacked::nbytes() const {
   int64_t total = static_cast<int64_t>((tiles.size() + cn.size() + bound.size()) * sizeof(float) +
-                                       itiles.size() * sizeof(int32_t));
+                                       (itiles.size() + perm.size()) * sizeof(int32_t) +
+                                       (c_scale.size() + b_code.size()) * sizeof(double));
   if (key_ordered != nullptr) {
     total += key_ordered->packed.nbytes() +
              static_cast<int64_t>(key_ordered->perm.size() * sizeof(int32_t) +
@@ -757,9 +797,22 @@ int64_t search_driver(const Kernel& ker, const VqPacked& p, VqPacked* to_pack, c
   scratch.reserve(static_cast<size_t>(threads));
   for (int64_t c = 0; c < threads; ++c) scratch.emplace_back(d, ker.W);
 
-  // Few rows: split the code tiles instead and merge the per-chunk minima.
-  if (threads > 1 && row_blocks < 2 * threads && p.ntiles >= 4 * threads) {
+  // Few rows of a codebook packed ahead: blocks of fewer rows, so that every
+  // thread sweeps the whole codebook for at least one micro-kernel group of
+  // rows. (Split into chunks of code tiles, as below, each chunk starts its
+  // rows' bounds afresh: two threads took 1.4 times one thread's time for 32
+  // rows against the default image codebook, K = 16384, D = 192.)
+  const bool split_rows = to_pack == nullptr && threads > 1 && row_blocks < 2 * threads && n >= kRows * threads;
+  const int64_t block =
+      split_rows ? std::min(kRowBlock, (n + threads * kRows - 1) / (threads * kRows) * kRows) : kRowBlock;
+
+  // Fewer rows: split the code tiles instead and merge the per-chunk minima.
+  // A packed codebook's integer screen runs here too, with one scale for the
+  // call as below (a codebook packed in this call has no integer copy yet).
+  if (!split_rows && threads > 1 && row_blocks < 2 * threads && p.ntiles >= 4 * threads) {
     const int64_t chunks = 4 * threads;
+    IntScale ic;
+    const IntScale* icp = to_pack == nullptr && prepare_int_call(p, x, x_dtype, n, ic) ? &ic : nullptr;
     std::vector<float> pv(static_cast<size_t>(chunks * n));
     std::vector<int32_t> pi(static_cast<size_t>(chunks * n));
     std::vector<int64_t> bad_cb(static_cast<size_t>(chunks), -1);
@@ -771,7 +824,7 @@ int64_t search_driver(const Kernel& ker, const VqPacked& p, VqPacked* to_pack, c
         [&](int64_t c, int64_t r0, int64_t rows, Scratch& s) {
           note_bad(bad_x, c, load_rows(x, x_dtype, d, r0, rows, s));
         },
-        pv.data(), pi.data());
+        pv.data(), pi.data(), icp);
     for (int64_t r = 0; r < n; ++r) {
       float bv;
       int32_t bi;
@@ -799,12 +852,13 @@ int64_t search_driver(const Kernel& ker, const VqPacked& p, VqPacked* to_pack, c
   }
   IntScale ic;
   const IntScale* icp = prepare_int_call(p, x, x_dtype, n, ic) ? &ic : nullptr;
-  WorkCounter work(row_blocks);
-  run_parallel(std::min(threads, row_blocks) - 1, [&](int64_t c) {
+  const int64_t blocks = (n + block - 1) / block;
+  WorkCounter work(blocks);
+  run_parallel(std::min(threads, blocks) - 1, [&](int64_t c) {
     Scratch& s = scratch[c];
     int32_t idx[kRowBlock];
     for (int64_t b; (b = work.next()) >= 0;) {
-      const int64_t r0 = b * kRowBlock, rows = std::min(kRowBlock, n - r0);
+      const int64_t r0 = b * block, rows = std::min(block, n - r0);
       note_bad(bad_x, c, load_rows(x, x_dtype, d, r0, rows, s));
       search_block(ker, p, s, rows, 0, p.ntiles, best + r0, idx, icp);
       for (int64_t r = 0; r < rows; ++r) {
@@ -825,6 +879,62 @@ void check_norms_mode(const char* op, int norms, const float* cn_given) {
 
 }  // namespace
 
+// Repacks p (packed in index order, finite, with its integer copy) in the
+// order of the codes' squared norms, ties in index order, and repacks its
+// integer copy: a scale group then holds codes of like size, and a group of
+// small codes gets fine steps (kIntGroupTiles). Every kernel takes p.perm, so
+// the results stay the exact kernel's, bit for bit.
+static void order_by_norm(const Kernel& ker, VqPacked& p, int norms, const float* cn_given, int64_t threads) {
+  const int64_t k = p.k, d = p.d, T = p.tile;
+  std::vector<double> sq(static_cast<size_t>(p.ntiles * T), 0.0);
+  for (int64_t t = 0; t < p.ntiles; ++t) {  // tile by tile: the packed values are contiguous there
+    for (int64_t j = 0; j < d; ++j) {
+      const float* v = p.tiles.data() + (t * d + j) * T;
+      for (int64_t l = 0; l < T; ++l) sq[t * T + l] += static_cast<double>(v[l]) * v[l];
+    }
+  }
+  std::vector<int32_t> order(static_cast<size_t>(k));
+  for (int64_t c = 0; c < k; ++c) order[c] = static_cast<int32_t>(c);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return sq[a] < sq[b]; });
+  // The whole groups in bit-reversed order (0, half, quarter, three quarters,
+  // ...): a sweep meets every size of code early, so its rows find good bounds
+  // at once. (Swept from the smallest codes up, a row whose winner is large
+  // sets a new minimum tile after tile: every one of them is re-scored.)
+  const int64_t group_codes = kIntGroupTiles * T, whole = k / group_codes;
+  int bits = 0;
+  while ((int64_t{1} << bits) < whole) ++bits;
+  std::vector<int64_t> groups;
+  for (int64_t i = 0; i < (int64_t{1} << bits); ++i) {
+    int64_t r = 0;
+    for (int b = 0; b < bits; ++b) r |= ((i >> b) & 1) << (bits - 1 - b);
+    if (r < whole) groups.push_back(r);
+  }
+  {
+    // Within a group, code i of the group's norm order goes to tile i % 16,
+    // lane i / 16: every tile spans the group's sizes, so the sweep has no
+    // trend inside a group either.
+    std::vector<int32_t> by_group(order);
+    for (size_t i = 0; i < groups.size(); ++i) {
+      const int32_t* from = order.data() + groups[i] * group_codes;
+      int32_t* to = by_group.data() + static_cast<int64_t>(i) * group_codes;
+      for (int64_t c = 0; c < group_codes; ++c) to[(c % kIntGroupTiles) * T + c / kIntGroupTiles] = from[c];
+    }
+    order.swap(by_group);  // the partial group, if any, stays last (the padding lanes end the last tile)
+  }
+  std::vector<float> sorted(static_cast<size_t>(k * d));  // the exact fp32 values, as packed
+  std::vector<float> sorted_cn(norms == kNormsGiven ? static_cast<size_t>(k) : 0);
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < d; ++j) sorted[i * d + j] = p.at(order[i], j);
+    if (norms == kNormsGiven) sorted_cn[i] = cn_given[order[i]];
+  }
+  const PackSource src{sorted.data(), static_cast<int>(DType::F32), norms,
+                       norms == kNormsGiven ? sorted_cn.data() : nullptr};
+  pack_parallel(ker, src, p, threads);  // finite: p packed in index order first
+  p.perm.assign(static_cast<size_t>(p.ntiles * T), std::numeric_limits<int32_t>::max());
+  std::copy(order.begin(), order.end(), p.perm.begin());
+  pack_int_tiles(ker, p, threads);
+}
+
 int vq_isa_mask() { return isa_mask(); }
 
 std::shared_ptr<const VqPacked> vq_pack(const void* cb, int cb_dtype, int64_t k, int64_t d, int norms,
@@ -841,6 +951,9 @@ std::shared_ptr<const VqPacked> vq_pack(const void* cb, int cb_dtype, int64_t k,
   const int64_t threads = useful_threads(resolve_threads(num_threads), kPackCost * static_cast<double>(k) * d);
   p->bad_row = pack_parallel(ker, src, *p, threads);
   pack_int_tiles(ker, *p, threads);
+  if (!p->itiles.empty() && ker.exact_perm != nullptr && d > kPrunedMaxD && p->ntiles > kIntGroupTiles) {
+    order_by_norm(ker, *p, norms, cn_given, threads);
+  }
   if (p->bad_row < 0 && pruned_search_applies(ker, -1, k, d, norms)) {
     p->key_ordered = order_codebook(ker, cb, cb_dtype, k, d, threads);
   }

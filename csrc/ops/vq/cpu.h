@@ -36,18 +36,25 @@ struct VqPacked {
   // when a code holds one): the screening bound of the search.
   std::vector<float> bound;
   // The integer screen's copy (where the instruction set and D have it; else
-  // empty): code element j is c_scale * q_j + f, |f| <= c_scale / 2, |q_j| <=
-  // int_screen_q(d) <= 4095, two dimensions per int32 lane (low half even j), laid out
-  // [ntiles][(d + 1) / 2][tile]; c_l1max is the largest sum_j |q_j|.
+  // empty), in scale groups of kIntGroupTiles tiles: element j of a code in
+  // group g is c_scale[g] * q_j + f, |f| <= c_scale[g] / 2, |q_j| <=
+  // int_screen_q(d) <= 4095, two dimensions per int32 lane (low half even j),
+  // laid out [ntiles][(d + 1) / 2][tile]; b_code[g] is half the group's
+  // largest sum_j |q_j| (with a margin), the code side of the screen's bound.
+  // A group of small codes gets fine steps of its own.
   std::vector<int32_t> itiles;
-  double c_scale = 0.0;
-  int64_t c_l1max = 0;
+  std::vector<double> c_scale, b_code;
+  // Lane l of tile t holds code perm[t * tile + l] (INT32_MAX past k), or,
+  // empty, code t * tile + l. vq_pack orders a codebook by norm where the
+  // integer screen runs on it: its scale groups then hold codes of like size.
+  std::vector<int32_t> perm;
   // A second copy in the order of one coordinate, for the axis-pruned search
   // of small D (cpu_pruned.cpp); null where that search does not apply.
   std::shared_ptr<const vqi::KeyOrderedCodebook> key_ordered;
 
-  // Element j of code c, as fp32 (the exact converted value).
+  // Element j of code c, as fp32 (the exact converted value); index order only (perm empty).
   float at(int64_t c, int64_t j) const { return tiles[((c / tile) * d + j) * tile + c % tile]; }
+  const int32_t* perm_or_null() const { return perm.empty() ? nullptr : perm.data(); }
   int64_t nbytes() const;
 };
 

@@ -45,10 +45,25 @@ inline int32_t int_screen_q(int64_t d) {
   const double q = std::floor(std::sqrt(static_cast<double>(1 << 29) / products));
   return static_cast<int32_t>(std::min<double>(kIntQMax, q));
 }
+// Tiles per scale group of the integer screen (VqPacked::c_scale): a sweep
+// converts its threshold once a group (and when its bound moves), so groups
+// keep that cost off the per-tile loop. With the codes ordered by norm, 16
+// tiles lost almost nothing against one scale per tile: for the prediction
+// errors of the default image codec (K = 16384, D = 192) the tiles the screen
+// lets through fell from 8.2% (one scale) to 0.25-0.26% (per tile or 16 tiles).
+constexpr int64_t kIntGroupShift = 4;
+constexpr int64_t kIntGroupTiles = int64_t{1} << kIntGroupShift;
+inline int64_t int_groups(int64_t ntiles) { return (ntiles + kIntGroupTiles - 1) >> kIntGroupShift; }
 // The largest D the integer screen runs at, where it is the default (AVX-512
 // with BW) and where it is opted into (LUMO_VQ_SCREEN=int). Measured in
 // docs/ops_vq.md.
 constexpr int64_t kIntScreenMaxDAvx512 = 1024;
+// On AVX2 the integer screen is the default from this D up (with AVX2 forced
+// on Zen 4, two threads, FMA screen -> integer screen: D = 256, N = 4096,
+// K = 8192 84-87 -> 64-72 ms, packed 83-89 -> 69-74 ms; the default image
+// codec's encode, D = 192, 83 -> 52 ms; at D = 128, N = 16384, K = 1024
+// vq_search 24-27 -> 25-31 ms, no gain).
+constexpr int64_t kIntScreenMinDAvx2 = 160;
 constexpr int64_t kIntScreenMaxDOptIn = 1024;
 // Row groups of 6 for the fp32 screen, from this D up (one thread on Zen 4,
 // AVX2 forced, N = 4096: D = 8 11.5 vs 12.0 ms, D = 16 21 vs 30 ms; at D = 4
@@ -78,16 +93,31 @@ using PackTileFn = uint32_t (*)(const float* src, const float* next, int64_t d, 
 using ScreenFn = void (*)(const float* xs, const float* xn2, int64_t d, const float* tiles, const float* cn,
                           int64_t t0, int64_t t1, float* bv, int32_t* bi, const float* beta, const int32_t* perm);
 
+// The integer screen's per-call numbers a sweep reads (IntScale and VqPacked):
+// cnq [ntiles * tile] the norm terms, in units of their group's u; per scale
+// group g: inv_u [g] = 1 / u_g, u_window [g] = u_g (0 where a norm term of the
+// group was clamped: its smallest score bounds nothing) and b_code [g] the
+// code side of the bound, in units of u_g.
+struct IntScreenArgs {
+  const int32_t* itiles;
+  const int32_t* cnq;
+  const double* inv_u;
+  const double* u_window;
+  const double* b_code;
+};
 // The integer-screened micro-kernel (cpu_iscreen_body.h): SearchFn's results,
-// bit for bit, with xq [kRows][(d + 1) / 2] the rows' quantised pairs, itiles
-// and cnq the codes' (VqPacked::itiles, IntScale::cnq), b_int [kRows] the rows'
-// bounds in units of u and win [kRows] their windows (int_row_bounds); perm
-// as ScreenFn.
+// bit for bit, with xq [kRows][(d + 1) / 2] the rows' quantised pairs and
+// b_row [kRows] the row side of their bounds (int_row_bounds); perm as ScreenFn.
 using IntScreenFn = void (*)(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
-                             const int32_t* itiles, const int32_t* cnq, int64_t t0, int64_t t1, float* bv,
-                             int32_t* bi, const float* beta, const double* b_int, const int32_t* win,
-                             double u, const int32_t* perm);
+                             const IntScreenArgs& ia, int64_t t0, int64_t t1, float* bv, int32_t* bi,
+                             const float* beta, const double* b_row, const int32_t* perm);
+// SearchFn for a codebook packed out of index order (perm as ScreenFn): the
+// contract's arithmetic on every tile, ties to the lowest code index.
+using SearchPermFn = void (*)(const float* xs, int64_t d, const float* tiles, const float* cn, int64_t t0,
+                              int64_t t1, float* bv, int32_t* bi, const int32_t* perm);
 
+struct Kernel;
+bool int_screen_runs(const Kernel& ker, int64_t d);
 struct Kernel {
   int W;
   SearchFn fn;
@@ -95,9 +125,11 @@ struct Kernel {
   PackTileFn pack_f32;
   ScreenFn screen;      // null where the instruction set has no FMA (or LUMO_VQ_SCREEN=0)
   IntScreenFn iscreen;  // null where it has no integer screen (or LUMO_VQ_SCREEN=0 or fp)
-  int64_t int_max_d = 0;       // the integer screen runs for D <= int_max_d
+  int64_t int_max_d = 0;       // the integer screen runs for int_min_d <= D <= int_max_d
   ScreenFn screen6 = nullptr;  // screen for 6 rows a call (D >= kScreen6MinD), where faster
   int64_t screen_min_tiles = kScreenMinTilesAvx2;  // screen D > kScreenMaxD from this many tiles
+  SearchPermFn exact_perm = nullptr;  // fn for a codebook out of index order (vector ISAs with FMA)
+  int64_t int_min_d = 0;
 };
 
 // The integer screen's scale for a set of rows (a call, or one row block
@@ -106,9 +138,12 @@ struct Kernel {
 struct IntScale {
   float xmax = 0.0f;   // the largest |x| of the rows
   float x_inv = 0.0f;  // rows are quantised as round(-2 x * x_inv); x_scale = 1 / x_inv
-  double x_scale = 0.0, u = 0.0;
-  std::vector<int32_t> cnq;  // [ntiles * tile]
-  bool clamped = false;      // a norm term was clamped: no windows (cpu_iscreen_body.h)
+  double x_scale = 0.0;
+  std::vector<int32_t> cnq;  // [ntiles * tile] the norm terms in units of their group's u
+  std::vector<double> inv_u, u_window;  // [groups] as IntScreenArgs
+  IntScreenArgs args(const VqPacked& p) const {
+    return {p.itiles.data(), cnq.data(), inv_u.data(), u_window.data(), p.b_code.data()};
+  }
 };
 
 Kernel pick_kernel(int isa, const char* op);
@@ -177,14 +212,13 @@ struct Scratch {
   std::vector<float> xn2;   // [kRowBlock][d] -2 * x, for the screened kernel
   std::vector<float> beta;  // [kRowBlock] screening bounds (+inf: no screening)
   std::vector<int32_t> xq;  // [kRowBlock][(d + 1) / 2] quantised pairs, for the integer screen
-  std::vector<double> b_int;  // [kRowBlock] integer-screen bounds
-  std::vector<int32_t> win;   // [kRowBlock] integer-screen windows
+  std::vector<double> b_int;  // [kRowBlock] the row side of the integer-screen bounds
   IntScale block_scale;       // this row block's own integer scale, where it has one
   Scratch(int64_t d, int W)
       : x(static_cast<size_t>(kRowBlock * d)), bv(static_cast<size_t>(kRowBlock * W)),
         bi(static_cast<size_t>(kRowBlock * W)), xn2(static_cast<size_t>(kRowBlock * d)),
         beta(static_cast<size_t>(kRowBlock)), xq(static_cast<size_t>(kRowBlock * ((d + 1) / 2))),
-        b_int(static_cast<size_t>(kRowBlock)), win(static_cast<size_t>(kRowBlock)) {}
+        b_int(static_cast<size_t>(kRowBlock)) {}
 };
 
 // Searches the `rows` fp32 rows in s.x against tiles [t0, t1) of p and writes
@@ -202,13 +236,14 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
 // thread c that takes it first calls pack(c, u, t0, t1) (tiles [t0, t1) of p
 // must be packed when it returns), then load(c, r0, rows, s) to fill s.x with
 // rows [r0, r0 + rows) (once per thread when n <= kRowBlock: the block stays).
+// ic: as search_block's (p's integer copy packed before the call).
 void search_tile_chunks(const Kernel& ker, const VqPacked& p, std::vector<Scratch>& scratch, int64_t threads,
                         int64_t chunks, int64_t n,
                         const std::function<void(int64_t, int64_t, int64_t, int64_t)>& pack,
                         const std::function<void(int64_t, int64_t, int64_t, Scratch&)>& load, float* pv,
-                        int32_t* pi);
+                        int32_t* pi, const IntScale* ic = nullptr);
 
-// The integer screen's copy of a packed p (p.itiles, c_scale, c_l1max) on up
+// The integer screen's copy of a packed p (p.itiles, c_scale, b_code) on up
 // to `threads` threads, where ker has that screen, d <= kIntScreenMaxD and the
 // codebook is finite (p.bad_row < 0); else it leaves p.itiles empty.
 void pack_int_tiles(const Kernel& ker, VqPacked& p, int64_t threads);
@@ -342,6 +377,13 @@ struct DeferredTiles {
     for (int i = 0; i < count[r]; ++i) {
       if (!(low[r][i] > thr)) thr = std::min(thr, score(tile[r][i]));
     }
+    count[r] = 0;
+  }
+  // Calls fn(tile, low) for each of row r's tiles in the order added, then
+  // empties the list (for thresholds that differ from tile to tile).
+  template <typename Fn>
+  void drain_each(int r, Fn fn) {
+    for (int i = 0; i < count[r]; ++i) fn(tile[r][i], low[r][i]);
     count[r] = 0;
   }
 };

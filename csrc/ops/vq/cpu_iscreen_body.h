@@ -14,25 +14,27 @@
 //   IM, ivgt(a, b), imand(f, g), iall(f)
 //                            lane flags a > b, their AND, all lanes set
 //
-// Why it is exact. Codes are quantised once, c_j = s_c (q_j + f_j), and the
-// rows of a call with one scale s_x, -2 x_j = s_x (p_j + e_j), |e_j|, |f_j| <=
-// 1/2 (int_row_bounds in cpu.cpp; |p|, |q| <= int_screen_q(d)). With u = s_x s_c the
-// integer score A = round(cn / u) + sum_j p_j q_j is exact (no overflow:
-// |A| < 2^30) and |u A - (cn - 2 x.c)| <= u B for the row's B = 1/2 +
-// (|p|_1 + max |q|_1) / 2 + d / 4 (+ margins). The contract's score s is
-// within beta (screen_bounds) of cn - 2 x.c, so A > (E + beta) / u + B
-// implies s > E for the row's best exact score E: such codes cannot win and
+// Why it is exact. Codes of scale group g are quantised once, c_j = s_g (q_j +
+// f_j), and the rows of a call with one scale s_x, -2 x_j = s_x (p_j + e_j),
+// |e_j|, |f_j| <= 1/2 (int_row_bounds in cpu.cpp; |p|, |q| <= int_screen_q(d)).
+// With u = s_x s_g the integer score A = round(cn / u) + sum_j p_j q_j is exact
+// (no overflow: |A| < 2^30) and |u A - (cn - 2 x.c)| <= u B for the row's B =
+// 1/2 + (|p|_1 + the group's max |q|_1) / 2 + d / 4 (+ margins; b_row the row's
+// part, b_code the group's). The contract's score s is within beta
+// (screen_bounds) of cn - 2 x.c, so A > (U + beta) / u + B implies s > U for
+// any U at or above the row's best exact score E: such codes cannot win and
 // cannot tie. Lanes whose norm term would exceed 2^29 are clamped down (only
 // more re-scoring); padding lanes hold 2^30 (never below a threshold but
 // INT32_MAX, and exact_tile ignores them). Every tile with a lane at or below
 // the threshold is scored again exactly, as in cpu_screen_body.h, so the
 // result is the exact kernel's, bit for bit.
 
-// The integer threshold of a row whose best exact score is e (+inf at first:
-// every tile is then re-scored until one sets a finite e).
-inline int32_t int_threshold(float e, float beta, double b_int, double u) {
-  if (!(e < std::numeric_limits<float>::infinity())) return std::numeric_limits<int32_t>::max();
-  double t = (static_cast<double>(e) + static_cast<double>(beta)) / u + b_int;
+// The integer threshold, in units of u = 1 / inv_u, of a row whose best exact
+// score is at most ub (+inf at first: every tile is then re-scored until one
+// sets a finite bound); b the row's bound B in those units.
+inline int32_t int_threshold(double ub, float beta, double b, double inv_u) {
+  if (!(ub < std::numeric_limits<double>::infinity())) return std::numeric_limits<int32_t>::max();
+  double t = (ub + static_cast<double>(beta)) * inv_u + b;
   t += std::fabs(t) * 1e-9 + 1.0;  // the double rounding of the lines above
   if (t >= 2147483647.0) return std::numeric_limits<int32_t>::max();
   if (t <= -2147483648.0) return std::numeric_limits<int32_t>::min();
@@ -41,48 +43,57 @@ inline int32_t int_threshold(float e, float beta, double b_int, double u) {
 
 // Rows xs [R][d] (fp32, for the exact re-scoring) with xq [R][P] their
 // quantised pairs, against tiles [t0, t1): fp32 tiles/cn for the exact part,
-// itiles [ntiles][P][T] and cnq [ntiles * T] (the norm terms in units of u)
-// for the screen. bv/bi as search_rows; beta/b_int [R] the rows' bounds;
-// win [R] their windows (int_row_bounds). PC > 0: P = PC pairs, known at
-// compile time (the loops unroll). RR rows.
+// ia (itiles [ntiles][P][T], the norm terms and the groups' scales) for the
+// screen. bv/bi as search_rows; beta/b_row [R] the rows' bounds. PC > 0: P = PC
+// pairs, known at compile time (the loops unroll). RR rows.
 //
-// The re-scoring is deferred. A tile with a lane at or below the threshold
-// goes on its row's list, and the threshold drops to the tile's smallest
-// integer score A_m plus the row's window 2 B + 2 beta / u (+ margins):
-// the code c_m scoring A_m has s_m <= u (A_m + B) + beta, so a winner w
-// (s_w <= s_m) has A_w <= A_m + window. At the end (or when a list is
-// full) the listed tiles still at or below the row's threshold are scored
-// exactly, in code order. Most early tiles of a sweep are then never
-// re-scored, and the exact scores still see every code that can win or tie.
-// The window is INT32_MAX (no effect) where a norm term was clamped: such a
-// lane's A_m is below its true score. Padding lanes (2^30) are never a
-// tile's A_m: every tile holds a code, and codes score below 2^30.
+// Each row keeps ub, an upper bound on its best exact score, in real units:
+// its best exact score so far, lowered by the tiles it defers. A tile with a
+// lane at or below the threshold goes on its row's list, and ub drops to
+// u (A_m + B) + beta for the tile's smallest integer score A_m: the code c_m
+// scoring A_m has s_m <= u (A_m + B) + beta, so the winner has s_w <= s_m.
+// The threshold is converted from ub once a scale group and whenever ub
+// moves. At the end (or when a list is full) the listed tiles still at or
+// below their group's threshold are scored exactly, in code order. Most early
+// tiles of a sweep are then never re-scored, and the exact scores still see
+// every code that can win or tie. A group whose norm terms were clamped never
+// lowers ub (u_window 0): such a lane's A_m is below its true score. Padding
+// lanes (2^30) are never a tile's A_m: every tile holds a code, and codes score
+// below 2^30.
 template <int PC, int RR>
 inline void iscreen_rows_t(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
-                           const int32_t* itiles, const int32_t* cnq, int64_t t0, int64_t t1, float* bv,
-                           int32_t* bi, const float* beta, const double* b_int, const int32_t* win, double u,
-                           const int32_t* perm) {
+                           const vqi::IntScreenArgs& ia, int64_t t0, int64_t t1, float* bv, int32_t* bi,
+                           const float* beta, const double* b_row, const int32_t* perm) {
   const int64_t P = PC > 0 ? PC : (d + 1) / 2;
+  double ub[RR];
   int32_t thr_s[RR];
   IV thr[RR];
+  int64_t group = -1;  // the scale group the thresholds are in
   vqi::DeferredTiles<int32_t, RR> deferred;
-  for (int r = 0; r < RR; ++r) {
-    thr_s[r] = int_threshold(hmin(vload(bv + r * W)), beta[r], b_int[r], u);
-    thr[r] = ivbcast(thr_s[r]);
-  }
-  auto rescore = [&](int r) {
-    deferred.drain(r, thr_s[r], [&](int64_t t) {
-      const float e = exact_tile(xs + r * d, d, tiles + t * d * T, cn + t * T, static_cast<int32_t>(t * T), perm,
-                                 bv + r * W, bi + r * W);
-      return int_threshold(e, beta[r], b_int[r], u);
-    });
+  for (int r = 0; r < RR; ++r) ub[r] = hmin(vload(bv + r * W));
+  auto convert = [&](int r, int64_t g) { return int_threshold(ub[r], beta[r], b_row[r] + ia.b_code[g], ia.inv_u[g]); };
+  auto set_threshold = [&](int r) {
+    thr_s[r] = convert(r, group);
     thr[r] = ivbcast(thr_s[r]);
   };
+  auto rescore = [&](int r) {
+    deferred.drain_each(r, [&](int32_t t, int32_t a_m) {
+      if (a_m > convert(r, t >> vqi::kIntGroupShift)) return;
+      const float e = exact_tile(xs + r * d, d, tiles + t * d * T, cn + t * T, static_cast<int32_t>(t * T), perm,
+                                 bv + r * W, bi + r * W);
+      ub[r] = std::min(ub[r], static_cast<double>(e));
+    });
+    set_threshold(r);
+  };
   for (int64_t t = t0; t < t1; ++t) {
-    const int32_t* ct = itiles + t * P * T;
+    if ((t >> vqi::kIntGroupShift) != group) {
+      group = t >> vqi::kIntGroupShift;
+      for (int r = 0; r < RR; ++r) set_threshold(r);
+    }
+    const int32_t* ct = ia.itiles + t * P * T;
     IV a0[RR], a1[RR];
     {
-      const IV n0 = ivload(cnq + t * T), n1 = ivload(cnq + t * T + W);
+      const IV n0 = ivload(ia.cnq + t * T), n1 = ivload(ia.cnq + t * T + W);
       for (int r = 0; r < RR; ++r) {
         a0[r] = n0;
         a1[r] = n1;
@@ -100,16 +111,20 @@ inline void iscreen_rows_t(const float* xs, const int32_t* xq, int64_t d, const 
     IM above = ivgt(ivmin(a0[0], a1[0]), thr[0]);
     for (int r = 1; r < RR; ++r) above = imand(above, ivgt(ivmin(a0[r], a1[r]), thr[r]));
     if (__builtin_expect(!iall(above), 0)) {
+      const double u = ia.u_window[group];
       for (int r = 0; r < RR; ++r) {
         const IV m = ivmin(a0[r], a1[r]);
         if (iall(ivgt(m, thr[r]))) continue;
         if (deferred.full(r)) rescore(r);
         const int32_t a_m = ihmin(m);
         deferred.add(r, t, a_m);
-        const int64_t w = static_cast<int64_t>(a_m) + win[r];
-        if (w < thr_s[r]) {
-          thr_s[r] = static_cast<int32_t>(w);
-          thr[r] = ivbcast(thr_s[r]);
+        if (u > 0.0) {
+          const double v = u * (static_cast<double>(a_m) + b_row[r] + ia.b_code[group]);
+          const double bound = v + static_cast<double>(beta[r]) + (std::fabs(v) + beta[r]) * 1e-9;
+          if (bound < ub[r]) {
+            ub[r] = bound;
+            set_threshold(r);
+          }
         }
       }
     }
@@ -118,12 +133,11 @@ inline void iscreen_rows_t(const float* xs, const int32_t* xq, int64_t d, const 
 }
 
 inline void iscreen_rows(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
-                         const int32_t* itiles, const int32_t* cnq, int64_t t0, int64_t t1, float* bv, int32_t* bi,
-                         const float* beta, const double* b_int, const int32_t* win, double u,
-                         const int32_t* perm) {
+                         const vqi::IntScreenArgs& ia, int64_t t0, int64_t t1, float* bv, int32_t* bi,
+                         const float* beta, const double* b_row, const int32_t* perm) {
   switch ((d + 1) / 2) {
 #define LUMO_VQ_ISCREEN_CASE(P) \
-  case P: return iscreen_rows_t<P, R>(xs, xq, d, tiles, cn, itiles, cnq, t0, t1, bv, bi, beta, b_int, win, u, perm);
+  case P: return iscreen_rows_t<P, R>(xs, xq, d, tiles, cn, ia, t0, t1, bv, bi, beta, b_row, perm);
     LUMO_VQ_ISCREEN_CASE(1)
     LUMO_VQ_ISCREEN_CASE(2)
     LUMO_VQ_ISCREEN_CASE(3)
@@ -133,6 +147,6 @@ inline void iscreen_rows(const float* xs, const int32_t* xq, int64_t d, const fl
     LUMO_VQ_ISCREEN_CASE(7)
     LUMO_VQ_ISCREEN_CASE(8)
 #undef LUMO_VQ_ISCREEN_CASE
-    default: return iscreen_rows_t<0, R>(xs, xq, d, tiles, cn, itiles, cnq, t0, t1, bv, bi, beta, b_int, win, u, perm);
+    default: return iscreen_rows_t<0, R>(xs, xq, d, tiles, cn, ia, t0, t1, bv, bi, beta, b_row, perm);
   }
 }

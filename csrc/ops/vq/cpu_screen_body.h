@@ -57,6 +57,19 @@ __attribute__((noinline, cold)) float exact_tile(const float* x, int64_t d, cons
   return hmin(best);
 }
 
+// search_rows for a codebook packed out of index order: every tile scored
+// with the contract's arithmetic, lanes carrying the codes' own indices (the
+// rows a screen cannot take, which are rare: values near overflow).
+inline void exact_rows_perm(const float* xs, int64_t d, const float* tiles, const float* cn, int64_t t0,
+                            int64_t t1, float* bv, int32_t* bi, const int32_t* perm) {
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int r = 0; r < R; ++r) {
+      exact_tile(xs + r * d, d, tiles + t * d * T, cn + t * T, static_cast<int32_t>(t * T), perm, bv + r * W,
+                 bi + r * W);
+    }
+  }
+}
+
 // The re-scoring is deferred, as in cpu_iscreen_body.h. A tile with a lane at
 // or below the threshold goes on its row's list, and the threshold drops to
 // the tile's smallest screening score a_m plus 2 beta: the code scoring a_m
