@@ -29,6 +29,7 @@ Block vectors are in ``pixel_unshuffle`` order: channel, then row, then column.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -69,6 +70,31 @@ def _diagonals(h: int, w: int, device: torch.device):
         yield rows, d - rows
 
 
+@functools.lru_cache(maxsize=16)
+def _diagonal_plan(h: int, w: int, patch: int, device: torch.device) -> tuple:
+    """Per anti-diagonal of an ``h x w`` grid: ``(blocks, targets, reads, flags)``, the blocks'
+    indices in the grid (``i * w + j``), their indices in the padded grid (``(i + 1) * (w + 1) + j
+    + 1``), the flat positions in the padded grid that ``_features`` reads (``[n, 6p + 3]``, the
+    same order) and the flag columns (``[n, 3]`` float64). Built once per grid shape: the encode
+    loop then gathers and scatters with one indexed op each."""
+    p, dim = patch, 3 * patch * patch
+    k = torch.arange(p)
+    channel = torch.arange(3)[:, None] * p * p
+    bottom_row = (channel + (p - 1) * p + k).reshape(-1)          # above: [c, p - 1, :]
+    right_col = (channel + k * p + (p - 1)).reshape(-1)           # left: [c, :, p - 1]
+    corner = channel.reshape(-1) + (p - 1) * p + (p - 1)          # above-left: [c, p - 1, p - 1]
+    plan = []
+    for rows, cols in _diagonals(h, w, torch.device("cpu")):
+        above = (rows * (w + 1) + cols + 1)[:, None] * dim
+        left = ((rows + 1) * (w + 1) + cols)[:, None] * dim
+        above_left = (rows * (w + 1) + cols)[:, None] * dim
+        reads = torch.cat([above + bottom_row, left + right_col, above_left + corner], 1)
+        flags = torch.stack([rows > 0, cols > 0, torch.ones_like(rows, dtype=torch.bool)], -1).double()
+        plan.append(tuple(t.to(device) for t in (rows * w + cols, (rows + 1) * (w + 1) + cols + 1,
+                                                  reads.reshape(-1), flags)))
+    return tuple(plan)
+
+
 def code_blocks(blocks: torch.Tensor, codebook: torch.Tensor, weight: torch.Tensor,
                 search: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,25 +104,36 @@ def code_blocks(blocks: torch.Tensor, codebook: torch.Tensor, weight: torch.Tens
     and device are read (``reconstruct`` passes zeros). ``search(z [B, n, D]) -> codes
     [B, n]``: the nearest-entry search (a packed codebook's, or ``vq_search`` against ``codebook``).
     Returns ``(codes [B, h, w] int64, reconstruction [B, h, w, D] float32)``.
+
+    The features are those of ``_features`` (the reference definition, which the tests compare
+    with), gathered through ``_diagonal_plan``. The reconstructed grid is kept in float64: it only
+    ever holds float32 values (prediction + entry, summed in float32), so the features equal
+    ``_features``' float64 copies of them.
     """
     b, h, w, dim = blocks.shape
     p = int(round((dim // 3) ** 0.5))
     if 3 * p * p != dim:
         raise ValueError(f"block vectors must hold 3 * p * p values, got {dim}")
-    weight64 = weight.double()
-    padded = blocks.new_zeros(b, h + 1, w + 1, 3, p, p)
     out_codes = torch.zeros(b, h, w, dtype=torch.long, device=blocks.device) if codes is None else codes
     if b == 0 or h == 0 or w == 0:
         return out_codes, blocks.new_zeros(b, h, w, dim)
-    for rows, cols in _diagonals(h, w, blocks.device):
-        pred = predict(_features(padded, rows, cols, p), weight64)          # [B, n, D]
+    weight64 = weight.double()
+    padded = torch.zeros(b, (h + 1) * (w + 1), dim, dtype=torch.float64, device=blocks.device)
+    flat_padded = padded.view(b, -1)
+    flat_blocks = blocks.reshape(b, h * w, dim)
+    flat_codes = out_codes.view(b, h * w) if codes is None else codes.reshape(b, h * w)
+    for at, target, reads, flags in _diagonal_plan(h, w, p, blocks.device):
+        n = at.shape[0]
+        features = torch.cat([flat_padded.index_select(1, reads).view(b, n, -1), flags.expand(b, n, 3)], -1)
+        pred = predict(features, weight64)                                   # [B, n, D]
         if codes is None:
-            chosen = search((blocks[:, rows, cols] - pred).contiguous())
-            out_codes[:, rows, cols] = chosen
+            chosen = search(flat_blocks.index_select(1, at) - pred)
+            flat_codes.index_copy_(1, at, chosen)
         else:
-            chosen = codes[:, rows, cols]
-        padded[:, rows + 1, cols + 1] = (pred + codebook[chosen]).view(b, -1, 3, p, p)
-    return out_codes, padded[:, 1:, 1:].reshape(b, h, w, dim)
+            chosen = flat_codes.index_select(1, at)
+        padded.index_copy_(1, target, (pred + codebook[chosen]).double())
+    grid = padded.view(b, h + 1, w + 1, dim)[:, 1:, 1:].float()
+    return out_codes, grid
 
 
 def reconstruct(codes: torch.Tensor, codebook: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
