@@ -48,6 +48,9 @@ struct VqPacked {
   // empty, code t * tile + l. vq_pack orders a codebook by norm where the
   // integer screen runs on it: its scale groups then hold codes of like size.
   std::vector<int32_t> perm;
+  // With perm and computed norms: per scale group, bounds on its codes' L2
+  // norms (a group no row can reach is skipped: cpu_iscreen_body.h); else empty.
+  std::vector<double> norm_lo, norm_hi;
   // A second copy in the order of one coordinate, for the axis-pruned search
   // of small D (cpu_pruned.cpp); null where that search does not apply.
   std::shared_ptr<const vqi::KeyOrderedCodebook> key_ordered;

@@ -104,13 +104,21 @@ struct IntScreenArgs {
   const double* inv_u;
   const double* u_window;
   const double* b_code;
+  // Per group, bounds on the codes' L2 norms (VqPacked::norm_lo/hi), or null
+  // (no group skipping); cn_rel bounds |cn - |c|^2| / |c|^2 (computed norms).
+  const double* norm_lo = nullptr;
+  const double* norm_hi = nullptr;
+  double cn_rel = 0.0;
 };
 // The integer-screened micro-kernel (cpu_iscreen_body.h): SearchFn's results,
 // bit for bit, with xq [kRows][(d + 1) / 2] the rows' quantised pairs and
-// b_row [kRows] the row side of their bounds (int_row_bounds); perm as ScreenFn.
+// b_row [kRows] the row side of their bounds (int_row_bounds); x_norm2 [kRows]
+// the rows' squared norms in double where ia has norm bounds (else unread);
+// perm as ScreenFn.
 using IntScreenFn = void (*)(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
                              const IntScreenArgs& ia, int64_t t0, int64_t t1, float* bv, int32_t* bi,
-                             const float* beta, const double* b_row, const int32_t* perm);
+                             const float* beta, const double* b_row, const double* x_norm2,
+                             const int32_t* perm);
 // SearchFn for a codebook packed out of index order (perm as ScreenFn): the
 // contract's arithmetic on every tile, ties to the lowest code index.
 using SearchPermFn = void (*)(const float* xs, int64_t d, const float* tiles, const float* cn, int64_t t0,
@@ -142,7 +150,13 @@ struct IntScale {
   std::vector<int32_t> cnq;  // [ntiles * tile] the norm terms in units of their group's u
   std::vector<double> inv_u, u_window;  // [groups] as IntScreenArgs
   IntScreenArgs args(const VqPacked& p) const {
-    return {p.itiles.data(), cnq.data(), inv_u.data(), u_window.data(), p.b_code.data()};
+    IntScreenArgs a{p.itiles.data(), cnq.data(), inv_u.data(), u_window.data(), p.b_code.data()};
+    if (!p.norm_lo.empty()) {
+      a.norm_lo = p.norm_lo.data();
+      a.norm_hi = p.norm_hi.data();
+      a.cn_rel = static_cast<double>(p.d + 2) * 0x1p-23;  // fp32 sum of d squares, doubled
+    }
+    return a;
   }
 };
 
@@ -213,12 +227,14 @@ struct Scratch {
   std::vector<float> beta;  // [kRowBlock] screening bounds (+inf: no screening)
   std::vector<int32_t> xq;  // [kRowBlock][(d + 1) / 2] quantised pairs, for the integer screen
   std::vector<double> b_int;  // [kRowBlock] the row side of the integer-screen bounds
+  std::vector<double> x_norm2;  // [kRowBlock] squared norms in double (the integer screen's group skipping)
+  std::vector<float> x_spare;   // the block's rows in their own order while s.x holds them sorted by norm
   IntScale block_scale;       // this row block's own integer scale, where it has one
   Scratch(int64_t d, int W)
       : x(static_cast<size_t>(kRowBlock * d)), bv(static_cast<size_t>(kRowBlock * W)),
         bi(static_cast<size_t>(kRowBlock * W)), xn2(static_cast<size_t>(kRowBlock * d)),
         beta(static_cast<size_t>(kRowBlock)), xq(static_cast<size_t>(kRowBlock * ((d + 1) / 2))),
-        b_int(static_cast<size_t>(kRowBlock)) {}
+        b_int(static_cast<size_t>(kRowBlock)), x_norm2(static_cast<size_t>(kRowBlock)) {}
 };
 
 // Searches the `rows` fp32 rows in s.x against tiles [t0, t1) of p and writes

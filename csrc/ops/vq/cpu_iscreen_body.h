@@ -60,10 +60,18 @@ inline int32_t int_threshold(double ub, float beta, double b, double inv_u) {
 // lowers ub (u_window 0): such a lane's A_m is below its true score. Padding
 // lanes (2^30) are never a tile's A_m: every tile holds a code, and codes score
 // below 2^30.
+//
+// Group skipping (ia.norm_lo set: a norm-ordered codebook with computed
+// norms). A code c of the group has |x - c| >= gap, the distance from |x| to
+// the group's norm range, and its contract score s >= |x - c|^2 - |x|^2 -
+// beta - cn_rel |c|^2 (beta bounds s against cn - 2 x.c; cn_rel the rounding
+// of cn against |c|^2). It can win or tie only with s <= ub, so a group with
+// gap^2 > ub + |x|^2 + beta + cn_rel hi^2 (+ margins) for every row is
+// skipped whole.
 template <int PC, int RR>
 inline void iscreen_rows_t(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
                            const vqi::IntScreenArgs& ia, int64_t t0, int64_t t1, float* bv, int32_t* bi,
-                           const float* beta, const double* b_row, const int32_t* perm) {
+                           const float* beta, const double* b_row, const double* x_norm2, const int32_t* perm) {
   const int64_t P = PC > 0 ? PC : (d + 1) / 2;
   double ub[RR];
   int32_t thr_s[RR];
@@ -85,9 +93,24 @@ inline void iscreen_rows_t(const float* xs, const int32_t* xq, int64_t d, const 
     });
     set_threshold(r);
   };
+  auto out_of_reach = [&](int64_t g) {
+    const double hi = ia.norm_hi[g];
+    for (int r = 0; r < RR; ++r) {
+      const double radius = ub[r] + x_norm2[r] + static_cast<double>(beta[r]) + ia.cn_rel * hi * hi;
+      if (!(radius < std::numeric_limits<double>::infinity())) return false;
+      const double xr = std::sqrt(x_norm2[r]);
+      const double gap = std::max(ia.norm_lo[g] - xr, xr - hi) - 1e-9 * (xr + hi);  // margin: sqrt, subtraction
+      if (!(gap > 0.0) || !(gap * gap > radius + std::fabs(radius) * 1e-9)) return false;
+    }
+    return true;
+  };
   for (int64_t t = t0; t < t1; ++t) {
     if ((t >> vqi::kIntGroupShift) != group) {
       group = t >> vqi::kIntGroupShift;
+      if (ia.norm_lo != nullptr && out_of_reach(group)) {
+        t = std::min(t1, (group + 1) << vqi::kIntGroupShift) - 1;  // the whole group (group stays: no thresholds)
+        continue;
+      }
       for (int r = 0; r < RR; ++r) set_threshold(r);
     }
     const int32_t* ct = ia.itiles + t * P * T;
@@ -134,10 +157,10 @@ inline void iscreen_rows_t(const float* xs, const int32_t* xq, int64_t d, const 
 
 inline void iscreen_rows(const float* xs, const int32_t* xq, int64_t d, const float* tiles, const float* cn,
                          const vqi::IntScreenArgs& ia, int64_t t0, int64_t t1, float* bv, int32_t* bi,
-                         const float* beta, const double* b_row, const int32_t* perm) {
+                         const float* beta, const double* b_row, const double* x_norm2, const int32_t* perm) {
   switch ((d + 1) / 2) {
 #define LUMO_VQ_ISCREEN_CASE(P) \
-  case P: return iscreen_rows_t<P, R>(xs, xq, d, tiles, cn, ia, t0, t1, bv, bi, beta, b_row, perm);
+  case P: return iscreen_rows_t<P, R>(xs, xq, d, tiles, cn, ia, t0, t1, bv, bi, beta, b_row, x_norm2, perm);
     LUMO_VQ_ISCREEN_CASE(1)
     LUMO_VQ_ISCREEN_CASE(2)
     LUMO_VQ_ISCREEN_CASE(3)
@@ -147,6 +170,6 @@ inline void iscreen_rows(const float* xs, const int32_t* xq, int64_t d, const fl
     LUMO_VQ_ISCREEN_CASE(7)
     LUMO_VQ_ISCREEN_CASE(8)
 #undef LUMO_VQ_ISCREEN_CASE
-    default: return iscreen_rows_t<0, R>(xs, xq, d, tiles, cn, ia, t0, t1, bv, bi, beta, b_row, perm);
+    default: return iscreen_rows_t<0, R>(xs, xq, d, tiles, cn, ia, t0, t1, bv, bi, beta, b_row, x_norm2, perm);
   }
 }

@@ -158,7 +158,7 @@ void sweep_group(const Kernel& ker, const KeyOrderedCodebook& kc, Scratch& s, in
                   s.beta.data() + g, kc.perm.data());
     } else if (sc != nullptr) {
       ker.iscreen(s.x.data() + g * d, s.xq.data() + g * ((d + 1) / 2), d, p.tiles.data(), p.cn.data(),
-                  sc->args(p), t0, t1, bv, bi, s.beta.data() + g, s.b_int.data() + g, kc.perm.data());
+                  sc->args(p), t0, t1, bv, bi, s.beta.data() + g, s.b_int.data() + g, nullptr, kc.perm.data());
     } else {
       ker.screen(s.x.data() + g * d, s.xn2.data() + g * d, d, p.tiles.data(), p.cn.data(), t0, t1, bv, bi,
                  s.beta.data() + g, kc.perm.data());
