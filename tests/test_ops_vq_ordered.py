@@ -3,6 +3,8 @@
 Where the integer screen runs on a packed codebook (AVX-512 with BW by default, AVX2 with
 ``LUMO_VQ_SCREEN=int`` at packing time), ``vq_pack`` stores the codes ordered by norm, in scale
 groups of 16 tiles with steps of their own, and every kernel reads the lanes' own code indices.
+Where the norms spread (as in these codebooks), a group of rows, taken in order of their norms,
+also skips whole groups of codes whose norms are out of its reach.
 These tests search such copies on every ISA x screen (the screen is read per call, so the
 unscreened ``LUMO_VQ_SCREEN=0`` path runs the ordered copy through its exact fallback), with
 1 and 2 threads (few rows split by rows, fewer by code tiles), against the reference. The codebooks
