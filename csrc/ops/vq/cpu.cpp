@@ -538,17 +538,22 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
   // order of their norms: a group of kRows rows then skips more groups of
   // codes together (cpu_iscreen_body.h). s.x is put back at the end (the
   // few-rows path keeps one block loaded across calls).
+  // The squared norms (in double: products of floats are exact there, the sum
+  // is off by d 2^-53 at most) also feed the group skipping.
   int32_t row_at[kRowBlock];  // sorted position -> the block's row
   bool sorted = false;
-  if (ic != nullptr && ker.iscreen != nullptr && !p.norm_lo.empty() && rows > kRows) {
+  const bool norm_order = ic != nullptr && ker.iscreen != nullptr && !p.norm_lo.empty();
+  if (norm_order) {
     double norm2[kRowBlock];
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = 0; r < padded; ++r) {
       double q = 0.0;
       for (int64_t j = 0; j < p.d; ++j) q += static_cast<double>(s.x[r * p.d + j]) * s.x[r * p.d + j];
       norm2[r] = q;
       row_at[r] = static_cast<int32_t>(r);
     }
-    std::stable_sort(row_at, row_at + rows, [&](int32_t a, int32_t b) { return norm2[a] < norm2[b]; });
+    if (rows > kRows) {
+      std::stable_sort(row_at, row_at + rows, [&](int32_t a, int32_t b) { return norm2[a] < norm2[b]; });
+    }
     for (int64_t r = 0; r < rows && !sorted; ++r) sorted = row_at[r] != r;
     if (sorted) {
       s.x_spare.assign(s.x.begin(), s.x.begin() + rows * p.d);
@@ -556,6 +561,7 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
         std::copy_n(s.x_spare.begin() + row_at[r] * p.d, p.d, s.x.begin() + r * p.d);
       }
     }
+    for (int64_t r = 0; r < padded; ++r) s.x_norm2[r] = norm2[row_at[r]];
   }
   std::fill(s.bv.begin(), s.bv.begin() + padded * W, std::numeric_limits<float>::infinity());
   std::fill(s.bi.begin(), s.bi.begin() + padded * W, std::numeric_limits<int32_t>::max());
@@ -583,13 +589,6 @@ void search_block(const Kernel& ker, const VqPacked& p, Scratch& s, int64_t rows
   const int64_t rows6 = six ? padded / 12 * 12 : 0;
   const int32_t* perm = p.perm_or_null();
   const IntScreenArgs ia = int_screen ? ic->args(p) : IntScreenArgs{};
-  if (ia.norm_lo != nullptr) {  // the rows' squared norms, for skipping groups out of reach
-    for (int64_t r = 0; r < padded; ++r) {
-      double q = 0.0;  // products of floats are exact in double; the sum is off by d 2^-53 at most
-      for (int64_t j = 0; j < p.d; ++j) q += static_cast<double>(s.x[r * p.d + j]) * s.x[r * p.d + j];
-      s.x_norm2[r] = q;
-    }
-  }
   for (int64_t kb = t0; kb < t1; kb += tb) {
     const int64_t ke = std::min(t1, kb + tb);
     for (int64_t rb = 0; rb < rows6; rb += 6) {
