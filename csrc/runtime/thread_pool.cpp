@@ -176,6 +176,19 @@ void run_parallel(int64_t helpers, const std::function<void(int64_t)>& body) {
   while (p->active.load(std::memory_order_acquire) != 0) std::this_thread::yield();
 }
 
+void run_team(int64_t threads, const std::function<void(int64_t)>& body) {
+  if (threads <= 1) {
+    body(0);
+    return;
+  }
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  body(omp_get_thread_num());
+#else
+  run_parallel(threads - 1, body);
+#endif
+}
+
 void parallel_for_items(int64_t items, int64_t threads, const std::function<void(int64_t)>& fn) {
   if (items <= 0) return;
   if (threads <= 1 || items == 1) {

@@ -109,6 +109,26 @@ int64_t rvq_decode(Buffer codes, int64_t codes_itemsize, int64_t n, int64_t n_q,
                                num_threads);
 }
 
+// Encode (packed given) or decode (packed None) a grid of blocks with
+// prediction; returns cpu::predictive_code's result (-1, or the flat index of
+// the block that failed: the Python caller names it).
+int64_t predictive_code(const lumo::cpu::VqPacked* packed, Buffer blocks, Buffer codebook, int64_t k,
+                        Buffer weight, int64_t b, int64_t h, int64_t w, int64_t patch, double grid,
+                        Buffer codes, Buffer recon, int64_t num_threads) {
+  constexpr const char* op = "predictive_code";
+  LUMO_CHECK(patch >= 1 && patch <= 64, op, "1 <= patch <= 64", patch);
+  const int64_t d = 3 * patch * patch, f = 6 * patch + 6;
+  const lumo::bindings::Extent grid_values = product(op, {{"b", b}, {"h", h}, {"w", w}, {"3 patch^2", d}});
+  const auto* blocksp = take<const float>(op, "blocks", blocks,
+                                          packed != nullptr ? grid_values : lumo::bindings::none());
+  const auto* cbp = take<const float>(op, "codebook", codebook, rows_of(op, "k", k, d));
+  const auto* wp = take<const double>(op, "weight", weight, product(op, {{"6 patch + 6", f}, {"3 patch^2", d}}));
+  auto* codesp = take<int64_t>(op, "codes", codes, product(op, {{"b", b}, {"h", h}, {"w", w}}));
+  auto* reconp = lumo::bindings::take_optional<float>(op, "recon", recon, grid_values);
+  return lumo::cpu::predictive_code(packed, blocksp, cbp, k, wp, b, h, w, patch, grid, codesp, reconp,
+                                    num_threads);
+}
+
 }  // namespace
 
 LUMO_BIND(bind_vq) {
@@ -164,6 +184,15 @@ LUMO_BIND(bind_vq) {
         py::call_guard<py::gil_scoped_release>(),
         "out [n, d] fp32 = sum_q cbs[q, codes[i, q]]; returns -1 or the flat index of the\n"
         "first code outside [0, k).");
+  m.def("predictive_code", &predictive_code, py::arg("packed").none(true), py::arg("blocks"),
+        py::arg("codebook"), py::arg("k"), py::arg("weight"), py::arg("b"), py::arg("h"), py::arg("w"),
+        py::arg("patch"), py::arg("grid"), py::arg("codes"), py::arg("recon"), py::arg("num_threads"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Predictive block coding of blocks [b, h, w, 3 patch^2] fp32 in anti-diagonal order:\n"
+        "encode (packed: the VqPacked of codebook [k, d], computed norms) writes codes\n"
+        "[b, h, w] int64; decode (packed None) reads them. weight: [6 patch + 6, d] float64;\n"
+        "recon: [b, h, w, d] fp32 or (0, 0). Returns -1, or the flat index of a block whose\n"
+        "error is not finite (encode) or whose code is out of range (decode).");
   m.def("vq_isa_mask", &lumo::cpu::vq_isa_mask,
         "Bit mask (1 << isa) of the VQ instruction sets this CPU runs: 1 scalar, 2 AVX2, 3 AVX-512.");
 }

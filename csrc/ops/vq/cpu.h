@@ -126,6 +126,29 @@ int64_t rvq_decode(const void* codes, int64_t codes_itemsize, int64_t n, int64_t
                    const void* cbs, int dtype, int64_t num_q, int64_t k, int64_t d, float* out,
                    int64_t num_threads);
 
+// Predictive block coding (lumo-vq's block prediction): a b x h x w grid of
+// blocks of patch x patch pixels in 3 channels (d = 3 patch^2 values each, in
+// channel, row, column order) is coded in anti-diagonal order. Block (i, j) is
+// predicted from the reconstructed blocks above, to the left and above-left:
+// features [6 patch + 6] (the bottom row of the block above, the right column
+// of the block to the left, the bottom-right pixel of the block above-left,
+// each channel by channel, missing neighbours 0; then i > 0, j > 0 and 1),
+// times weight ([6 patch + 6, d] float64), summed in float64 in feature
+// order, rounded to multiples of grid (a power of two), as fp32. Its
+// reconstruction is prediction + codebook[code] in fp32.
+//
+// packed non-null (encode): codes [b, h, w] = the nearest entry (vq_search
+// against packed, which must hold codebook [k, d] with computed norms) of
+// blocks [b, h, w, d] fp32 minus the prediction. packed null (decode): codes
+// are read, and blocks is not. recon [b, h, w, d] fp32 (or null) receives the
+// reconstruction. Returns -1, or the flat index (n * h + i) * w + j of a
+// block whose prediction error is not finite or whose score overflowed
+// (encode), or whose code lies outside [0, k) (decode); the outputs are then
+// unspecified. Results do not depend on num_threads.
+int64_t predictive_code(const VqPacked* packed, const float* blocks, const float* codebook, int64_t k,
+                        const double* weight, int64_t b, int64_t h, int64_t w, int64_t patch, double grid,
+                        int64_t* codes, float* recon, int64_t num_threads);
+
 // Bit mask of the instruction sets this CPU can run: 1 << isa.
 int vq_isa_mask();
 

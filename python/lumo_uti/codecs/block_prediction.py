@@ -22,7 +22,9 @@ prediction that differs by one ulp could flip a later code).
 Blocks are coded in anti-diagonal order (``d = i + j`` = 0, 1, ...): every
 neighbour a block reads lies on an earlier diagonal, so each diagonal is one
 batched codebook search (63 searches for a 32 x 32 grid) and decoding runs the
-same order with lookups instead of searches.
+same order with lookups instead of searches. On the CPU the whole loop runs in
+one native call (``_C.predictive_code``: the threads stay in one job across the
+diagonals); elsewhere it runs here, diagonal by diagonal, with the same results.
 
 Block vectors are in ``pixel_unshuffle`` order: channel, then row, then column.
 """
@@ -34,6 +36,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from ..ops import PackedCodebook, _abi, _native
 
 # Predictions are rounded to this grid (after float64 arithmetic): see the module docstring.
 PREDICTION_GRID = 2.0 ** -12
@@ -97,18 +101,22 @@ def _diagonal_plan(h: int, w: int, patch: int, device: torch.device) -> tuple:
 
 def code_blocks(blocks: torch.Tensor, codebook: torch.Tensor, weight: torch.Tensor,
                 search: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                codes: torch.Tensor | None = None,
+                packed: PackedCodebook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode (``codes`` None) or decode (``codes`` given) a grid of blocks with prediction.
 
     ``blocks``: ``[B, h, w, D]`` float32, the blocks to encode; when decoding only its shape, dtype
     and device are read (``reconstruct`` passes zeros). ``search(z [B, n, D]) -> codes
     [B, n]``: the nearest-entry search (a packed codebook's, or ``vq_search`` against ``codebook``).
+    ``packed``: ``codebook``'s ``PackedCodebook`` (l2, computed norms), where the caller has one.
     Returns ``(codes [B, h, w] int64, reconstruction [B, h, w, D] float32)``.
 
-    The features are those of ``_features`` (the reference definition, which the tests compare
-    with), gathered through ``_diagonal_plan``. The reconstructed grid is kept in float64: it only
-    ever holds float32 values (prediction + entry, summed in float32), so the features equal
-    ``_features``' float64 copies of them.
+    On the CPU with the native module, the whole loop runs there in one call (``_native_code``:
+    encoding needs ``packed``); else diagonal by diagonal below. Both give the same codes and
+    reconstruction. Below, the features are those of ``_features`` (the reference definition,
+    which the tests compare with), gathered through ``_diagonal_plan``. The reconstructed grid is
+    kept in float64: it only ever holds float32 values (prediction + entry, summed in float32), so
+    the features equal ``_features``' float64 copies of them.
     """
     b, h, w, dim = blocks.shape
     p = int(round((dim // 3) ** 0.5))
@@ -117,6 +125,9 @@ def code_blocks(blocks: torch.Tensor, codebook: torch.Tensor, weight: torch.Tens
     out_codes = torch.zeros(b, h, w, dtype=torch.long, device=blocks.device) if codes is None else codes
     if b == 0 or h == 0 or w == 0:
         return out_codes, blocks.new_zeros(b, h, w, dim)
+    native = _native_code(blocks, codebook, weight, p, codes, packed)
+    if native is not None:
+        return native
     weight64 = weight.double()
     padded = torch.zeros(b, (h + 1) * (w + 1), dim, dtype=torch.float64, device=blocks.device)
     flat_padded = padded.view(b, -1)
@@ -134,6 +145,50 @@ def code_blocks(blocks: torch.Tensor, codebook: torch.Tensor, weight: torch.Tens
         padded.index_copy_(1, target, (pred + codebook[chosen]).double())
     grid = padded.view(b, h + 1, w + 1, dim)[:, 1:, 1:].float()
     return out_codes, grid
+
+
+def _native_code(blocks: torch.Tensor, codebook: torch.Tensor, weight: torch.Tensor, p: int,
+                 codes: torch.Tensor | None, packed: PackedCodebook | None
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``code_blocks`` through the native CPU loop (``_C.predictive_code``), or None where it does
+    not run: another device, no native module (or ``LUMO_FORCE_REFERENCE``), a codebook that is
+    not float32, or (encoding) float32 blocks without a packed l2 copy of this codebook."""
+    tensors = (blocks, codebook, weight) if codes is None else (codebook, weight, codes)
+    if any(t.device.type != "cpu" for t in tensors) or codebook.dtype != torch.float32:
+        return None
+    module = _abi.cpu_module()
+    if module is None or weight.shape != (feature_count(p), codebook.shape[1]):
+        return None
+    b, h, w, dim = blocks.shape
+    handle = None
+    if codes is None:
+        if packed is None or packed.codebook is not codebook or blocks.dtype != torch.float32:
+            return None
+        handle = packed._native_packed()
+        if handle is None:
+            return None
+        out_codes = torch.empty(b, h, w, dtype=torch.long)
+    else:
+        out_codes = codes.to(torch.long).contiguous()
+    recon = torch.empty(b, h, w, dim, dtype=torch.float32)
+    x = blocks.contiguous()
+    cb = codebook.detach().contiguous()
+    w64 = weight.detach().to(torch.float64).contiguous()
+    # SAFETY: every buffer is a contiguous CPU tensor alive for the synchronous call.
+    bad = module.predictive_code(
+        packed=handle, blocks=_native.buffer(x if codes is None else None), codebook=_native.buffer(cb),
+        k=cb.shape[0], weight=_native.buffer(w64), b=b, h=h, w=w, patch=p, grid=PREDICTION_GRID,
+        codes=_native.buffer(out_codes), recon=_native.buffer(recon), num_threads=_abi.threads())
+    if bad >= 0:
+        n, rest = divmod(bad, h * w)
+        at = f"block ({n}, {rest // w}, {rest % w}) of [B, h, w] = [{b}, {h}, {w}]"
+        if codes is not None:
+            raise ValueError(f"lumo-vq: the code of {at} is {int(out_codes.view(-1)[bad])}, "
+                             f"outside [0, {cb.shape[0]})")
+        if not bool(torch.isfinite(x.view(-1, dim)[bad]).all()):
+            raise ValueError(f"lumo-vq: expected finite values, got inf/NaN in {at}")
+        raise ValueError(f"lumo-vq: the prediction error of {at} overflows fp32 (values too large)")
+    return out_codes, recon
 
 
 def reconstruct(codes: torch.Tensor, codebook: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -313,7 +313,7 @@ class PatchVQ(nn.Module):
         z = self.search_latents(pixels, encoder64)
         search = (lambda v: vq_search(v, self.codebook)) if packed is None else packed.search
         if self.predictor is not None:
-            return code_blocks(z.contiguous(), self.codebook, self.predictor, search)[0]
+            return code_blocks(z.contiguous(), self.codebook, self.predictor, search, packed=packed)[0]
         return search(z)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:

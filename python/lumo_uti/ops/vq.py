@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -367,6 +368,16 @@ class PackedCodebook:
                     num_threads=_abi.threads(),
                 )
         return _search_result(codes, best, x2, x.shape[:-1], self.metric, return_distance)
+
+    def _native_packed(self) -> Any | None:
+        """The packed copy of a ``[K, D]`` l2 codebook with computed norms, for this package's fused
+        CPU ops (the block prediction loop of ``lumo-vq``), checked fresh first; None for other
+        metrics, given norms or a stack, and where searches run through the reference (no native
+        module, CUDA, ``LUMO_FORCE_REFERENCE``)."""
+        if self._codebook.dim() != 2 or self.metric != "l2" or self.normalized or self._norms is not None:
+            return None
+        self._fresh()
+        return self._packed
 
     def rvq_encode(self, x: torch.Tensor, *, n_q: int | None = None) -> torch.Tensor:
         """``rvq_encode(x, codebooks, n_q=n_q)`` against the packed ``[Q, K, D]`` codebooks.
