@@ -60,8 +60,9 @@ inline int64_t int_groups(int64_t ntiles) { return (ntiles + kIntGroupTiles - 1)
 constexpr int64_t kIntScreenMaxDAvx512 = 1024;
 // On AVX2 the integer screen is the default from this D up (with AVX2 forced
 // on Zen 4, two threads, FMA screen -> integer screen: D = 256, N = 4096,
-// K = 8192 84-87 -> 64-72 ms, packed 83-89 -> 69-74 ms; the default image
-// codec's encode, D = 192, 83 -> 52 ms; at D = 128, N = 16384, K = 1024
+// K = 8192 84-87 -> 64-72 ms, packed 83-89 -> 69-74 ms, on a quiet moment;
+// interleaved in one process on a busier one, 84-85 -> 77-81 ms; the default
+// image codec's encode, D = 192, 83 -> 52 ms; at D = 128, N = 16384, K = 1024
 // vq_search 24-27 -> 25-31 ms, no gain).
 constexpr int64_t kIntScreenMinDAvx2 = 160;
 constexpr int64_t kIntScreenMaxDOptIn = 1024;
