@@ -2,7 +2,8 @@
 
 - ``lumo-vq`` (image, 256 x 256): encode, with and without the block
   prediction (the same codebook searched block by block in one batch: the
-  plain codec's encoding work), and decode with and without the
+  plain codec's encoding work), with the prediction's diagonal loop run from
+  Python instead of the native loop (same codes), and decode with and without the
   learned deblocking (the same codec with ``BlockEdgeBlend`` removed) and with
   the ``decode_views`` option at 2, 4 and 8 (the mean of that many mirrored /
   transposed decoder runs);
@@ -14,7 +15,7 @@
 All cases run in one process, interleaved (one call of each per round), after
 one warm-up round; the JSON holds the median milliseconds of each, the ratios
 that matter (beam 4 / greedy, deblocked / plain decode, N views / one view,
-real time / beam-4 encode, predictive / plain image encode) and the machine (CPU model, ISA, threads).
+real time / beam-4 encode, predictive / plain image encode, Python / native loop) and the machine (CPU model, ISA, threads).
 
     python benchmarks/lumo_codecs.py [--repeats 15] [--threads 2] [--out FILE]
 """
@@ -35,11 +36,22 @@ from machine import machine
 
 import lumo_uti
 from lumo_uti._io import atomic_write_text
+from lumo_uti.codecs import block_prediction
 from lumo_uti.codecs.audio_io import prepare
 from lumo_uti.codecs.lumo_rvq import rvq_beam_encode
 from lumo_uti.media import Audio
 
 EVAL_AUDIO = Path(lumo_uti.__file__).parent / "data" / "eval" / "audio"
+
+
+def python_loop(fn):
+    """fn() with block prediction's diagonal loop in Python (the native loop turned off)."""
+    native = block_prediction._native_code
+    block_prediction._native_code = lambda *args: None
+    try:
+        return fn()
+    finally:
+        block_prediction._native_code = native
 
 
 def main() -> None:
@@ -75,6 +87,8 @@ def main() -> None:
 
     with torch.inference_mode():
         image_codes = image.encode_tensor(pixels)
+        if not torch.equal(python_loop(lambda: image.encode_tensor(pixels)), image_codes):
+            sys.exit("the native and the Python prediction loop disagree")
         audio_codes = greedy.encode_tensor(wave)
         coefficients = beam.model.analyse(wave[0])
         codebooks = beam.model.codebooks
@@ -83,7 +97,8 @@ def main() -> None:
             sys.exit("the screened and the float64-only beam search disagree")
         cases = {
             "image_encode_256": lambda: image.encode_tensor(pixels),
-            **({"image_encode_256_without_prediction": lambda: unpredicted.encode_tensor(pixels)}
+            **({"image_encode_256_without_prediction": lambda: unpredicted.encode_tensor(pixels),
+                "image_encode_256_python_loop": lambda: python_loop(lambda: image.encode_tensor(pixels))}
                if unpredicted is not None else {}),
             "image_decode_256": lambda: image.decode_tensor(image_codes),
             "image_decode_256_without_deblocking": lambda: plain.decode_tensor(image_codes),
@@ -121,7 +136,9 @@ def main() -> None:
             "image_decode_with_over_without_deblocking": round(
                 ms["image_decode_256"] / ms["image_decode_256_without_deblocking"], 3),
             **({"image_encode_with_over_without_prediction": round(
-                ms["image_encode_256"] / ms["image_encode_256_without_prediction"], 2)} if unpredicted else {}),
+                ms["image_encode_256"] / ms["image_encode_256_without_prediction"], 2),
+                "image_encode_python_loop_over_native_loop": round(
+                ms["image_encode_256_python_loop"] / ms["image_encode_256"], 2)} if unpredicted else {}),
             **{f"image_decode_views_{n}_over_one": round(ms[f"image_decode_256_views_{n}"] / ms["image_decode_256"], 2)
                for n in views},
         },
